@@ -1,0 +1,35 @@
+"""streamgen: real-time streaming diffusion for live video.
+
+Public API::
+
+    import streamgen
+    stream = streamgen.ImageStream("tiny", prompt="a watercolor painting")
+    out = stream(frame)
+"""
+
+from .config import ModelSpec, StreamConfig, StreamParams, WeightedPrompt, WeightedSeed
+from .errors import CapacityError, ConfigError, EngineError, InputError, ModelLoadError, StreamgenError
+from .pipeline import ImagePipeline, ImageStreamState, StepOutput
+from .stream import ImageStream, load_pipeline
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CapacityError",
+    "ConfigError",
+    "EngineError",
+    "ImagePipeline",
+    "ImageStream",
+    "ImageStreamState",
+    "InputError",
+    "ModelLoadError",
+    "ModelSpec",
+    "StepOutput",
+    "StreamConfig",
+    "StreamParams",
+    "StreamgenError",
+    "WeightedPrompt",
+    "WeightedSeed",
+    "__version__",
+    "load_pipeline",
+]

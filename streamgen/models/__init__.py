@@ -1,0 +1,18 @@
+"""Model loading: presets, hub ids, local directories, single files and dummy weights."""
+
+from .device import resolve_device, resolve_dtype
+from .image_model import ImageModel, ModelNumerics, PromptEmbedding
+from .loading import load_image_model
+from .presets import IMAGE_PRESETS, ImagePreset, get_image_preset
+
+__all__ = [
+    "IMAGE_PRESETS",
+    "ImageModel",
+    "ImagePreset",
+    "ModelNumerics",
+    "PromptEmbedding",
+    "get_image_preset",
+    "load_image_model",
+    "resolve_device",
+    "resolve_dtype",
+]

@@ -1,0 +1,190 @@
+"""The small interface the image pipeline uses to reach a diffusion model.
+
+:class:`ImageModel` owns the shared weights (UNet, VAE, text encoders) and
+exposes exactly four operations: encode a prompt, predict noise for a batch of
+rows, encode images to latents and decode latents to images. The pipeline
+never touches diffusers classes directly, so a runtime backend (torch.compile,
+ONNX Runtime, TensorRT) can replace :attr:`ImageModel.unet_forward`,
+:attr:`vae_encode_forward` or :attr:`vae_decode_forward` without the
+algorithm noticing.
+
+Nothing here is per-session; prompt embeddings are memoised by text because
+that is a pure function of the weights.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import PredictionType, X0Formula
+
+UnetForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None], torch.Tensor]
+ImageForward = Callable[[torch.Tensor], torch.Tensor]
+
+PROMPT_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class PromptEmbedding:
+    """Text conditioning for one prompt: token states and, for SDXL, the pooled vector."""
+
+    hidden: torch.Tensor  # (1, tokens, dim)
+    pooled: torch.Tensor | None = None  # (1, pooled_dim), SDXL only
+
+
+@dataclass(frozen=True)
+class ModelNumerics:
+    """How to turn a network output into a clean-image estimate."""
+
+    alphas_cumprod: torch.Tensor  # (1000,), float32, on the model device
+    x0_formula: X0Formula = "lcm"
+    prediction_type: PredictionType = "epsilon"
+    timestep_scaling: float = 10.0
+    sigma_data: float = 0.5
+
+
+class ImageModel:
+    """Shared weights of an image diffusion model plus the four calls the pipeline needs."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        text_encoders: Sequence[torch.nn.Module],
+        tokenizers: Sequence[Any],
+        numerics: ModelNumerics,
+        default_size: tuple[int, int],
+        is_sdxl: bool = False,
+        default_params: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.unet = unet
+        self.vae = vae
+        self.text_encoders = list(text_encoders)
+        self.tokenizers = list(tokenizers)
+        self.numerics = numerics
+        self.default_size = default_size
+        self.is_sdxl = is_sdxl
+        self.default_params = dict(default_params or {})  # StreamParams fields that suit this model
+        self.unet_forward: UnetForward = self._eager_unet
+        self.vae_encode_forward: ImageForward = self._eager_vae_encode
+        self.vae_decode_forward: ImageForward = self._eager_vae_decode
+        self._prompt_cache: OrderedDict[str, PromptEmbedding] = OrderedDict()
+        self._prompt_lock = threading.Lock()
+
+    # ---- properties -------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        config = self.vae.config
+        blocks = getattr(config, "block_out_channels", None) or getattr(config, "encoder_block_out_channels")
+        return 2 ** (len(blocks) - 1)
+
+    @property
+    def vae_scaling(self) -> tuple[float, float]:
+        config = self.vae.config
+        return float(getattr(config, "scaling_factor", 1.0) or 1.0), float(getattr(config, "shift_factor", 0.0) or 0.0)
+
+    def latent_size(self, width: int, height: int) -> tuple[int, int]:
+        """(latent height, latent width) for an image of ``width`` x ``height``."""
+        factor = self.vae_scale_factor
+        return height // factor, width // factor
+
+    # ---- prompts ----------------------------------------------------------
+    @torch.inference_mode()
+    def encode_prompt(self, text: str) -> PromptEmbedding:
+        """Text → conditioning, memoised by text (a pure function of the weights)."""
+        with self._prompt_lock:
+            cached = self._prompt_cache.get(text)
+            if cached is not None:
+                self._prompt_cache.move_to_end(text)
+                return cached
+        embedding = self._encode_prompt_uncached(text)
+        with self._prompt_lock:
+            self._prompt_cache[text] = embedding
+            while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+                self._prompt_cache.popitem(last=False)
+        return embedding
+
+    def _encode_prompt_uncached(self, text: str) -> PromptEmbedding:
+        device = self.device
+        hidden_parts: list[torch.Tensor] = []
+        pooled: torch.Tensor | None = None
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
+            ids = tokenizer(
+                [text],
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(device)
+            if self.is_sdxl:
+                out = encoder(ids, output_hidden_states=True)
+                hidden_parts.append(out.hidden_states[-2])
+                pooled = out[0] if out[0].ndim == 2 else pooled
+            else:
+                hidden_parts.append(encoder(ids)[0])
+        hidden = torch.cat(hidden_parts, dim=-1).to(self.dtype)
+        return PromptEmbedding(hidden=hidden, pooled=None if pooled is None else pooled.to(self.dtype))
+
+    # ---- denoising --------------------------------------------------------
+    def sdxl_time_ids(self, width: int, height: int) -> torch.Tensor:
+        """SDXL micro-conditioning: original size, crop offset, target size."""
+        return torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        hidden: torch.Tensor,
+        added_cond: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """ε̂ for every row; v-prediction outputs are converted to ε here."""
+        out = self.unet_forward(latents, timesteps, hidden, added_cond)
+        if self.numerics.prediction_type == "v_prediction":
+            ac = self.numerics.alphas_cumprod[timesteps].to(out.dtype).view(-1, 1, 1, 1)
+            out = ac.sqrt() * out + (1 - ac).sqrt() * latents
+        return out
+
+    def _eager_unet(self, latents, timesteps, hidden, added_cond):
+        return self.unet(latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added_cond, return_dict=False)[0]
+
+    # ---- VAE --------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] → scaled latents."""
+        scale, shift = self.vae_scaling
+        return (self.vae_encode_forward(images.to(self.dtype)) - shift) * scale
+
+    @torch.inference_mode()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents → images in [-1, 1]."""
+        scale, shift = self.vae_scaling
+        return self.vae_decode_forward(latents / scale + shift)
+
+    def _eager_vae_encode(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.vae.encode(images, return_dict=False)[0]
+        return out if isinstance(out, torch.Tensor) else out.mode()
+
+    def _eager_vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents, return_dict=False)[0]

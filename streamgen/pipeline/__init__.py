@@ -1,0 +1,6 @@
+"""Pure-torch stream algorithms: no I/O, no asyncio, no per-session state in shared objects."""
+
+from .image import ImagePipeline
+from .image_state import ImageStreamState, StepOutput
+
+__all__ = ["ImagePipeline", "ImageStreamState", "StepOutput"]

@@ -1,0 +1,126 @@
+"""``ImageStream``: the Python streaming API for image models.
+
+    stream = streamgen.ImageStream("tiny", prompt="a watercolor city", strength=0.5)
+    out = stream(frame)            # numpy HWC uint8 in → numpy HWC uint8 out
+    stream.update(prompt="an oil painting", transition_frames=8)
+
+Frames may be numpy arrays, torch tensors or ``av.VideoFrame`` objects; the
+output is of the same kind. Many ``ImageStream`` objects may share one
+:class:`~streamgen.pipeline.ImagePipeline` (pass it instead of a model name);
+each keeps its own state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from typing import Any
+
+from .config import ModelSpec, StreamConfig, StreamParams
+from .errors import InputError
+from .frames import frames_to_uint8, uint8_to_user
+from .models import ImageModel, load_image_model
+from .params import parse_params, parse_stream_config, split_settings
+from .pipeline import ImagePipeline, ImageStreamState
+
+_SPEC_FIELDS = ("weights", "device", "dtype", "vae", "lora", "fuse_lora", "seed")
+
+
+def load_pipeline(model: str | ModelSpec | ImageModel | ImagePipeline = "tiny", **spec: Any) -> ImagePipeline:
+    """An :class:`ImagePipeline` for a preset name, hub id, local path, spec or loaded model."""
+    if isinstance(model, ImagePipeline):
+        return model
+    if isinstance(model, ImageModel):
+        return ImagePipeline(model)
+    if isinstance(model, str):
+        model = ModelSpec(source=model, **spec)
+    return ImagePipeline(load_image_model(model))
+
+
+class ImageStream:
+    """One live image stream: frames in, restyled frames out, parameters changeable live."""
+
+    def __init__(self, model: str | ModelSpec | ImageModel | ImagePipeline = "tiny", **settings: Any) -> None:
+        spec = {k: settings.pop(k) for k in _SPEC_FIELDS if k in settings}
+        self.pipeline = load_pipeline(model, **spec)
+        config_values, live_values = split_settings(settings)
+        config = parse_stream_config(config_values)
+        base = StreamParams(**_defaults_for(config, self.pipeline))
+        params = parse_params(live_values, base)
+        self.state: ImageStreamState = self.pipeline.create_state(config, params)
+        self._lock = threading.Lock()
+
+    # ---- parameters -------------------------------------------------------
+    @property
+    def config(self) -> StreamConfig:
+        return self.state.config
+
+    @property
+    def params(self) -> StreamParams:
+        """Parameters in force (including an update not yet applied)."""
+        return self.state.latest_params
+
+    def update(self, changes: Mapping[str, Any] | None = None, **params: Any) -> StreamParams:
+        """Change parameters live; the stream keeps its buffers. Returns the new parameters."""
+        return self.pipeline.update(self.state, changes, **params)
+
+    def reset(self) -> None:
+        """Start over from the next frame (keeps parameters)."""
+        with self._lock:
+            self.pipeline.reset(self.state)
+
+    # ---- frames -----------------------------------------------------------
+    def stream(self, frames: Any = None) -> Any:
+        """Process one call's frames (f = frame_buffer_size of them) and return the output.
+
+        With stream batch the output depicts the input of n − 1 calls ago;
+        the first calls repeat the first frame's result instead of showing
+        an empty buffer. txt2img streams take no frames.
+        """
+        if self.config.mode == "txt2img":
+            if frames is not None:
+                raise InputError("this stream is txt2img; call stream() without frames")
+            with self._lock:
+                out = self.pipeline.step([self.state], [None])[0]
+            kind_frames = out.frames
+            return kind_frames.cpu().numpy() if self.config.frame_buffer_size > 1 else kind_frames[0].cpu().numpy()
+        if frames is None:
+            raise InputError("this stream is img2img; pass a frame")
+        batch, kind = frames_to_uint8(frames)
+        f = self.config.frame_buffer_size
+        if batch.shape[0] != f:
+            raise InputError(
+                f"this stream takes {f} frame(s) per call (frame_buffer_size={f}); got {batch.shape[0]}"
+                + ("; pass a batch of frames" if f > 1 else "")
+            )
+        with self._lock:
+            out = self.pipeline.step([self.state], [batch])[0]
+        return uint8_to_user(out.frames, kind)
+
+    __call__ = stream
+
+    async def astep(self, frames: Any = None) -> Any:
+        """:meth:`stream` in a worker thread, for use from asyncio code."""
+        return await asyncio.to_thread(self.stream, frames)
+
+    async def astream(self, frames: AsyncIterable[Any]) -> AsyncIterator[Any]:
+        """Restyle an async iterator of frames; each model step runs off the event loop."""
+        async for frame in frames:
+            yield await self.astep(frame)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        counters = self.state.counters
+        return {
+            "frames_in": counters.frames_in,
+            "frames_processed": counters.frames_processed,
+            "frames_skipped": counters.frames_skipped,
+        }
+
+
+def _defaults_for(config: StreamConfig, pipeline: ImagePipeline) -> dict[str, Any]:
+    defaults = dict(pipeline.model.default_params)
+    if config.mode == "txt2img":
+        defaults.update(cfg_type="none", t_index_list=defaults.get("t_index_list"))
+    return parse_params(defaults).__dict__ if defaults else {}
