@@ -75,12 +75,19 @@ def tiny_text_encoder() -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
+def _place(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> torch.nn.Module:
+    module = module.to(device=device)
+    if dtype != torch.float32:  # built in float32; cast only when asked, to avoid diffusers' cast warning
+        module = module.to(dtype=dtype)
+    return module.eval().requires_grad_(False)
+
+
 def build_tiny_image_model(seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> ImageModel:
     """The ``tiny`` preset, deterministic for ``seed``, on ``device``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet, vae, text_encoder = tiny_unet(), tiny_vae(), tiny_text_encoder()
-    modules = [m.to(device=device, dtype=dtype).eval().requires_grad_(False) for m in (unet, vae, text_encoder)]
+    modules = [_place(m, device, dtype) for m in (unet, vae, text_encoder)]
     unet, vae, text_encoder = modules
     return ImageModel(
         name="tiny",

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs into .venv, then run it.
+#
+#   scripts/test.sh            # the whole suite
+#   scripts/test.sh -k stream  # extra arguments go to pytest
+#
+# torch is pinned to 2.13.0: on a machine without a GPU pip takes the CPU
+# wheel instead of a multi-GB CUDA build. The browser test drives Debian's
+# chromium (no browser download); it is installed with apt-get when we are
+# root, otherwise that one test is skipped with a message saying why.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "torch==2.13.0" -e '.[test]'
+
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian chromium for the browser test..."
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+exec .venv/bin/python -m pytest "$@"
