@@ -10,7 +10,7 @@ Public API::
 from .config import ModelSpec, StreamConfig, StreamParams, WeightedPrompt, WeightedSeed
 from .errors import CapacityError, ConfigError, EngineError, InputError, ModelLoadError, StreamgenError
 from .pipeline import ImagePipeline, ImageStreamState, StepOutput
-from .stream import ImageStream, load_pipeline
+from .stream import ImageStream, load_pipeline, load_stream_pipeline
 
 __version__ = "0.1.0"
 
@@ -32,4 +32,5 @@ __all__ = [
     "WeightedSeed",
     "__version__",
     "load_pipeline",
+    "load_stream_pipeline",
 ]

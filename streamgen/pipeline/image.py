@@ -49,7 +49,8 @@ from ..errors import ConfigError, InputError
 from ..frames import model_to_uint8, uint8_to_model
 from ..models.image_model import ImageModel, PromptEmbedding
 from ..params import parse_params
-from .image_state import ImageStreamState, StepOutput
+from .image_state import ImageStreamState
+from .output import StepOutput
 from .prompts import PromptTransition, blend_prompts
 from .schedule import SlotSchedule, make_slot_schedule
 from .seeds import blended_noise
@@ -214,12 +215,14 @@ class ImagePipeline:
 
         ``frames[i]`` is (f, H, W, 3) uint8 for img2img streams (any size;
         scaled to the stream's resolution) and None for txt2img streams.
+        ``tags[i]`` is a tuple of f per-frame tags (or None); each output
+        carries the tags of the input it depicts.
         """
         if len(frames) != len(states):
             raise InputError(f"got {len(frames)} frame batches for {len(states)} streams")
         if len(set(map(id, states))) != len(states):
             raise InputError("a stream may appear only once per step")
-        tags = list(tags) if tags is not None else [None] * len(states)
+        tags = [self._call_tags(s, t) for s, t in zip(states, tags if tags is not None else [None] * len(states))]
         images = [self._prepare_input(s, f) for s, f in zip(states, frames)]
         for state in states:
             pending = state.take_pending()
@@ -232,7 +235,7 @@ class ImagePipeline:
         for i, (state, image) in enumerate(zip(states, images)):
             if self._should_skip(state, image):
                 state.counters.frames_skipped += state.frames_per_call
-                outputs[i] = StepOutput(state.last_output, tag=tags[i], skipped=True)
+                outputs[i] = StepOutput(state.last_output, tags=tags[i], skipped=True)
             else:
                 active.append(i)
 
@@ -247,8 +250,18 @@ class ImagePipeline:
             state.last_output = frames_out
             state.counters.frames_processed += state.frames_per_call
             state.force_process = state.prompt.in_progress
-            outputs[i] = StepOutput(frames_out, tag=tag, skipped=False)
+            outputs[i] = StepOutput(frames_out, tags=tag, skipped=False)
         return outputs  # type: ignore[return-value]
+
+    @staticmethod
+    def _call_tags(state: ImageStreamState, tags: Any) -> tuple[Any, ...]:
+        f = state.frames_per_call
+        if tags is None:
+            return (None,) * f
+        tags = tuple(tags)
+        if len(tags) != f:
+            raise InputError(f"got {len(tags)} tags for a call of {f} frame(s)")
+        return tags
 
     def _prepare_input(self, state: ImageStreamState, frames: torch.Tensor | None) -> torch.Tensor | None:
         config = state.config
@@ -313,12 +326,12 @@ class ImagePipeline:
         return out  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- programs
-    def _program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: Any) -> Generator:
+    def _program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...]) -> Generator:
         if state.config.use_denoising_batch:
             return self._stream_batch_program(state, x_t0, tag)
         return self._sequential_program(state, x_t0, tag)
 
-    def _stream_batch_program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: Any) -> Generator:
+    def _stream_batch_program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...]) -> Generator:
         n, f = state.num_slots, state.frames_per_call
         if state.buffer is None:
             yield from self._prefill(state, x_t0, tag)
@@ -327,7 +340,7 @@ class ImagePipeline:
         state.buffer_tags.append(tag)
         return x0[-f:], state.buffer_tags.popleft()
 
-    def _prefill(self, state: ImageStreamState, x_t0: torch.Tensor, tag: Any) -> Generator:
+    def _prefill(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...]) -> Generator:
         """Fill slots 1..n-1 with the first frame denoised 1..n-1 times, one slot per round."""
         x, slots = x_t0, []
         for i in range(state.num_slots - 1):
@@ -337,7 +350,7 @@ class ImagePipeline:
         state.buffer = torch.cat(slots) if slots else x_t0.new_empty((0, *x_t0.shape[1:]))
         state.buffer_tags = deque([tag] * (state.num_slots - 1))
 
-    def _sequential_program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: Any) -> Generator:
+    def _sequential_program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...]) -> Generator:
         x = x_t0
         for i in range(state.num_slots):
             x0 = yield from self._denoise_slots(state, i, 1, x)

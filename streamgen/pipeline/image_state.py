@@ -13,39 +13,16 @@ import itertools
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 
 from ..config import StreamConfig, StreamParams
 from ..models.image_model import PromptEmbedding
+from .output import StreamCounters
 from .prompts import PromptTransition
 from .schedule import SlotSchedule
 from .similarity import SimilarityFilter
 
 _state_ids = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """One stream's result of a pipeline step.
-
-    ``frames`` are (f, H, W, 3) uint8 on the model device. ``tag`` is the tag
-    passed with the input frame this output depicts (stream batch outputs lag
-    their input by n − 1 calls). ``skipped`` is True when the similarity
-    filter reused the previous output instead of running the model.
-    """
-
-    frames: torch.Tensor
-    tag: Any = None
-    skipped: bool = False
-
-
-@dataclass
-class StreamCounters:
-    frames_in: int = 0
-    frames_processed: int = 0
-    frames_skipped: int = 0
 
 
 @dataclass(eq=False)
@@ -66,7 +43,7 @@ class ImageStreamState:
     buffer: torch.Tensor | None = None  # ((n-1)·f, C, h, w): slots 1..n-1; None until filled
     uncond_measured: bool = False
     last_output: torch.Tensor | None = None
-    buffer_tags: deque = field(default_factory=deque)
+    buffer_tags: deque = field(default_factory=deque)  # per-call tag tuples of the buffered slots
     force_process: bool = True
     counters: StreamCounters = field(default_factory=StreamCounters)
     state_id: int = field(default_factory=lambda: next(_state_ids))
