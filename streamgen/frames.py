@@ -164,7 +164,8 @@ def uint8_to_user(frames: torch.Tensor, kind: FrameKind) -> Any:
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             if i < len(kind.pts):
                 frame.pts = kind.pts[i]
-                frame.time_base = kind.time_base
+                if kind.time_base is not None:
+                    frame.time_base = kind.time_base
             out_frames.append(frame)
         return out_frames if kind.batched else out_frames[0]
     return out if kind.batched else out[0]

@@ -135,6 +135,12 @@ class ImagePipeline:
         state.set_pending(params)
         return params
 
+    def apply_pending(self, state: ImageStreamState) -> None:
+        """Apply a queued update now instead of at the next step (same thread as ``step``)."""
+        pending = state.take_pending()
+        if pending is not None:
+            self._apply_params(state, pending)
+
     def reset(self, state: ImageStreamState) -> None:
         """Forget the stream's history (buffer, filter, measured CFG), keep its parameters."""
         state.buffer = None
@@ -225,9 +231,7 @@ class ImagePipeline:
         tags = [self._call_tags(s, t) for s, t in zip(states, tags if tags is not None else [None] * len(states))]
         images = [self._prepare_input(s, f) for s, f in zip(states, frames)]
         for state in states:
-            pending = state.take_pending()
-            if pending is not None:
-                self._apply_params(state, pending)
+            self.apply_pending(state)
             state.counters.frames_in += state.frames_per_call
 
         outputs: list[StepOutput | None] = [None] * len(states)
