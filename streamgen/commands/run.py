@@ -1,0 +1,148 @@
+"""``streamgen run``: restyle a video file, a folder of images or a synthetic clip into a video file.
+
+    streamgen run --model tiny --input synthetic:120 --output out.mp4 --prompt "a watercolor city"
+    streamgen run --model sd-turbo --input in.mp4 --output out.mp4 --prompt "oil painting" --strength 0.5
+    streamgen run --input frames/ --fps 24 --output out.mkv --params '{"prompt": [["a", 0.7], ["b", 0.3]]}'
+
+The stream runs exactly as a live one does (same pipeline, same parameter
+schema, same buffers), frame after frame; the output keeps each input
+frame's timestamp. Bad options, paths and parameters are reported in one
+line with exit status 2 before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import StreamConfig, StreamParams
+from ..errors import ConfigError, InputError
+from ..params import parse_params, parse_stream_config, split_settings
+from .stream_options import add_param_options, add_stream_shape_options, collect_settings
+
+DEFAULT_FPS = 30.0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="restyle a video file, image folder or synthetic clip into a video file", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--input", "-i", required=True, metavar="PATH", help="video file, folder of images, or synthetic[:FRAMES] (a generated moving clip, default 90 frames)")
+    io.add_argument("--output", "-o", required=True, metavar="FILE", help="output video file (.mp4, .mkv, .mov, ...)")
+    io.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frame rate of image-folder and synthetic input (default {DEFAULT_FPS:g}); video files keep their own timing")
+    io.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N input frames")
+    io.add_argument("--codec", default="auto", help="video encoder: auto (H.264 via libx264 when available, else mpeg4), h264, mpeg4 or any PyAV encoder name")
+    io.add_argument("--bitrate", type=int, default=None, metavar="KBPS", help="encoder bitrate in kbit/s (default: constant quality for H.264, 4000 otherwise)")
+    io.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="tiny", help="preset (tiny, sd-turbo, sd15-lcm, sdxl-turbo, tiny-video, ...), hub id or local path (default tiny)")
+    model.add_argument("--weights", choices=("pretrained", "dummy"), default="pretrained", help="dummy: the real architecture with random weights, no download (for benchmarks)")
+    model.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
+    model.add_argument("--dtype", default="auto", help="float16, bfloat16, float32 or auto (default)")
+    add_stream_shape_options(parser)
+    add_param_options(parser)
+    parser.set_defaults(func=run)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything ``run`` checked before loading a model."""
+
+    config: StreamConfig
+    user_params: dict[str, Any]
+    input_spec: str
+    output: Path
+    codec: str
+
+
+def plan_run(args: argparse.Namespace) -> RunPlan:
+    """Validate options, parameters and paths up front (ConfigError / InputError on a mistake)."""
+    from .video_writer import check_output_path, pick_codec  # noqa: PLC0415
+
+    settings = collect_settings(args)
+    config_values, live_values = split_settings(settings)
+    config = parse_stream_config(config_values)
+    parse_params(live_values)  # fail now, not after loading the model; re-parsed on the model's defaults later
+    if args.fps <= 0:
+        raise ConfigError(f"--fps must be positive, got {args.fps:g}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ConfigError(f"--max-frames must be at least 1, got {args.max_frames}")
+    if args.bitrate is not None and args.bitrate < 1:
+        raise ConfigError(f"--bitrate must be at least 1 kbit/s, got {args.bitrate}")
+    output = Path(args.output)
+    check_output_path(output)
+    _check_input_is_not_output(args.input, output)
+    return RunPlan(config, live_values, args.input, output, pick_codec(args.codec))
+
+
+def stream_params_for(pipeline: Any, config: StreamConfig, user_params: dict[str, Any]) -> StreamParams:
+    """The user's parameters on top of the model's own defaults (txt2img runs without CFG by default)."""
+    model = getattr(pipeline, "model", None)
+    defaults = dict(getattr(pipeline, "default_params", None) or getattr(model, "default_params", None) or {})
+    if config.mode == "txt2img":
+        defaults["cfg_type"] = "none"
+    return parse_params(user_params, parse_params(defaults))
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = plan_run(args)
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from ..stream import load_stream_pipeline  # noqa: PLC0415
+    from .frame_sources import open_source  # noqa: PLC0415
+    from .stream_runner import StreamRunner  # noqa: PLC0415
+    from .video_writer import VideoWriter  # noqa: PLC0415
+
+    size = (plan.config.width, plan.config.height) if plan.config.width and plan.config.height else None
+    source = open_source(plan.input_spec, fps=args.fps, size=size)
+    try:
+        started = time.perf_counter()
+        pipeline = load_stream_pipeline(args.model, weights=args.weights, device=args.device, dtype=args.dtype)
+        state = pipeline.create_state(plan.config, stream_params_for(pipeline, plan.config, plan.user_params))
+        load_seconds = time.perf_counter() - started
+        config = getattr(state, "config", plan.config)
+        writer = VideoWriter(plan.output, plan.codec, rate=source.rate, time_base=source.time_base, bitrate_kbps=args.bitrate)
+        runner = StreamRunner(pipeline, state, writer.write, frames_per_call=getattr(config, "frame_buffer_size", 1), txt2img=config.mode == "txt2img")
+        total = min(filter(None, (source.count, args.max_frames)), default=None)
+        started = time.perf_counter()
+        try:
+            with tqdm(total=total, unit="frame", desc="streamgen run", disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as progress:
+                for index, frame in enumerate(source):
+                    if args.max_frames is not None and index >= args.max_frames:
+                        break
+                    runner.feed(frame)
+                    progress.update(1)
+                    progress.set_postfix(out=writer.frames_written, refresh=False)
+                runner.finish()
+        finally:
+            writer.close()
+        run_seconds = time.perf_counter() - started
+    finally:
+        source.close()
+    if runner.counts.frames_in == 0:
+        raise InputError(f"input {plan.input_spec!r} has no frames")
+    print(format_summary(source.description, writer, runner.counts, load_seconds, run_seconds))
+    return 0
+
+
+def format_summary(input_description: str, writer: Any, counts: Any, load_seconds: float, run_seconds: float) -> str:
+    """The lines printed when a run ends."""
+    width, height = writer.size or (0, 0)
+    fps = writer.frames_written / run_seconds if run_seconds > 0 else 0.0
+    lines = [
+        f"input    {input_description}",
+        f"output   {writer.path} ({writer.codec}, {width}x{height}, {writer.frames_written} frames)",
+        f"frames   {counts.frames_in} in, {writer.frames_written} out, {counts.frames_skipped} skipped by the similarity filter"
+        + (f", {counts.frames_lost} lost" if counts.frames_lost else ""),
+        f"time     {run_seconds:.2f} s for {counts.frames_in} frames ({fps:.2f} fps), model load {load_seconds:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _check_input_is_not_output(input_spec: str, output: Path) -> None:
+    path = Path(input_spec)
+    if path.exists() and output.exists() and path.resolve() == output.resolve():
+        raise ConfigError(f"--output {str(output)!r} is the input file; choose another name")

@@ -1,0 +1,91 @@
+"""``streamgen serve``: the WebRTC / WHIP / WHEP server with the browser page.
+
+    streamgen serve --model tiny                        # page at http://127.0.0.1:8000/
+    streamgen serve --model identity                    # no model: measures the transport
+    streamgen serve --host 0.0.0.0 --token SECRET --codec h264 --bitrate 4000
+
+Flags map one to one onto :class:`streamgen.server.config.ServerConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+DEFAULTS_HELP = 'settings for sessions whose client sends none (WHIP/OBS), as JSON, e.g. \'{"prompt": "a watercolor", "width": 512, "height": 512}\''
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="run the streaming server (browser page, WebRTC, WHIP, WHEP)", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)")
+    net.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    net.add_argument("--token", default=os.environ.get("STREAMGEN_TOKEN"), help="require 'Authorization: Bearer TOKEN' on /offer, WHIP, WHEP and /api (default: $STREAMGEN_TOKEN, else none)")
+    net.add_argument("--stun", action="append", default=[], metavar="URL", help="ICE server for the server's candidates, e.g. stun:stun.l.google.com:19302 (repeatable; default none)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="tiny", help="preset, hub id or local path; 'identity' returns the input unchanged (default tiny)")
+    model.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
+    model.add_argument("--dtype", default="auto", help="float16, bfloat16, float32 or auto (default)")
+    model.add_argument("--replicas", type=int, default=1, help="model copies, each with its own worker thread (default 1)")
+    model.add_argument("--defaults", default=None, metavar="JSON", help=DEFAULTS_HELP)
+    media = parser.add_argument_group("media")
+    media.add_argument("--codec", default="auto", help="video codecs: auto (VP8 then H.264), vp8, h264, or h264,vp8 (default auto)")
+    media.add_argument("--bitrate", type=int, default=2500, metavar="KBPS", help="encoder starting bitrate in kbit/s (default 2500; aiortc's own is 500 for VP8)")
+    media.add_argument("--max-bitrate", type=int, default=8000, metavar="KBPS", help="the most receiver feedback may raise it to, kbit/s (default 8000)")
+    media.add_argument("--max-fps", type=float, default=30.0, help="input frames per second a session feeds the model; faster input is dropped (default 30)")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-sessions", type=int, default=4, help="concurrent publishing sessions; more get 503 (default 4)")
+    limits.add_argument("--max-viewers", type=int, default=8, help="WHEP viewers per session (default 8)")
+    limits.add_argument("--idle-timeout", type=float, default=30.0, metavar="S", help="close a session after this many seconds without input (default 30)")
+    limits.add_argument("--connect-timeout", type=float, default=20.0, metavar="S", help="close a session whose peer has not connected by then (default 20)")
+    limits.add_argument("--max-body-kb", type=int, default=256, help="largest request body, KiB (default 256)")
+    limits.add_argument("--max-input", default="3840x2160", metavar="WxH", help="largest input frame accepted (default 3840x2160); frames are scaled to the model's resolution")
+    parser.add_argument("--web-dir", default=None, help="serve the browser client from this directory instead of the bundled one")
+    parser.add_argument("--stats-interval", type=float, default=1.0, metavar="S", help="seconds between stats messages on the control channel (default 1)")
+    parser.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace):
+    """Flags → :class:`~streamgen.server.config.ServerConfig` (raises ConfigError on bad values)."""
+    from ..errors import ConfigError  # noqa: PLC0415
+    from ..server.config import ServerConfig, parse_codecs, parse_default_params  # noqa: PLC0415
+
+    width, sep, height = args.max_input.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise ConfigError(f"--max-input must look like 1920x1080, got {args.max_input!r}")
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        replicas=args.replicas,
+        max_sessions=args.max_sessions,
+        max_viewers_per_session=args.max_viewers,
+        codecs=parse_codecs(args.codec),
+        bitrate=args.bitrate * 1000,
+        max_bitrate=args.max_bitrate * 1000,
+        max_fps=args.max_fps,
+        idle_timeout=args.idle_timeout,
+        connect_timeout=args.connect_timeout,
+        max_body_bytes=args.max_body_kb * 1024,
+        max_input_width=int(width),
+        max_input_height=int(height),
+        token=args.token or None,
+        ice_servers=tuple(args.stun),
+        stats_interval=args.stats_interval,
+        default_params=parse_default_params(args.defaults),
+        web_dir=args.web_dir,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    for noisy in ("aioice", "aiortc"):  # per-candidate ICE chatter at INFO
+        if not args.verbose:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    from ..server import run_server  # noqa: PLC0415  (aiortc, torch: only when serving)
+
+    run_server(config)
+    return 0

@@ -1,0 +1,139 @@
+"""Driving any stream pipeline (image or video) over a finite sequence of frames.
+
+A live stream never ends, but a file does, and a pipeline may still hold
+frames when it does: stream batch returns the frame of n − 1 calls ago, a
+video pipeline buffers frames into chunks. :class:`StreamRunner` speaks only
+the :class:`~streamgen.pipeline.output.StreamPipeline` protocol:
+
+- it groups input frames into calls of ``frames_per_call`` and tags each frame
+  with its pts, so every output frame can be matched to the input it depicts;
+- a step may return 0, 1 or several frames; each goes to ``emit`` with its
+  input's pts (frames tagged None, i.e. padding, are not emitted);
+- at the end it completes a partial call with copies of the last frame, calls
+  the pipeline's ``flush(state)`` when it has one, and then keeps stepping on
+  padding until every real input frame has come out (bounded by
+  ``max_drain_calls``), with the similarity filter off so padding is not skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..frames import cover_resize
+from ..pipeline.output import StepOutput, StreamPipeline
+from .frame_sources import SourceFrame
+
+Emit = Callable[[np.ndarray, int], Any]
+MAX_DRAIN_CALLS = 64
+
+
+@dataclass
+class RunCounts:
+    """What happened to the input frames."""
+
+    frames_in: int = 0
+    frames_emitted: int = 0  # output frames handed to ``emit`` (it may still refuse repeats)
+    frames_skipped: int = 0  # inputs the similarity filter answered with the previous output
+    frames_lost: int = 0  # inputs whose output never came back, even after draining
+    calls: int = 0
+
+
+class StreamRunner:
+    """Feed frames in order, then :meth:`finish`; outputs go to ``emit(image, pts)``."""
+
+    def __init__(self, pipeline: StreamPipeline, state: Any, emit: Emit, *, frames_per_call: int = 1, txt2img: bool = False, max_drain_calls: int = MAX_DRAIN_CALLS) -> None:
+        self.pipeline = pipeline
+        self.state = state
+        self.emit = emit
+        self.frames_per_call = frames_per_call
+        self.txt2img = txt2img
+        self.max_drain_calls = max_drain_calls
+        self.counts = RunCounts()
+        self._call: list[SourceFrame] = []
+        self._waiting: set[int] = set()
+        self._last_image: np.ndarray | None = None
+
+    def feed(self, frame: SourceFrame) -> int:
+        """Queue one input frame; returns how many output frames this produced."""
+        self.counts.frames_in += 1
+        self._last_image = frame.image
+        self._call.append(frame)
+        if len(self._call) < self.frames_per_call:
+            return 0
+        images, tags = [f.image for f in self._call], tuple(f.pts for f in self._call)
+        self._call = []
+        return self._step(images, tags)
+
+    def finish(self) -> int:
+        """Push out everything still inside the pipeline; returns the frames it produced."""
+        if self._last_image is None:
+            return 0
+        produced = 0
+        if self._call:
+            missing = self.frames_per_call - len(self._call)
+            images = [f.image for f in self._call] + [self._last_image] * missing
+            produced += self._step(images, tuple(f.pts for f in self._call) + (None,) * missing)
+            self._call = []
+        flush = getattr(self.pipeline, "flush", None)
+        if self._waiting and callable(flush):
+            produced += self._take(flush(self.state))
+        if self._waiting:
+            self._disable_similarity_filter()
+        for _ in range(self.max_drain_calls):
+            if not self._waiting:
+                break
+            produced += self._step([self._last_image] * self.frames_per_call, (None,) * self.frames_per_call)
+        self.counts.frames_lost = len(self._waiting)
+        return produced
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, images: list[np.ndarray], tags: tuple[int | None, ...]) -> int:
+        self._waiting.update(t for t in tags if t is not None)
+        frames = None if self.txt2img else stack_frames(images)
+        output = self.pipeline.step([self.state], [frames], [tags])[0]
+        self.counts.calls += 1
+        if output.skipped:
+            self.counts.frames_skipped += sum(t is not None for t in tags)
+        return self._take(output)
+
+    def _take(self, outputs: StepOutput | Iterable[StepOutput] | None) -> int:
+        if outputs is None:
+            return 0
+        if isinstance(outputs, StepOutput):
+            outputs = [outputs]
+        produced = 0
+        for output in outputs:
+            if not output.tags:
+                continue
+            images = output.frames.cpu().numpy()
+            for image, tag in zip(images, output.tags):
+                if tag is None:
+                    continue
+                self._waiting.discard(tag)
+                self.emit(image, tag)
+                produced += 1
+        self.counts.frames_emitted += produced
+        return produced
+
+    def _disable_similarity_filter(self) -> None:
+        """Padding repeats the last frame; a similarity filter would skip it and never drain."""
+        params = getattr(self.state, "latest_params", None) or getattr(self.state, "params", None)
+        if getattr(params, "similarity_filter", False):
+            self.pipeline.update(self.state, {"similarity_filter": False})
+
+
+def stack_frames(images: list[np.ndarray]) -> torch.Tensor:
+    """(k, H, W, 3) uint8 from k pictures; pictures of another size are scaled to the first's."""
+    height, width = images[0].shape[:2]
+    if all(image.shape == images[0].shape for image in images):
+        return torch.from_numpy(np.stack(images))
+    resized = []
+    for image in images:
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        resized.append(cover_resize(tensor, width, height).round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0))
+    return torch.stack(resized)

@@ -1,0 +1,75 @@
+"""The parts of a Stable Diffusion family model, however they were obtained.
+
+Every way of loading (diffusers directory, hub snapshot, single file, dummy
+weights) ends in an :class:`ImageComponents`; :mod:`streamgen.models.assemble`
+turns that into the :class:`~streamgen.models.ImageModel` the pipeline uses.
+Keeping this seam lets the tests check each loader's output the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import ModelLoadError
+
+TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
+TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
+SUPPORTED_TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")
+SUPPORTED_VAES = ("AutoencoderKL", "AutoencoderTiny")
+
+
+@dataclass
+class ImageComponents:
+    """UNet, text encoders, tokenizers and scheduler config of one model; ``vae`` is its own VAE if loaded."""
+
+    unet: torch.nn.Module
+    text_encoders: list[torch.nn.Module]
+    tokenizers: list[Any]
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+    vae: torch.nn.Module | None = None
+
+
+def is_sdxl_unet_config(config: Any) -> bool:
+    """SDXL-style UNets take pooled text + size conditioning ("text_time" added embeddings)."""
+    value = config.get("addition_embed_type") if isinstance(config, dict) else getattr(config, "addition_embed_type", None)
+    return value == "text_time"
+
+
+def text_encoder_class(config: dict[str, Any], where: str) -> type:
+    """CLIPTextModel or CLIPTextModelWithProjection, as the config's ``architectures`` says."""
+    import transformers  # noqa: PLC0415
+
+    names = config.get("architectures") or ["CLIPTextModel"]
+    name = names[0]
+    if name not in SUPPORTED_TEXT_ENCODERS:
+        raise ModelLoadError(f"{where}: text encoder {name!r} is not supported; streamgen loads {', '.join(SUPPORTED_TEXT_ENCODERS)}")
+    return getattr(transformers, name)
+
+
+def vae_class(config: dict[str, Any], where: str) -> type:
+    """AutoencoderKL or AutoencoderTiny, as the config's ``_class_name`` says."""
+    import diffusers  # noqa: PLC0415
+
+    name = config.get("_class_name", "AutoencoderKL")
+    if name not in SUPPORTED_VAES:
+        raise ModelLoadError(f"{where}: VAE class {name!r} is not supported; streamgen loads {', '.join(SUPPORTED_VAES)}")
+    return getattr(diffusers, name)
+
+
+def transformers_dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``dtype=`` for transformers >= 5, ``torch_dtype=`` before (the argument was renamed)."""
+    import transformers  # noqa: PLC0415
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
+
+
+def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move to ``device``/``dtype`` and freeze for inference (no-op moves are skipped)."""
+    first = next(module.parameters(), None)
+    if first is not None and (first.device != device or first.dtype != dtype):
+        module = module.to(device=device, dtype=dtype)
+    return module.eval().requires_grad_(False)

@@ -1,0 +1,97 @@
+"""Build the aiohttp application and run it.
+
+:func:`create_app` wires a loaded pipeline (one per replica) to the HTTP
+routes; tests call it with a pipeline they share between servers.
+:func:`run_server` is what ``streamgen serve`` runs: load the model, build
+the app, serve until interrupted.
+
+At start-up the app applies streamgen's aiortc settings (jitter buffer,
+encoder bitrate; see :mod:`streamgen.server.aiortc_patches`), starts one
+:class:`~streamgen.server.worker.ModelWorker` thread per replica and warms
+each up with one step of a stream built from the default settings, so the
+first session does not pay for lazy initialisation (and bad ``--defaults``
+fail at start, not at the first client). At shutdown it closes every session
+and stops the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from aiohttp import web
+
+from .aiortc_patches import configure_video_encoders, install_marker_jitter_buffer
+from .config import ServerConfig
+from .context import CONTEXT_KEY, ServerContext
+from .http_errors import json_errors
+from .metrics import ServerMetrics
+from .pipelines import create_session_state, frames_per_step, load_server_pipeline, model_name, stream_size, takes_no_frames
+from .routes_api import add_routes as add_api_routes
+from .routes_webrtc import add_routes as add_webrtc_routes
+from .sessions import SessionManager
+from .static import add_routes as add_static_routes
+from .static import find_web_dir
+from .worker import ModelWorker
+
+logger = logging.getLogger(__name__)
+
+WARM_UP_SIZE = (256, 256)
+
+
+def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool = True) -> web.Application:
+    """The server application for already loaded ``pipelines`` (one per replica)."""
+    if not pipelines:
+        raise ValueError("create_app needs at least one pipeline")
+    metrics = ServerMetrics()
+    workers = [ModelWorker(p, f"replica-{i}", metrics) for i, p in enumerate(pipelines)]
+    manager = SessionManager(config, workers, metrics)
+    web_dir = find_web_dir(config.web_dir)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    app[CONTEXT_KEY] = ServerContext(config, manager, metrics, workers, model_name(pipelines[0]), web_dir)
+    add_webrtc_routes(app)
+    add_api_routes(app)
+    add_static_routes(app, web_dir)
+
+    async def on_startup(app: web.Application) -> None:
+        install_marker_jitter_buffer()
+        configure_video_encoders(config.bitrate, config.max_bitrate, config.max_fps)
+        loop = asyncio.get_running_loop()
+        for worker in workers:
+            worker.start(loop)
+        if warm_up:
+            await asyncio.gather(*(asyncio.wrap_future(w.submit(warm_up_pipeline, w.pipeline, config.default_params)) for w in workers))
+        manager.start_sweeper()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await manager.close_all("the server is shutting down")
+
+    async def on_cleanup(app: web.Application) -> None:
+        await manager.stop_sweeper()
+        await asyncio.get_running_loop().run_in_executor(None, lambda: [w.stop() for w in workers])
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def warm_up_pipeline(pipeline: Any, settings: dict[str, Any]) -> None:
+    """Build a stream from ``settings`` and run one step on a grey frame (worker thread)."""
+    state = create_session_state(pipeline, settings)
+    k = frames_per_step(state)
+    width, height = stream_size(state) or WARM_UP_SIZE
+    frames = None if takes_no_frames(state) else torch.full((k, height, width, 3), 128, dtype=torch.uint8)
+    pipeline.step([state], [frames], [(None,) * k])
+
+
+def run_server(config: ServerConfig) -> None:
+    """Load the model and serve until interrupted (``streamgen serve``)."""
+    logger.info("loading %s (%d replica%s)...", config.model, config.replicas, "" if config.replicas == 1 else "s")
+    pipelines = [load_server_pipeline(config.model, config.device, config.dtype) for _ in range(config.replicas)]
+    app = create_app(config, pipelines)
+    url = f"http://{config.host}:{config.port}/"
+    web.run_app(app, host=config.host, port=config.port, print=lambda _: logger.info("streamgen is serving %s at %s", config.model, url), access_log=None)

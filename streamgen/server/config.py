@@ -1,0 +1,116 @@
+"""``ServerConfig``: every knob of ``streamgen serve`` in one typed, validated place.
+
+The CLI builds one from its flags; tests build one directly. Values are
+checked once, here, so the rest of the server can trust them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import ConfigError
+
+VideoCodec = Literal["VP8", "H264"]
+CODEC_CHOICES: dict[str, tuple[VideoCodec, ...]] = {
+    "auto": ("VP8", "H264"),
+    "vp8": ("VP8",),
+    "h264": ("H264",),
+    "h264,vp8": ("H264", "VP8"),
+}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of one streamgen server.
+
+    ``model`` is any name :func:`streamgen.load_stream_pipeline` accepts, or
+    ``identity`` (returns the input frames: measures the transport alone).
+    ``codecs`` lists the video codecs the server negotiates, preferred first.
+    ``bitrate`` is the encoder's starting bitrate and ``max_bitrate`` the
+    ceiling receiver feedback (REMB) may raise it to, in bits per second.
+    ``max_fps`` caps the frames per second a session feeds the model.
+    ``token``, when set, is required as ``Authorization: Bearer <token>`` on
+    every endpoint that creates, watches or changes sessions.
+    ``default_params`` are the settings of a session whose client sent none
+    (WHIP/OBS), in the same schema as the ``params`` of ``POST /offer``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = "tiny"
+    device: str = "auto"
+    dtype: str = "auto"
+    replicas: int = 1
+    max_sessions: int = 4
+    max_viewers_per_session: int = 8
+    codecs: tuple[VideoCodec, ...] = ("VP8", "H264")
+    bitrate: int = 2_500_000
+    max_bitrate: int = 8_000_000
+    max_fps: float = 30.0
+    idle_timeout: float = 30.0
+    connect_timeout: float = 20.0
+    max_body_bytes: int = 256 * 1024
+    max_input_width: int = 3840
+    max_input_height: int = 2160
+    token: str | None = None
+    ice_servers: tuple[str, ...] = ()
+    stats_interval: float = 1.0
+    default_params: dict[str, Any] = field(default_factory=dict)
+    web_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int("port", self.port, allow_zero=True, high=65535)
+        _positive_int("replicas", self.replicas, high=64)
+        _positive_int("max_sessions", self.max_sessions, high=10_000)
+        _positive_int("max_viewers_per_session", self.max_viewers_per_session, allow_zero=True, high=1000)
+        _positive_int("max_body_bytes", self.max_body_bytes, high=64 * 1024 * 1024)
+        _positive_int("max_input_width", self.max_input_width, high=16384)
+        _positive_int("max_input_height", self.max_input_height, high=16384)
+        _positive_int("bitrate", self.bitrate, high=100_000_000)
+        _positive_int("max_bitrate", self.max_bitrate, high=100_000_000)
+        if self.max_bitrate < self.bitrate:
+            raise ConfigError(f"max_bitrate ({self.max_bitrate}) must be at least bitrate ({self.bitrate})")
+        for name in ("max_fps", "idle_timeout", "connect_timeout", "stats_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number of {'frames per second' if name == 'max_fps' else 'seconds'}, got {value!r}")
+        if not self.codecs or any(c not in ("VP8", "H264") for c in self.codecs):
+            raise ConfigError(f"codecs must be a non-empty list of VP8 and/or H264, got {self.codecs!r}")
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("token must not be empty; leave it unset to disable authentication")
+        if not isinstance(self.default_params, dict):
+            raise ConfigError("default_params must be a JSON object")
+
+    @property
+    def max_input_pixels(self) -> int:
+        return self.max_input_width * self.max_input_height
+
+
+def parse_codecs(text: str) -> tuple[VideoCodec, ...]:
+    """``auto`` / ``vp8`` / ``h264`` / ``h264,vp8`` → the codec preference list."""
+    key = text.strip().lower().replace(" ", "")
+    if key not in CODEC_CHOICES:
+        raise ConfigError(f"codec must be one of {', '.join(CODEC_CHOICES)}; got {text!r}")
+    return CODEC_CHOICES[key]
+
+
+def parse_default_params(text: str | None) -> dict[str, Any]:
+    """The ``--defaults`` JSON object (validated later, against the model, when a session starts)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--defaults must be a JSON object: {error}") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--defaults must be a JSON object, e.g. '{\"prompt\": \"a watercolor\"}'")
+    return value
+
+
+def _positive_int(name: str, value: Any, *, allow_zero: bool = False, high: int) -> None:
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer between {low} and {high}, got {value!r}")

@@ -1,0 +1,30 @@
+"""``ServerContext``: what every request handler needs, stored once on the aiohttp app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from .config import ServerConfig
+from .metrics import ServerMetrics
+from .sessions import SessionManager
+from .worker import ModelWorker
+
+
+@dataclass
+class ServerContext:
+    config: ServerConfig
+    manager: SessionManager
+    metrics: ServerMetrics
+    workers: list[ModelWorker]
+    model_name: str
+    web_dir: Path | None
+
+
+CONTEXT_KEY: web.AppKey[ServerContext] = web.AppKey("streamgen", ServerContext)
+
+
+def context(request: web.Request) -> ServerContext:
+    return request.app[CONTEXT_KEY]

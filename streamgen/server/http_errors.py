@@ -1,0 +1,145 @@
+"""Every HTTP error is JSON ``{"error": "..."}`` with a status that says whose fault it is.
+
+User mistakes are :class:`~streamgen.errors.StreamgenError` subclasses and are
+answered without a logged traceback: 400 for bad parameters or SDP, 401 for
+a missing/wrong token, 404 for an unknown session, 413 for an oversized
+body, 415 for a wrong content type, 503 when the server is full
+(:class:`~streamgen.errors.CapacityError`). aiohttp's own HTTP errors (404 of
+an unknown route, 405, 413 from ``client_max_size``) are rewritten as JSON
+too. Anything else is a bug: aiohttp logs it and answers 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import CapacityError, StreamgenError
+
+logger = logging.getLogger(__name__)
+
+
+class NotFoundError(StreamgenError):
+    """The named session (or viewer) does not exist (any more)."""
+
+
+class UnauthorizedError(StreamgenError):
+    """The request lacks the server's bearer token."""
+
+
+class UnsupportedMediaTypeError(StreamgenError):
+    """The request body has the wrong content type."""
+
+
+class BodyTooLargeError(StreamgenError):
+    """The request body is over the server's limit."""
+
+
+STATUS_BY_ERROR: tuple[tuple[type[StreamgenError], int], ...] = (
+    (CapacityError, 503),
+    (NotFoundError, 404),
+    (UnauthorizedError, 401),
+    (UnsupportedMediaTypeError, 415),
+    (BodyTooLargeError, 413),
+)
+
+
+def status_for(error: StreamgenError) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(error, cls):
+            return status
+    return 400
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Turn user errors and aiohttp's HTTP errors into JSON (see module docstring)."""
+    try:
+        return await handler(request)
+    except StreamgenError as error:
+        status = status_for(error)
+        logger.info("%s %s -> %d: %s", request.method, request.path, status, error)
+        headers = {"WWW-Authenticate": 'Bearer realm="streamgen"'} if status == 401 else None
+        if status == 503:
+            headers = {"Retry-After": "5"}
+        return json_error(status, str(error), headers)
+    except web.HTTPException as error:
+        if error.status < 400 or error.content_type == "application/json":
+            raise
+        message = _http_error_message(error)
+        logger.info("%s %s -> %d: %s", request.method, request.path, error.status, message)
+        headers = {k: v for k, v in error.headers.items() if k.lower() in ("allow", "www-authenticate")}
+        return json_error(error.status, message, headers)
+
+
+def _http_error_message(error: web.HTTPException) -> str:
+    if error.status == 413:
+        return "request body is too large"
+    if error.status == 404:
+        return "not found"
+    if error.status == 405:
+        allowed = error.headers.get("Allow", "")
+        return f"method not allowed (allowed: {allowed})" if allowed else "method not allowed"
+    return error.reason or f"HTTP {error.status}"
+
+
+def require_token(request: web.Request, token: str | None) -> None:
+    """Raise :class:`UnauthorizedError` unless the request carries ``Authorization: Bearer <token>``."""
+    if token is None:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise UnauthorizedError("this server needs a bearer token: send 'Authorization: Bearer <token>'")
+
+
+def require_content_type(request: web.Request, expected: str) -> None:
+    if request.content_type != expected:
+        got = request.content_type or "none"
+        raise UnsupportedMediaTypeError(f"the body must be {expected}, got {got}")
+
+
+async def read_text(request: web.Request, limit: int) -> str:
+    """The body as UTF-8 text, within ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLargeError(f"request body is {request.content_length} bytes; the limit is {limit}")
+    try:
+        data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLargeError(f"request body is larger than the limit of {limit} bytes") from None
+    if len(data) > limit:
+        raise BodyTooLargeError(f"request body is {len(data)} bytes; the limit is {limit}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidBodyError("request body is not valid UTF-8") from None
+
+
+class InvalidBodyError(StreamgenError):
+    """The body cannot be read as the JSON or SDP it should be."""
+
+
+async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    """A JSON object body (``application/json``), NaN and Infinity refused."""
+    require_content_type(request, "application/json")
+    text = await read_text(request, limit)
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as error:
+        raise InvalidBodyError(f"request body is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise InvalidBodyError(f"request body must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")

@@ -1,0 +1,97 @@
+"""``identity``: a real :class:`~streamgen.pipeline.output.StreamPipeline` that returns its input.
+
+Selected with ``streamgen serve --model identity``. It runs through the same
+worker, slots, tracks and encoders as a diffusion model but spends no time on
+inference, so glass-to-glass latency measured against it is the cost of the
+transport alone (decode, scale, encode, network, jitter buffers). It also
+keeps a marker stamped into an input frame readable in the output, which the
+benchmark and tests rely on.
+
+It accepts the schema's stream settings (``width``/``height`` pick the output
+size, default 256x256) and validates live parameters with the shared schema,
+so PATCH and the data channel behave exactly as with a diffusion model; the
+parameters simply have no effect on the pixels.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import StreamConfig, StreamParams
+from ..errors import InputError
+from ..frames import cover_resize
+from ..params import parse_params
+from ..pipeline.output import StepOutput, StreamCounters
+
+IDENTITY_SIZE = (256, 256)
+
+
+@dataclass(eq=False)
+class IdentityState:
+    """Per-stream state: its shape, parameters and counters."""
+
+    config: StreamConfig
+    params: StreamParams
+    counters: StreamCounters = field(default_factory=StreamCounters)
+    _pending: StreamParams | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def frames_per_call(self) -> int:
+        return self.config.frame_buffer_size
+
+    @property
+    def latest_params(self) -> StreamParams:
+        with self._lock:
+            return self._pending or self.params
+
+
+class IdentityPipeline:
+    """Returns each input frame, scaled to the stream's resolution (see module docstring)."""
+
+    name = "identity"
+
+    def create_state(self, config: StreamConfig | None = None, params: StreamParams | Mapping[str, Any] | None = None) -> IdentityState:
+        config = (config or StreamConfig()).resolved(IDENTITY_SIZE)
+        if not isinstance(params, StreamParams):
+            params = parse_params(params or {})
+        return IdentityState(config=config, params=params)
+
+    def update(self, state: IdentityState, changes: Mapping[str, Any] | None = None, **kwargs: Any) -> StreamParams:
+        params = parse_params({**(changes or {}), **kwargs}, state.latest_params)
+        with state._lock:
+            state._pending = params
+        return params
+
+    def reset(self, state: IdentityState) -> None:
+        state.counters = StreamCounters()
+
+    def step(self, states: Sequence[IdentityState], frames: Sequence[torch.Tensor | None], tags: Sequence[Any] | None = None) -> list[StepOutput]:
+        if len(frames) != len(states):
+            raise InputError(f"got {len(frames)} frame batches for {len(states)} streams")
+        tags = list(tags) if tags is not None else [None] * len(states)
+        outputs = []
+        for state, batch, tag in zip(states, frames, tags):
+            with state._lock:
+                if state._pending is not None:
+                    state.params, state._pending = state._pending, None
+            if batch is None or batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+                raise InputError("the identity model needs (k, H, W, 3) uint8 frames")
+            out = self._resize(batch, state.config.width, state.config.height)
+            state.counters.frames_in += batch.shape[0]
+            state.counters.frames_processed += batch.shape[0]
+            outputs.append(StepOutput(out, tags=tuple(tag) if tag is not None else (None,) * batch.shape[0]))
+        return outputs
+
+    @staticmethod
+    def _resize(batch: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        if tuple(batch.shape[1:3]) == (height, width):
+            return batch
+        images = batch.permute(0, 3, 1, 2).float()
+        resized = cover_resize(images, width, height)
+        return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()

@@ -1,0 +1,99 @@
+"""Which pipeline the server runs, and how a session's settings become a pipeline state.
+
+The server drives every model through the
+:class:`~streamgen.pipeline.output.StreamPipeline` protocol. Image pipelines
+(and ``identity``) take the shared schema of :mod:`streamgen.params`: the
+stream's shape (``width``, ``height``, ``frame_buffer_size``, ``mode``, ...)
+is split from its live parameters and both are validated before any state
+is built. Any other pipeline (causal video models) receives the settings as
+a plain mapping in ``create_state(None, settings)`` and validates them itself;
+a :class:`~streamgen.errors.ConfigError` from it is a user mistake like any
+other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import StreamParams
+from ..params import parse_params, parse_stream_config, split_settings
+from ..pipeline.image import ImagePipeline
+from .identity import IdentityPipeline
+
+IDENTITY_MODEL = "identity"
+
+
+def load_server_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
+    """Load ``model`` for serving: ``identity``, an image preset/hub id/path, or a video preset."""
+    if model == IDENTITY_MODEL:
+        return IdentityPipeline()
+    from .. import load_stream_pipeline  # noqa: PLC0415  (torch-heavy; only when serving a model)
+
+    return load_stream_pipeline(model, device=device, dtype=dtype)
+
+
+def model_name(pipeline: Any) -> str:
+    model = getattr(pipeline, "model", None)
+    return str(getattr(model, "name", None) or getattr(pipeline, "name", None) or type(pipeline).__name__)
+
+
+def create_session_state(pipeline: Any, settings: Mapping[str, Any]) -> Any:
+    """A new per-session state for ``settings`` (call on the worker thread: may encode prompts)."""
+    if isinstance(pipeline, (ImagePipeline, IdentityPipeline)):
+        config_fields, live_fields = split_settings(settings)
+        config = parse_stream_config(config_fields)
+        params = parse_params(live_fields, _model_defaults(pipeline, config.mode))
+        return pipeline.create_state(config, params)
+    return pipeline.create_state(None, dict(settings))
+
+
+def validate_session_settings(pipeline: Any, settings: Mapping[str, Any]) -> None:
+    """Check settings against the schema without building a state (cheap: runs on the event loop)."""
+    if isinstance(pipeline, (ImagePipeline, IdentityPipeline)):
+        config_fields, live_fields = split_settings(settings)
+        config = parse_stream_config(config_fields)
+        parse_params(live_fields, _model_defaults(pipeline, config.mode))
+
+
+def _model_defaults(pipeline: Any, mode: str) -> StreamParams | None:
+    defaults = dict(getattr(getattr(pipeline, "model", None), "default_params", None) or {})
+    if mode == "txt2img":
+        defaults["cfg_type"] = "none"
+    return parse_params(defaults) if defaults else None
+
+
+def stream_size(state: Any) -> tuple[int, int] | None:
+    """The (width, height) a state's frames are processed at, when the state says so."""
+    config = getattr(state, "config", None)
+    width, height = getattr(config, "width", None), getattr(config, "height", None)
+    if isinstance(width, int) and isinstance(height, int):
+        return width, height
+    return None
+
+
+def frames_per_step(state: Any) -> int:
+    """How many input frames one step of this stream takes (1 unless the state says otherwise)."""
+    value = getattr(state, "frames_per_call", 1)
+    return value if isinstance(value, int) and value >= 1 else 1
+
+
+def takes_no_frames(state: Any) -> bool:
+    """txt2img image streams step on the input's clock but are given no pixels."""
+    return getattr(getattr(state, "config", None), "mode", None) == "txt2img"
+
+
+def current_params(state: Any) -> dict[str, Any]:
+    """The JSON form of a state's parameters (queued updates included) for the HTTP API."""
+    params = getattr(state, "latest_params", None) or getattr(state, "params", None)
+    return params_to_json(params)
+
+
+def params_to_json(params: Any) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if hasattr(params, "to_dict"):
+        return params.to_dict()
+    if isinstance(params, Mapping):
+        return dict(params)
+    return {"value": repr(params)}

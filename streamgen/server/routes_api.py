@@ -1,0 +1,81 @@
+"""The session API, health and metrics.
+
+- ``GET /api/sessions`` → ``{"sessions": [...]}``; ``GET /api/sessions/{id}``
+  → one session (``id``, ``kind``, ``connection``, ``params``, ``stats``,
+  ``viewers``).
+- ``PATCH /api/sessions/{id}/params``: a JSON object of live parameters, the
+  same schema as the ``control`` data channel's ``params`` messages; it is
+  validated at once (400 with the reason) and applied at the next step.
+- ``DELETE /api/sessions/{id}`` ends a session.
+- ``GET /health`` (always open) and ``GET /metrics`` (Prometheus text).
+
+The session endpoints need the bearer token when the server has one.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .context import context
+from .http_errors import read_json_object, require_token
+from .metrics import render_metrics
+from .pipelines import params_to_json
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    ctx = context(request)
+    require_token(request, ctx.config.token)
+    return web.json_response({"sessions": ctx.manager.describe_all()})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    ctx = context(request)
+    require_token(request, ctx.config.token)
+    return web.json_response(ctx.manager.get(request.match_info["session_id"]).describe())
+
+
+async def patch_params(request: web.Request) -> web.Response:
+    ctx = context(request)
+    require_token(request, ctx.config.token)
+    session = ctx.manager.get(request.match_info["session_id"])
+    changes = await read_json_object(request, ctx.config.max_body_bytes)
+    params = session.update_params(changes)
+    return web.json_response({"id": session.id, "params": params_to_json(params)})
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    ctx = context(request)
+    require_token(request, ctx.config.token)
+    session_id = request.match_info["session_id"]
+    await ctx.manager.close(session_id, "ended through the API (DELETE)")
+    return web.json_response({"id": session_id, "closed": True})
+
+
+async def health(request: web.Request) -> web.Response:
+    ctx = context(request)
+    return web.json_response(
+        {
+            "status": "ok",
+            "model": ctx.model_name,
+            "sessions": len(ctx.manager.sessions),
+            "max_sessions": ctx.config.max_sessions,
+            "codecs": list(ctx.config.codecs),
+            "token_required": ctx.config.token is not None,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    ctx = context(request)
+    samples = [s.sample() for s in ctx.manager.sessions.values()]
+    text = render_metrics(ctx.metrics, samples, ctx.model_name)
+    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/sessions", list_sessions)
+    app.router.add_get("/api/sessions/{session_id}", get_session)
+    app.router.add_patch("/api/sessions/{session_id}/params", patch_params)
+    app.router.add_delete("/api/sessions/{session_id}", delete_session)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,94 @@
+"""Signalling endpoints: ``POST /offer`` (browser), WHIP ingest and WHEP playback.
+
+- ``POST /offer``: JSON ``{sdp, type: "offer", params}`` → JSON
+  ``{sdp, type: "answer", session_id}``; the processed video returns on the
+  same peer connection.
+- ``POST /whip`` (RFC 9725): ``application/sdp`` offer → ``201 Created``,
+  the SDP answer (with the server's candidates) and ``Location:
+  /whip/{id}``; ``DELETE /whip/{id}`` ends the session. The server does not
+  take trickled candidates, so ``PATCH`` answers 405.
+- ``POST /whep/{id}``: a viewer's ``application/sdp`` offer → ``201``,
+  answer, ``Location: /whep/{id}/{viewer}``; ``DELETE`` on it stops watching.
+
+All of them need ``Authorization: Bearer <token>`` when the server has one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from ..errors import InputError
+from .context import context
+from .http_errors import NotFoundError, read_json_object, read_text, require_content_type, require_token
+
+OFFER_FIELDS = ("sdp", "type", "params")
+
+
+async def post_offer(request: web.Request) -> web.Response:
+    ctx = context(request)
+    require_token(request, ctx.config.token)
+    body = await read_json_object(request, ctx.config.max_body_bytes)
+    unknown = sorted(set(body) - set(OFFER_FIELDS))
+    if unknown:
+        raise InputError(f"unknown field(s) {', '.join(map(repr, unknown))}; an offer has {', '.join(OFFER_FIELDS)}")
+    if body.get("type") != "offer":
+        raise InputError(f'"type" must be "offer", got {body.get("type")!r}')
+    params = body.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise InputError('"params" must be a JSON object of stream settings and parameters')
+    session, answer = await ctx.manager.open("webrtc", body.get("sdp"), params, send_output=True)
+    return web.json_response({"sdp": answer, "type": "answer", "session_id": session.id})
+
+
+async def post_whip(request: web.Request) -> web.Response:
+    ctx = context(request)
+    require_token(request, ctx.config.token)
+    require_content_type(request, "application/sdp")
+    offer = await read_text(request, ctx.config.max_body_bytes)
+    session, answer = await ctx.manager.open("whip", offer, {}, send_output=False)
+    return _created(answer, f"/whip/{session.id}")
+
+
+async def delete_whip(request: web.Request) -> web.Response:
+    ctx = context(request)
+    require_token(request, ctx.config.token)
+    await ctx.manager.close(request.match_info["session_id"], "ended by the publisher (WHIP DELETE)")
+    return web.Response(status=200)
+
+
+async def post_whep(request: web.Request) -> web.Response:
+    ctx = context(request)
+    require_token(request, ctx.config.token)
+    require_content_type(request, "application/sdp")
+    offer = await read_text(request, ctx.config.max_body_bytes)
+    session_id = request.match_info["session_id"]
+    viewer, answer = await ctx.manager.add_viewer(session_id, offer)
+    return _created(answer, f"/whep/{session_id}/{viewer.viewer_id}")
+
+
+async def delete_whep(request: web.Request) -> web.Response:
+    ctx = context(request)
+    require_token(request, ctx.config.token)
+    session = ctx.manager.get(request.match_info["session_id"])
+    if not await session.remove_viewer(request.match_info["viewer_id"]):
+        raise NotFoundError(f"session {session.id} has no viewer {request.match_info['viewer_id']!r}")
+    return web.Response(status=200)
+
+
+def _created(answer: str, location: str) -> web.Response:
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type="application/sdp",
+        headers={"Location": location, "Access-Control-Expose-Headers": "Location"},
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/offer", post_offer)
+    app.router.add_post("/whip", post_whip)
+    app.router.add_delete("/whip/{session_id}", delete_whip)
+    app.router.add_post("/whep/{session_id}", post_whep)
+    app.router.add_delete("/whep/{session_id}/{viewer_id}", delete_whep)

@@ -1,0 +1,296 @@
+"""``Session``: one publishing peer, its pipeline state, its viewers and its counters.
+
+A session owns everything of one stream and nothing shared: the pipeline
+state (latents, noise, prompt embeddings, caches), the input slot, the
+output tracks and the statistics. It lives on the event loop; the worker
+thread reads its slot and state and hands results back through
+:meth:`deliver` (scheduled on the loop) and :meth:`fail`.
+
+The input pump reads decoded frames from the peer's video track as fast as
+they come, so aiortc's unbounded track queue never grows: each frame is
+checked against the resolution limit and the fps cap, then put in the
+latest-frame slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .config import ServerConfig
+from .control import ControlChannel, ControlHandlers
+from .fps_cap import FpsCap
+from .metrics import ServerMetrics, SessionSample
+from .pipelines import current_params, frames_per_step
+from .slot import FrameTag, LatestFrames
+from .stats import SessionStats
+from .tracks import OutputTrack
+from .worker import ModelWorker, OutputFrame
+
+logger = logging.getLogger(__name__)
+
+ERROR_REPEAT_SECONDS = 5.0
+
+
+@dataclass
+class Viewer:
+    """A WHEP client watching a session's output on its own peer connection."""
+
+    viewer_id: str
+    pc: RTCPeerConnection
+    track: OutputTrack
+
+
+class Session:
+    """One stream (see module docstring)."""
+
+    def __init__(
+        self,
+        session_id: str,
+        kind: str,
+        pc: RTCPeerConnection,
+        worker: ModelWorker,
+        state: Any,
+        config: ServerConfig,
+        metrics: ServerMetrics,
+        on_closed: Callable[["Session"], None],
+    ) -> None:
+        self.id = session_id
+        self.kind = kind
+        self.pc = pc
+        self.worker = worker
+        self.state = state
+        self.slot = LatestFrames(frames_per_step(state))
+        self.stats = SessionStats()
+        self.output: OutputTrack | None = None
+        self.viewers: dict[str, Viewer] = {}
+        self.control: ControlChannel | None = None
+        self.closed = False
+        self.connected = False
+        self.close_reason: str | None = None
+        self.last_activity = self.stats.created_at
+        self._config = config
+        self._metrics = metrics
+        self._on_closed = on_closed
+        self._loop = asyncio.get_running_loop()
+        self._fps_cap = FpsCap(config.max_fps)
+        self._frame_index = 0
+        self._last_output_time: Any = None
+        self._tasks: set[asyncio.Task] = set()
+        self._last_error_sent: dict[str, float] = {}
+        pc.on("connectionstatechange", self._on_connection_state)
+        pc.on("datachannel", self._on_datachannel)
+
+    # ---------------------------------------------------------------- wiring
+    def start_input(self, track: MediaStreamTrack | None) -> None:
+        """Start reading the peer's video (WebRTC/WHIP sessions; viewers have none)."""
+        if track is not None:
+            self._spawn(self._pump(track))
+
+    def add_viewer(self, viewer: Viewer) -> None:
+        self.viewers[viewer.viewer_id] = viewer
+
+        async def on_state() -> None:
+            if viewer.pc.connectionState in ("failed", "closed"):
+                await self.remove_viewer(viewer.viewer_id)
+
+        viewer.pc.on("connectionstatechange", on_state)
+
+    async def remove_viewer(self, viewer_id: str) -> bool:
+        viewer = self.viewers.pop(viewer_id, None)
+        if viewer is None:
+            return False
+        viewer.track.stop()
+        await viewer.pc.close()
+        return True
+
+    # ------------------------------------------------------------- parameters
+    def update_params(self, changes: Mapping[str, Any]) -> Any:
+        """Validate now, apply at the next step (thread-safe in every pipeline)."""
+        params = self.worker.pipeline.update(self.state, changes)
+        self.last_activity = time.monotonic()
+        return params
+
+    def _touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    async def reset(self) -> None:
+        await asyncio.wrap_future(self.worker.submit(self.worker.pipeline.reset, self.state))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return current_params(self.state)
+
+    # ------------------------------------------------------------------ input
+    async def _pump(self, track: MediaStreamTrack) -> None:
+        while not self.closed:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self._accept(frame)
+
+    def _accept(self, frame: Any) -> None:
+        now = time.monotonic()
+        self.last_activity = now
+        self.stats.on_input(now)
+        if frame.width > self._config.max_input_width or frame.height > self._config.max_input_height:
+            self.stats.frames_rejected += 1
+            self.notify_error(
+                "input-size",
+                f"input frames of {frame.width}x{frame.height} are over this server's limit of "
+                f"{self._config.max_input_width}x{self._config.max_input_height}; they are dropped",
+            )
+            return
+        frame_time = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base is not None else now
+        if not self._fps_cap.admit(frame_time):
+            self.stats.frames_dropped += 1
+            return
+        self._frame_index += 1
+        if self.slot.put(frame, FrameTag(frame.pts, frame.time_base, now, self._frame_index)):
+            self.stats.frames_dropped += 1
+        self.worker.notify()
+
+    # ----------------------------------------------------- worker → event loop
+    def consumer_count(self) -> int:
+        return (1 if self.output is not None else 0) + len(self.viewers)
+
+    def fallback_pts(self) -> int:
+        return int((time.monotonic() - self.stats.created_at) * 90000)
+
+    def deliver(self, frames: list[OutputFrame], produced_at: float) -> None:
+        """Hand processed frames to every consumer (event loop; scheduled by the worker)."""
+        if self.closed:
+            return
+        frames = [output for output in frames if self._advances_time(output)]
+        if not frames:
+            return
+        now = time.monotonic()
+        consumers = ([self.output] if self.output is not None else []) + [v.track for v in self.viewers.values()]
+        for output in frames:
+            first = self.stats.first_output_at is None
+            latency = now - output.tag.received_at if output.tag is not None else None
+            self.stats.on_output(now, latency, output.tag.pts if output.tag is not None else None, output.skipped)
+            if latency is not None:
+                self._metrics.frame_latency.observe(latency)
+            if first and self.stats.time_to_first_frame is not None:
+                self._metrics.time_to_first_frame.observe(self.stats.time_to_first_frame)
+        for i, track in enumerate(consumers):  # a viewer that joined mid-step has no copies yet: it gets the next step
+            track.push_batch([output.copies[i] for output in frames if i < len(output.copies)])
+
+    def _advances_time(self, output: OutputFrame) -> bool:
+        """Output timestamps must strictly increase (encoders and receivers rely on it).
+
+        A stream-batch image pipeline fills its buffer from the first frame, so
+        its first outputs depict that same input frame again; such a repeat
+        carries a timestamp already sent and is left out.
+        """
+        tag = output.tag
+        if tag is None or tag.pts is None or tag.time_base is None:
+            return True
+        at = tag.pts * tag.time_base
+        if self._last_output_time is not None and at <= self._last_output_time:
+            self.stats.frames_repeated += 1
+            return False
+        self._last_output_time = at
+        return True
+
+    def fail(self, error: BaseException, is_user_error: bool) -> None:
+        """A step failed for this session (worker thread)."""
+        try:
+            self._loop.call_soon_threadsafe(self._on_failure, error, is_user_error)
+        except RuntimeError:
+            pass
+
+    def _on_failure(self, error: BaseException, is_user_error: bool) -> None:
+        if is_user_error:
+            logger.info("session %s: %s", self.id, error)
+            self.notify_error("step", str(error))
+        else:
+            self.notify_error("internal", "the model failed on this stream (a server bug, logged); the session is closing")
+            self._spawn(self.close("model error"))
+
+    def notify_error(self, key: str, text: str) -> None:
+        """Tell the client about a problem on the control channel, at most every few seconds per kind."""
+        now = time.monotonic()
+        if now - self._last_error_sent.get(key, -1e9) < ERROR_REPEAT_SECONDS:
+            return
+        self._last_error_sent[key] = now
+        if self.control is not None:
+            self.control.send_error(text)
+
+    # ------------------------------------------------------------ peer events
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected":
+            self.connected = True
+        elif state in ("failed", "closed") and not self.closed:
+            await self.close("connection failed" if state == "failed" else "peer closed the connection")
+
+    def _on_datachannel(self, channel: Any) -> None:
+        if channel.label != "control" or self.control is not None:
+            return
+        handlers = ControlHandlers(update_params=self.update_params, reset=self.reset, stats=self.stats.snapshot, touch=self._touch)
+        self.control = ControlChannel(channel, handlers, self._config.stats_interval)
+
+    # ------------------------------------------------------------------ state
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "connection": self.pc.connectionState,
+            "params": self.params,
+            "stats": self.stats.snapshot(),
+            "viewers": sorted(self.viewers),
+        }
+
+    def sample(self) -> SessionSample:
+        now = time.monotonic()
+        return SessionSample(
+            session_id=self.id,
+            kind=self.kind,
+            fps_in=round(self.stats.input_rate.per_second(now), 3),
+            fps_out=round(self.stats.output_rate.per_second(now), 3),
+            frames_in=self.stats.frames_received,
+            frames_out=self.stats.frames_output,
+            dropped=self.stats.frames_dropped,
+            skipped=self.stats.frames_skipped,
+            ttff=self.stats.time_to_first_frame,
+            viewers=len(self.viewers),
+        )
+
+    async def close(self, reason: str) -> None:
+        """End the session: stop stepping it, close its peers, free its state. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        logger.info("session %s closed: %s", self.id, reason)
+        self.worker.detach(self)
+        self.slot.clear()
+        self._on_closed(self)
+        if self.control is not None:
+            self.control.send({"type": "closed", "reason": reason})
+            self.control.stop()
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        if self.output is not None:
+            self.output.stop()
+        for viewer_id in list(self.viewers):
+            await self.remove_viewer(viewer_id)
+        await self.pc.close()
+        self.state = None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

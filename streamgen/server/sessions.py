@@ -1,0 +1,162 @@
+"""``SessionManager``: opening, finding, limiting and closing sessions.
+
+Opening a session is the same for ``/offer`` and WHIP: check the offer and
+the settings (cheap, on the loop), take a place under ``max_sessions``
+(503 when there is none), build the pipeline state on the model worker, then
+answer the offer. If anything fails on the way the place is given back and
+the half-built peer closed. WHEP viewers attach to an existing session.
+
+A sweeper closes sessions whose peer never connected within
+``connect_timeout``, and sessions that sent no frame and no control message
+for ``idle_timeout`` seconds (a vanished peer whose ICE has not failed yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import CapacityError, InputError
+from .config import ServerConfig
+from .http_errors import NotFoundError
+from .metrics import ServerMetrics
+from .peer import add_transceivers, answer_offer, new_peer_connection, parse_offer
+from .pipelines import create_session_state, validate_session_settings
+from .session import Session, Viewer
+from .tracks import OutputTrack
+from .worker import ModelWorker
+
+logger = logging.getLogger(__name__)
+
+
+def new_id() -> str:
+    return secrets.token_hex(8)
+
+
+class SessionManager:
+    """All open sessions of one server (see module docstring)."""
+
+    def __init__(self, config: ServerConfig, workers: list[ModelWorker], metrics: ServerMetrics) -> None:
+        self.config = config
+        self.workers = workers
+        self.metrics = metrics
+        self.sessions: dict[str, Session] = {}
+        self._opening = 0
+        self._sweeper: asyncio.Task | None = None
+
+    # --------------------------------------------------------------- lookups
+    def get(self, session_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise NotFoundError(f"no session {session_id!r}; it may have ended (GET /api/sessions lists the open ones)")
+        return session
+
+    def describe_all(self) -> list[dict[str, Any]]:
+        return [s.describe() for s in self.sessions.values()]
+
+    # --------------------------------------------------------------- opening
+    async def open(self, kind: str, offer_sdp: Any, settings: Mapping[str, Any], send_output: bool) -> tuple[Session, str]:
+        """A new publishing session for ``offer_sdp``; returns it and the answer SDP."""
+        shape = parse_offer(offer_sdp)
+        if not shape.has_video:
+            raise _no_video_error()
+        shape.check_codecs(self.config.codecs)
+        merged = {**self.config.default_params, **settings}
+        worker = min(self.workers, key=lambda w: w.load)
+        validate_session_settings(worker.pipeline, merged)
+        self._take_place()
+        pc = None
+        try:
+            state = await asyncio.wrap_future(worker.submit(create_session_state, worker.pipeline, merged))
+            pc = new_peer_connection(self.config.ice_servers)
+            session = Session(new_id(), kind, pc, worker, state, self.config, self.metrics, self._forget)
+            output = OutputTrack() if send_output else None
+            session.output = output
+            transceiver = add_transceivers(pc, shape, "sendrecv" if send_output else "recvonly", output, self.config.codecs)
+            answer = await answer_offer(pc, offer_sdp, self.config.codecs)
+        except BaseException:
+            if pc is not None:
+                await pc.close()
+            raise
+        finally:
+            self._opening -= 1
+        self.sessions[session.id] = session
+        self.metrics.sessions_created += 1
+        worker.attach(session)
+        session.start_input(transceiver.receiver.track)
+        logger.info("session %s opened (%s, %s)", session.id, kind, worker.name)
+        return session, answer
+
+    async def add_viewer(self, session_id: str, offer_sdp: Any) -> tuple[Viewer, str]:
+        """A WHEP viewer of ``session_id``'s output; returns it and the answer SDP."""
+        session = self.get(session_id)
+        shape = parse_offer(offer_sdp)
+        if not shape.has_video:
+            raise _no_video_error()
+        shape.check_codecs(self.config.codecs)
+        if len(session.viewers) >= self.config.max_viewers_per_session:
+            raise CapacityError(f"session {session_id} already has {len(session.viewers)} viewers, the most this server allows")
+        pc = new_peer_connection(self.config.ice_servers)
+        track = OutputTrack()
+        try:
+            add_transceivers(pc, shape, "sendonly", track, self.config.codecs)
+            answer = await answer_offer(pc, offer_sdp, self.config.codecs)
+        except BaseException:
+            track.stop()
+            await pc.close()
+            raise
+        if session.closed:
+            track.stop()
+            await pc.close()
+            raise NotFoundError(f"session {session_id!r} ended while the viewer was connecting")
+        viewer = Viewer(new_id(), pc, track)
+        session.add_viewer(viewer)
+        return viewer, answer
+
+    def _take_place(self) -> None:
+        if len(self.sessions) + self._opening >= self.config.max_sessions:
+            self.metrics.sessions_rejected += 1
+            raise CapacityError(f"the server is full: {self.config.max_sessions} of {self.config.max_sessions} sessions are in use; try again later")
+        self._opening += 1
+
+    # --------------------------------------------------------------- closing
+    async def close(self, session_id: str, reason: str) -> None:
+        await self.get(session_id).close(reason)
+
+    async def close_all(self, reason: str) -> None:
+        await asyncio.gather(*(s.close(reason) for s in list(self.sessions.values())), return_exceptions=True)
+
+    def _forget(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+
+    # --------------------------------------------------------------- sweeper
+    def start_sweeper(self) -> None:
+        self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    async def stop_sweeper(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+
+    async def _sweep_forever(self) -> None:
+        interval = min(1.0, self.config.idle_timeout / 4, self.config.connect_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            await self.sweep(time.monotonic())
+
+    async def sweep(self, now: float) -> None:
+        """Close sessions that never connected or went idle."""
+        for session in list(self.sessions.values()):
+            if not session.connected and now - session.stats.created_at > self.config.connect_timeout:
+                await session.close(f"the peer did not connect within {self.config.connect_timeout:g} s")
+            elif now - session.last_activity > self.config.idle_timeout:
+                await session.close(f"no input for {self.config.idle_timeout:g} s")
+
+
+def _no_video_error() -> Exception:
+    return InputError("the offer has no video section; send a video track (sendrecv for /offer, sendonly for WHIP, recvonly for WHEP)")

@@ -1,0 +1,91 @@
+"""User mistakes: one clear line on stderr, exit status 2, no traceback, no output file."""
+
+from __future__ import annotations
+
+import pytest
+
+from .media import write_clip
+
+
+def _fails_clearly(cli, *args: str) -> str:
+    code, out, err = cli(*args)
+    assert code == 2, (out, err)
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--params", "{not json"], "--params is not valid JSON"),
+        (["--params", "[1, 2]"], "must be a JSON object"),
+        (["--params", '{"colour": "red"}'], "unknown parameter 'colour'"),
+        (["--params", '{"prompt": []}'], "prompt must not be an empty list"),
+        (["--params", "@/nonexistent/params.json"], "cannot read"),
+        (["--strength", "2"], "strength must be between 0 and 1"),
+        (["--strength", "high"], "strength must be a finite number"),
+        (["--guidance-scale", "nan"], "guidance_scale must be a finite number"),
+        (["--seed", "-1"], "seed must be between 0 and"),
+        (["--t-index-list", "30,10"], "strictly increasing"),
+        (["--width", "65"], "width must be a multiple of 8"),
+        (["--frame-buffer-size", "0"], "frame_buffer_size must be between 1"),
+        (["--fps", "0"], "--fps must be positive"),
+        (["--model", "no-such-model-anywhere", "--device", "cpu"], "no-such-model-anywhere"),
+    ],
+)
+def test_bad_settings(cli, tmp_path, args, message):
+    err = _fails_clearly(cli, "run", "-i", "synthetic:2", "-o", str(tmp_path / "out.mp4"), "--quiet", *args)
+    assert message in err
+    assert err.startswith("streamgen: error:") and err.count("\n") == 1
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_missing_input(cli, tmp_path):
+    err = _fails_clearly(cli, "run", "-i", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "out.mp4"))
+    assert "does not exist" in err
+
+
+def test_unreadable_input(cli, tmp_path):
+    bogus = tmp_path / "broken.mp4"
+    bogus.write_bytes(b"this is not a video")
+    err = _fails_clearly(cli, "run", "-i", str(bogus), "-o", str(tmp_path / "out.mp4"))
+    assert "cannot read input" in err and "broken.mp4" in err
+
+
+def test_folder_without_images(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    err = _fails_clearly(cli, "run", "-i", str(tmp_path / "empty"), "-o", str(tmp_path / "out.mp4"))
+    assert "holds no images" in err
+
+
+def test_bad_synthetic_length(cli, tmp_path):
+    err = _fails_clearly(cli, "run", "-i", "synthetic:lots", "-o", str(tmp_path / "out.mp4"))
+    assert "positive number of frames" in err
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [("missing-folder/out.mp4", "does not exist"), ("noextension", "file extension"), (".", "is a folder")],
+)
+def test_bad_output(cli, tmp_path, output, message):
+    err = _fails_clearly(cli, "run", "-i", "synthetic:2", "-o", str(tmp_path / output))
+    assert message in err
+
+
+def test_output_may_not_overwrite_the_input(cli, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 2)
+    err = _fails_clearly(cli, "run", "-i", str(clip), "-o", str(clip))
+    assert "is the input file" in err
+
+
+def test_unknown_codec(cli, tmp_path):
+    err = _fails_clearly(cli, "run", "-i", "synthetic:2", "-o", str(tmp_path / "out.mp4"), "--codec", "nonsense264")
+    assert "no such video encoder" in err
+
+
+def test_argparse_usage_errors_exit_2(cli, tmp_path):
+    code, _, err = cli("run", "-i", "synthetic:2", "-o", str(tmp_path / "o.mp4"), "--cfg-type", "sometimes")
+    assert code == 2 and "invalid choice" in err and "Traceback" not in err
+    code, _, err = cli("run", "-o", str(tmp_path / "o.mp4"))
+    assert code == 2 and "--input" in err

@@ -1,0 +1,19 @@
+"""Fixtures for the server tests: shared pipelines (weights are never mutated) and servers."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamgen.pipeline import ImagePipeline
+from streamgen.server import IdentityPipeline
+
+
+@pytest.fixture()
+def identity_pipeline() -> IdentityPipeline:
+    return IdentityPipeline()
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_pipeline(tiny_model) -> ImagePipeline:
+    """One tiny image pipeline for all server tests; every session keeps its own state."""
+    return ImagePipeline(tiny_model)

@@ -1,0 +1,74 @@
+"""A real streamgen server on loopback for tests, plus small HTTP and polling helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from streamgen.server import ServerConfig, create_app
+from streamgen.server.context import CONTEXT_KEY, ServerContext
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    app: web.Application
+    http: aiohttp.ClientSession
+
+    @property
+    def context(self) -> ServerContext:
+        return self.app[CONTEXT_KEY]
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+        """(status, JSON-or-text body, headers) of one request."""
+        async with self.http.request(method, self.base_url + path, **kwargs) as response:
+            text = await response.text()
+            try:
+                body = await response.json(content_type=None) if text else None
+            except ValueError:
+                body = text
+            return response.status, body, response.headers
+
+
+@asynccontextmanager
+async def running_server(pipeline: Any, **settings: Any) -> AsyncIterator[RunningServer]:
+    """Serve ``pipeline`` on 127.0.0.1 (a free port) until the block ends."""
+    settings.setdefault("port", 0)
+    config = ServerConfig(**settings)
+    app = create_app(config, [pipeline])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as http:
+        try:
+            yield RunningServer(f"http://127.0.0.1:{port}", app, http)
+        finally:
+            await runner.cleanup()
+
+
+async def poll(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    """Wait until ``condition()`` holds, checking every 20 ms; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def tracebacks(records: list[logging.LogRecord]) -> list[str]:
+    """Log records that carry a traceback (user errors must not produce any)."""
+    return [f"{r.name}: {r.getMessage()}" for r in records if r.exc_info or "Traceback" in r.getMessage()]
+
+
+def mean_abs_diff(a: Any, b: Any) -> float:
+    return float(abs(a.astype("float32") - b.astype("float32")).mean())

@@ -1,0 +1,81 @@
+"""A real browser: headless Debian Chromium (driven by Playwright's Python package) streams its
+fake camera through the page and the output <video> keeps presenting new frames."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from .helpers import poll, running_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_FLAGS = [
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+# resolves once the page's output <video> has presented `count` new frames
+COUNT_PRESENTED_FRAMES = """(count) => new Promise((resolve) => {
+  const video = document.getElementById("output");
+  let seen = 0;
+  const onFrame = () => (++seen >= count ? resolve(seen) : video.requestVideoFrameCallback(onFrame));
+  video.requestVideoFrameCallback(onFrame);
+})"""
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium (scripts/test.sh installs it with apt-get when run as root)"
+)
+
+
+async def test_browser_session_streams_and_takes_live_parameters(shared_tiny_pipeline, tmp_path):
+    playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright Python package is not installed")
+    async with running_server(shared_tiny_pipeline) as server, playwright_api.async_playwright() as playwright:
+        # launch_persistent_context gives Chromium a fresh --user-data-dir of its own
+        browser = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            console: list[str] = []
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+            await page.goto(server.base_url + "/")
+            await page.click("#start")
+
+            await page.wait_for_function("window.streamgen.outputFrames > 3", timeout=60_000)
+            presented = await page.evaluate("window.streamgen.outputFrames")
+            await page.wait_for_function(f"window.streamgen.outputFrames > {presented + 5}", timeout=60_000)
+
+            session_id = await page.evaluate("window.streamgen.sessionId")
+            session = server.context.manager.get(session_id)
+            assert session.stats.frames_output > 5
+
+            # the WHEP player page (an OBS browser source) shows the same session's output
+            watcher = await browser.new_page()
+            await watcher.goto(f"{server.base_url}/watch?session={session_id}")
+            presented_by_watcher = await asyncio.wait_for(watcher.evaluate(COUNT_PRESENTED_FRAMES, 5), 60)
+            assert presented_by_watcher == 5 and len(session.viewers) == 1
+            await watcher.close()
+            await poll(lambda: not session.viewers, 20, "the watch page's viewer to leave")
+
+            await page.fill("#seed", "777")
+            await page.dispatch_event("#seed", "change")
+            await poll(lambda: session.params["seed"] == [[777, 1.0]], 20, "the seed set in the page to reach the session")
+
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "browser-session.png"))
+            assert await page.is_hidden("#error"), await page.text_content("#error")
+
+            await page.click("#stop")
+            await poll(lambda: not server.context.manager.sessions, 20, "Stop to end the session on the server")
+            assert not [line for line in console if line.startswith("error")], console
+        finally:
+            await browser.close()

@@ -1,0 +1,85 @@
+"""``streamgen serve``: flags become a ServerConfig, and the command really serves."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from streamgen.cli import build_parser, main
+from streamgen.commands.serve import build_config
+from streamgen.errors import ConfigError
+
+
+def parse(*argv: str):
+    return build_config(build_parser().parse_args(["serve", *argv]))
+
+
+def test_flags_map_onto_the_server_config():
+    config = parse(
+        "--host", "0.0.0.0", "--port", "9000", "--model", "identity", "--codec", "h264", "--bitrate", "3000",
+        "--max-bitrate", "6000", "--max-fps", "24", "--max-sessions", "2", "--max-input", "1920x1080",
+        "--token", "t0k", "--defaults", '{"prompt": "a fox", "width": 512}', "--stun", "stun:example.org:3478",
+    )
+    assert (config.host, config.port, config.model, config.codecs) == ("0.0.0.0", 9000, "identity", ("H264",))
+    assert (config.bitrate, config.max_bitrate, config.max_fps, config.max_sessions) == (3_000_000, 6_000_000, 24.0, 2)
+    assert (config.max_input_width, config.max_input_height, config.token) == (1920, 1080, "t0k")
+    assert config.default_params == {"prompt": "a fox", "width": 512} and config.ice_servers == ("stun:example.org:3478",)
+
+
+@pytest.mark.parametrize(
+    "argv, word",
+    [
+        (["--codec", "av1"], "codec"),
+        (["--max-input", "big"], "max-input"),
+        (["--defaults", "[1]"], "JSON object"),
+        (["--bitrate", "9000", "--max-bitrate", "1000"], "max_bitrate"),
+        (["--max-fps", "0"], "max_fps"),
+    ],
+)
+def test_bad_flags_are_config_errors(argv, word):
+    with pytest.raises(ConfigError, match=word):
+        parse(*argv)
+
+
+def test_bad_flags_exit_with_a_message(capsys):
+    assert main(["serve", "--codec", "av1"]) == 2
+    assert "codec must be one of" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_serve_starts_serves_the_page_and_stops_on_sigint():
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "streamgen", "serve", "--model", "identity", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        async with aiohttp.ClientSession() as http:
+            health = None
+            for _ in range(600):  # up to 60 s for a cold import of torch on a busy machine
+                if process.poll() is not None:
+                    break
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/health") as response:
+                        health = await response.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            assert health is not None and health["model"] == "identity", process.stdout.read().decode() if process.poll() is not None else "no answer"
+            async with http.get(f"http://127.0.0.1:{port}/") as response:
+                assert response.status == 200 and "streamgen" in await response.text()
+    finally:
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output
+    assert "Traceback" not in output

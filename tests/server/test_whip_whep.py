@@ -1,0 +1,83 @@
+"""WHIP ingest + WHEP playback with aiortc, the way OBS publishes: H.264 only, no candidates in the offer."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamgen.server.client import ServerError, strip_candidates, whep_view, whip_publish
+from streamgen.server.synthetic import MarkerVideoTrack
+
+from .helpers import poll, running_server
+
+
+@pytest.mark.parametrize("token", [None, "s3cret-token"])
+async def test_whip_publish_and_whep_watch_round_trip(identity_pipeline, token):
+    async with running_server(identity_pipeline, token=token) as server:
+        track = MarkerVideoTrack(first_marker=7000)
+        publisher = await whip_publish(server.base_url, track, token=token, codecs=["H264"], without_candidates=True)
+        viewer = None
+        try:
+            assert publisher.resource == f"{server.base_url}/whip/{publisher.session_id}"
+            session = server.context.manager.get(publisher.session_id)
+            assert session.kind == "whip"
+            await poll(lambda: session.stats.frames_received >= 3, 20, "the server to receive WHIP frames")
+
+            viewer = await whep_view(server.base_url, publisher.session_id, token=token)
+            frames = await viewer.wait_for_frames(10)
+            assert all(f.marker is not None and 7000 <= f.marker < 7000 + track.frames_sent for f in frames)
+            assert list(session.viewers) == [viewer.resource.rsplit("/", 1)[-1]]
+
+            await viewer.close()  # DELETE /whep/{session}/{viewer}
+            await poll(lambda: not session.viewers, 10, "the viewer to be removed")
+            viewer = None
+        finally:
+            if viewer is not None:
+                await viewer.close()
+            await publisher.close()  # DELETE /whip/{session}
+        assert publisher.session_id not in server.context.manager.sessions
+
+
+async def test_whip_answer_is_h264_and_carries_candidates(identity_pipeline):
+    async with running_server(identity_pipeline) as server:
+        publisher = await whip_publish(server.base_url, MarkerVideoTrack(), codecs=["H264"])
+        try:
+            answer = publisher.pc.remoteDescription.sdp
+            assert "a=candidate:" in answer
+            video = answer[answer.index("m=video") :]
+            assert "H264/90000" in video and "VP8/90000" not in video
+        finally:
+            await publisher.close()
+
+
+async def test_whip_and_whep_need_the_token_when_the_server_has_one(identity_pipeline):
+    async with running_server(identity_pipeline, token="right") as server:
+        for token in (None, "wrong"):
+            with pytest.raises(ServerError) as error:
+                await whip_publish(server.base_url, MarkerVideoTrack(), token=token)
+            assert error.value.status == 401 and "bearer token" in error.value.body["error"]
+        publisher = await whip_publish(server.base_url, MarkerVideoTrack(), token="right")
+        try:
+            with pytest.raises(ServerError) as error:
+                await whep_view(server.base_url, publisher.session_id, token="wrong")
+            assert error.value.status == 401
+            status, body, headers = await server.request("DELETE", f"/whip/{publisher.session_id}")
+            assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer")
+        finally:
+            await publisher.close()
+
+
+async def test_whip_does_not_take_trickled_candidates(identity_pipeline):
+    async with running_server(identity_pipeline) as server:
+        publisher = await whip_publish(server.base_url, MarkerVideoTrack())
+        try:
+            status, body, _ = await server.request(
+                "PATCH", f"/whip/{publisher.session_id}", data=b"a=candidate:1 1 udp 1 127.0.0.1 9 typ host", headers={"Content-Type": "application/trickle-ice-sdpfrag"}
+            )
+            assert status == 405 and "error" in body
+        finally:
+            await publisher.close()
+
+
+def test_strip_candidates_removes_only_candidate_lines():
+    sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=candidate:1 1 udp 1 10.0.0.1 5000 typ host\r\na=end-of-candidates\r\na=mid:0\r\n"
+    assert strip_candidates(sdp) == "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n"

@@ -1,0 +1,300 @@
+// The streamgen browser client: pick a source, start a session, steer it live.
+//
+// One RTCPeerConnection per session: the source video goes up, the processed video comes
+// back on the same connection (POST /offer), and a data channel named "control" carries
+// parameter changes ({type: "params", id, params}) that the server acknowledges
+// ({type: "ack", id, ok, error}) plus the server's periodic {type: "stats"} messages.
+import { authHeaders, errorFrom, localOffer, savedToken, saveToken } from "./signaling.js";
+
+const $ = (id) => document.getElementById(id);
+const SLIDERS = ["strength", "guidance_scale", "delta"];
+const PARAM_DELAY_MS = 120;
+
+const session = {
+  pc: null,
+  channel: null,
+  stream: null,
+  fileUrl: null,
+  id: null,
+  nextMessageId: 1,
+  pendingAcks: new Map(),
+  pendingParams: {},
+  paramTimer: null,
+  statsTimer: null,
+};
+
+// Counters the page exposes for tests and curious users (see tests/server/test_browser.py).
+window.streamgen = { outputFrames: 0, state: "idle", sessionId: null, lastError: null };
+
+// ------------------------------------------------------------------ UI helpers
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+  window.streamgen.lastError = message;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+function setRunning(running) {
+  $("start").disabled = running;
+  $("stop").disabled = !running;
+  $("source").disabled = running;
+  window.streamgen.state = running ? "running" : "idle";
+}
+
+function currentParams() {
+  const params = {
+    prompt: $("prompt").value,
+    negative_prompt: $("negative_prompt").value,
+    seed: Number.parseInt($("seed").value || "0", 10),
+  };
+  for (const name of SLIDERS) params[name] = Number.parseFloat($(name).value);
+  return params;
+}
+
+// ------------------------------------------------------------------- sources
+async function openSource(kind) {
+  if (kind === "camera") {
+    return navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } },
+      audio: false,
+    });
+  }
+  if (kind === "screen") {
+    return navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 30 } }, audio: false });
+  }
+  const file = $("file").files[0];
+  if (!file) throw new Error("Choose a video file first.");
+  const player = document.createElement("video");
+  session.fileUrl = URL.createObjectURL(file);
+  Object.assign(player, { src: session.fileUrl, loop: true, muted: true, playsInline: true });
+  await player.play();
+  const capture = player.captureStream || player.mozCaptureStream; // Firefox names it mozCaptureStream
+  if (!capture) throw new Error("This browser cannot stream a video file (no captureStream).");
+  session.player = player;
+  return capture.call(player);
+}
+
+// ------------------------------------------------------------------- session
+async function start() {
+  clearError();
+  setRunning(true);
+  setStatus("Opening the source…");
+  try {
+    const token = $("token").value.trim();
+    saveToken(token);
+    session.stream = await openSource($("source").value);
+    $("input").srcObject = session.stream;
+    const [track] = session.stream.getVideoTracks();
+    if (!track) throw new Error("The source has no video track.");
+
+    setStatus("Connecting…");
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    session.pc = pc;
+    session.channel = pc.createDataChannel("control");
+    session.channel.onmessage = (event) => onControlMessage(event.data);
+    session.channel.onopen = flushParams;
+    pc.addTransceiver(track, { direction: "sendrecv", streams: [session.stream] });
+    pc.ontrack = (event) => showOutput(event.track);
+    pc.onconnectionstatechange = () => {
+      setStatus(`Connection: ${pc.connectionState}`);
+      if (pc.connectionState === "failed") {
+        showError("The connection to the server failed (ICE). Is a firewall blocking UDP?");
+        stop();
+      }
+    };
+
+    const sdp = await localOffer(pc);
+    const response = await fetch("/offer", {
+      method: "POST",
+      headers: authHeaders(token, { "Content-Type": "application/json" }),
+      body: JSON.stringify({ sdp, type: "offer", params: currentParams() }),
+    });
+    if (!response.ok) throw await errorFrom(response);
+    const answer = await response.json();
+    session.id = answer.session_id;
+    window.streamgen.sessionId = answer.session_id;
+    await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
+    showWatchLink(answer.session_id);
+    session.statsTimer = setInterval(updateRtt, 1000);
+    setStatus("Connecting…");
+  } catch (error) {
+    showError(error.message || String(error));
+    await stop();
+  }
+}
+
+async function stop() {
+  const { pc, id } = session;
+  clearInterval(session.statsTimer);
+  clearTimeout(session.paramTimer);
+  session.pc = null;
+  session.channel = null;
+  session.id = null;
+  if (id) {
+    // Tell the server right away instead of letting it notice the closed peer.
+    fetch(`/api/sessions/${id}`, { method: "DELETE", keepalive: true, headers: authHeaders($("token").value.trim()) }).catch(() => {});
+  }
+  if (pc) pc.close();
+  if (session.stream) session.stream.getTracks().forEach((t) => t.stop());
+  if (session.player) session.player.pause();
+  if (session.fileUrl) URL.revokeObjectURL(session.fileUrl);
+  session.stream = session.player = session.fileUrl = null;
+  for (const { reject } of session.pendingAcks.values()) reject(new Error("session stopped"));
+  session.pendingAcks.clear();
+  $("input").srcObject = null;
+  $("output").srcObject = null;
+  $("watch-link").hidden = true;
+  setRunning(false);
+  setStatus("Stopped.");
+}
+
+function showOutput(track) {
+  const video = $("output");
+  video.srcObject = new MediaStream([track]);
+  countPresentedFrames(video);
+}
+
+// Count frames the output <video> actually presents (requestVideoFrameCallback where the
+// browser has it, decoded-frame stats otherwise).
+function countPresentedFrames(video) {
+  if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
+    const onFrame = () => {
+      window.streamgen.outputFrames += 1;
+      $("stat-shown").textContent = window.streamgen.outputFrames;
+      if (video.srcObject) video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  } else {
+    const timer = setInterval(async () => {
+      if (!session.pc) return clearInterval(timer);
+      const stats = await session.pc.getStats();
+      stats.forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "video") window.streamgen.outputFrames = s.framesDecoded || 0;
+      });
+      $("stat-shown").textContent = window.streamgen.outputFrames;
+    }, 500);
+  }
+}
+
+function showWatchLink(id) {
+  const link = $("watch-link");
+  const url = `${location.origin}/watch?session=${encodeURIComponent(id)}`;
+  link.innerHTML = "";
+  link.append("Watch this output elsewhere (WHEP, e.g. an OBS browser source): ");
+  const anchor = document.createElement("a");
+  anchor.href = url;
+  anchor.target = "_blank";
+  anchor.textContent = url;
+  link.append(anchor);
+  link.hidden = false;
+}
+
+// ------------------------------------------------------------ control channel
+function sendControl(message) {
+  const channel = session.channel;
+  if (!channel || channel.readyState !== "open") return Promise.reject(new Error("not connected"));
+  const id = session.nextMessageId++;
+  channel.send(JSON.stringify({ ...message, id }));
+  return new Promise((resolve, reject) => session.pendingAcks.set(id, { resolve, reject }));
+}
+
+function onControlMessage(data) {
+  let message;
+  try {
+    message = JSON.parse(data);
+  } catch (_) {
+    return;
+  }
+  if (message.type === "ack") {
+    const pending = session.pendingAcks.get(message.id);
+    session.pendingAcks.delete(message.id);
+    if (!message.ok) showError(`Parameter rejected: ${message.error}`);
+    else clearError();
+    if (pending) pending.resolve(message);
+  } else if (message.type === "stats") {
+    showStats(message);
+  } else if (message.type === "error") {
+    showError(message.error);
+  } else if (message.type === "closed") {
+    showError(`The server ended the session: ${message.reason}`);
+    stop();
+  }
+}
+
+function queueParam(name, value) {
+  session.pendingParams[name] = value;
+  clearTimeout(session.paramTimer);
+  session.paramTimer = setTimeout(flushParams, PARAM_DELAY_MS);
+}
+
+function flushParams() {
+  const params = session.pendingParams;
+  if (!Object.keys(params).length || !session.channel || session.channel.readyState !== "open") return;
+  session.pendingParams = {};
+  sendControl({ type: "params", params }).catch(() => {});
+}
+
+// ---------------------------------------------------------------------- stats
+function fmt(value, unit = "") {
+  return value === null || value === undefined ? "–" : `${value}${unit}`;
+}
+
+function showStats(stats) {
+  $("stat-fps-in").textContent = fmt(stats.fps_in);
+  $("stat-fps-out").textContent = fmt(stats.fps_out);
+  $("stat-latency").textContent = fmt(stats.latency_ms_p50, " ms");
+  $("stat-dropped").textContent = fmt(stats.dropped);
+}
+
+async function updateRtt() {
+  if (!session.pc) return;
+  const stats = await session.pc.getStats();
+  stats.forEach((s) => {
+    if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) {
+      $("stat-rtt").textContent = `${Math.round(s.currentRoundTripTime * 1000)} ms`;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------- wiring
+function wire() {
+  $("token").value = savedToken();
+  $("source").addEventListener("change", () => {
+    $("file-row").hidden = $("source").value !== "file";
+  });
+  $("start").addEventListener("click", start);
+  $("stop").addEventListener("click", stop);
+  for (const name of SLIDERS) {
+    $(name).addEventListener("input", () => {
+      $(`${name}-value`).textContent = $(name).value;
+      queueParam(name, Number.parseFloat($(name).value));
+    });
+  }
+  $("prompt").addEventListener("input", () => queueParam("prompt", $("prompt").value));
+  $("negative_prompt").addEventListener("input", () => queueParam("negative_prompt", $("negative_prompt").value));
+  $("seed").addEventListener("change", () => queueParam("seed", Number.parseInt($("seed").value || "0", 10)));
+  $("new-seed").addEventListener("click", () => {
+    $("seed").value = Math.floor(Math.random() * 2 ** 31);
+    queueParam("seed", Number.parseInt($("seed").value, 10));
+  });
+  window.addEventListener("beforeunload", () => {
+    if (session.id) stop();
+  });
+  fetch("/health")
+    .then((r) => r.json())
+    .then((h) => {
+      $("model").textContent = `model: ${h.model}`;
+    })
+    .catch(() => {});
+}
+
+wire();

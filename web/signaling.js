@@ -1,0 +1,53 @@
+// Talking to the streamgen server: HTTP with the optional bearer token, JSON errors,
+// and offers that carry all ICE candidates (the server does not take trickled ones).
+
+const TOKEN_KEY = "streamgen.token";
+
+export function savedToken() {
+  return localStorage.getItem(TOKEN_KEY) || "";
+}
+
+export function saveToken(token) {
+  if (token) localStorage.setItem(TOKEN_KEY, token);
+  else localStorage.removeItem(TOKEN_KEY);
+}
+
+export function authHeaders(token, extra = {}) {
+  return token ? { ...extra, Authorization: `Bearer ${token}` } : { ...extra };
+}
+
+// The server answers every error as JSON {error: "..."}; turn it into an Error with that text.
+export async function errorFrom(response) {
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    if (body && body.error) message = body.error;
+  } catch (_) { /* not JSON: keep the status line */ }
+  const error = new Error(message);
+  error.status = response.status;
+  return error;
+}
+
+// Resolve once ICE gathering is complete (or after `timeoutMs`, with what was gathered).
+export function iceGatheringComplete(pc, timeoutMs = 2000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState !== "complete") return;
+      pc.removeEventListener("icegatheringstatechange", done);
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      pc.removeEventListener("icegatheringstatechange", done);
+      resolve();
+    }, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", done);
+  });
+}
+
+export async function localOffer(pc) {
+  await pc.setLocalDescription(await pc.createOffer());
+  await iceGatheringComplete(pc);
+  return pc.localDescription.sdp;
+}
