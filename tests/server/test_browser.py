@@ -63,7 +63,7 @@ async def test_browser_session_streams_and_takes_live_parameters(shared_tiny_pip
             await watcher.goto(f"{server.base_url}/watch?session={session_id}")
             presented_by_watcher = await asyncio.wait_for(watcher.evaluate(COUNT_PRESENTED_FRAMES, 5), 60)
             assert presented_by_watcher == 5 and len(session.viewers) == 1
-            await watcher.close()
+            await watcher.close(run_before_unload=True)  # as a browser tab does when closed
             await poll(lambda: not session.viewers, 20, "the watch page's viewer to leave")
 
             await page.fill("#seed", "777")
