@@ -11,6 +11,7 @@ from .config import ModelSpec, StreamConfig, StreamParams, WeightedPrompt, Weigh
 from .errors import CapacityError, ConfigError, EngineError, InputError, ModelLoadError, StreamgenError
 from .pipeline import ImagePipeline, ImageStreamState, StepOutput
 from .stream import ImageStream, load_pipeline, load_stream_pipeline
+from .video_stream import VideoStream
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "StreamConfig",
     "StreamParams",
     "StreamgenError",
+    "VideoStream",
     "WeightedPrompt",
     "WeightedSeed",
     "__version__",

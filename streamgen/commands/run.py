@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class RunPlan:
     """Everything ``run`` checked before loading a model."""
 
-    config: StreamConfig
+    config: Any  # StreamConfig (image models) or VideoConfig (video models)
     user_params: dict[str, Any]
     input_spec: str
     output: Path
@@ -63,9 +63,15 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     from .video_writer import check_output_path, pick_codec  # noqa: PLC0415
 
     settings = collect_settings(args)
-    config_values, live_values = split_settings(settings)
-    config = parse_stream_config(config_values)
-    parse_params(live_values)  # fail now, not after loading the model; re-parsed on the model's defaults later
+    if _is_video_model(args.model):
+        from ..pipeline.video_params import parse_video_settings, split_video_settings  # noqa: PLC0415
+
+        config, _ = parse_video_settings(settings)  # the video schema: fail now, not after loading the model
+        live_values = split_video_settings(settings)[1]
+    else:
+        config_values, live_values = split_settings(settings)
+        config = parse_stream_config(config_values)
+        parse_params(live_values)  # fail now, not after loading the model; re-parsed on the model's defaults later
     if args.fps <= 0:
         raise ConfigError(f"--fps must be positive, got {args.fps:g}")
     if args.max_frames is not None and args.max_frames < 1:
@@ -78,8 +84,19 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     return RunPlan(config, live_values, args.input, output, pick_codec(args.codec))
 
 
-def stream_params_for(pipeline: Any, config: StreamConfig, user_params: dict[str, Any]) -> StreamParams:
-    """The user's parameters on top of the model's own defaults (txt2img runs without CFG by default)."""
+def _is_video_model(model: str) -> bool:
+    from ..stream import is_video_model  # noqa: PLC0415
+
+    return is_video_model(model)
+
+
+def stream_params_for(pipeline: Any, config: Any, user_params: dict[str, Any]) -> Any:
+    """The user's parameters on top of the model's own defaults (txt2img runs without CFG by default).
+
+    Video pipelines validate their own schema (on their defaults) in ``create_state``.
+    """
+    if not isinstance(config, StreamConfig):
+        return dict(user_params)
     model = getattr(pipeline, "model", None)
     defaults = dict(getattr(pipeline, "default_params", None) or getattr(model, "default_params", None) or {})
     if config.mode == "txt2img":
@@ -105,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         load_seconds = time.perf_counter() - started
         config = getattr(state, "config", plan.config)
         writer = VideoWriter(plan.output, plan.codec, rate=source.rate, time_base=source.time_base, bitrate_kbps=args.bitrate)
-        runner = StreamRunner(pipeline, state, writer.write, frames_per_call=getattr(config, "frame_buffer_size", 1), txt2img=config.mode == "txt2img")
+        runner = StreamRunner(pipeline, state, writer.write, frames_per_call=getattr(config, "frame_buffer_size", 1), txt2img=getattr(config, "mode", None) == "txt2img")
         total = min(filter(None, (source.count, args.max_frames)), default=None)
         started = time.perf_counter()
         try:

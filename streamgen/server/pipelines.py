@@ -54,6 +54,10 @@ def validate_session_settings(pipeline: Any, settings: Mapping[str, Any]) -> Non
         config_fields, live_fields = split_settings(settings)
         config = parse_stream_config(config_fields)
         parse_params(live_fields, _model_defaults(pipeline, config.mode))
+        return
+    validate = getattr(pipeline, "validate_settings", None)  # video pipelines check their own schema
+    if callable(validate):
+        validate(settings)
 
 
 def _model_defaults(pipeline: Any, mode: str) -> StreamParams | None:

@@ -1,0 +1,107 @@
+"""The shared weights of a causal video model and the few calls the video pipeline makes on them.
+
+:class:`VideoModel` bundles the block-causal DiT
+(:class:`~streamgen.models.causal_wan.CausalWanTransformer`), the streaming
+VAE, the text encoder and its tokenizer. The pipeline reaches them only
+through :meth:`encode_prompt`, :meth:`encode_context`,
+:attr:`forward_chunk` and the VAE's encode/decode, so a runtime backend may
+replace :attr:`forward_chunk` (torch.compile, CUDA graphs) without the
+algorithm noticing. Nothing here is per-session; prompt embeddings are
+memoised by text because they are a pure function of the weights.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .causal_wan import CausalWanTransformer
+from .stream_vae import StreamingWanVAE
+from .wan_context import CrossAttentionContext
+
+PROMPT_CACHE_SIZE = 64
+FLOW_SHIFT = 8.0
+
+
+@dataclass(eq=False)
+class VideoModel:
+    """A causal video model: DiT + streaming VAE + text encoder (see module docstring)."""
+
+    name: str
+    transformer: CausalWanTransformer
+    vae: StreamingWanVAE
+    text_encoder: torch.nn.Module
+    tokenizer: Any
+    text_length: int
+    default_size: tuple[int, int]  # (width, height)
+    flow_shift: float = FLOW_SHIFT
+    default_params: dict[str, Any] = field(default_factory=dict)
+    forward_chunk: Callable[..., torch.Tensor] | None = None
+    _prompt_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _prompt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.forward_chunk is None:
+            self.forward_chunk = self.transformer.forward_chunk
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.in_channels
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this (VAE factor × patch size)."""
+        return self.vae.spatial_factor * self.transformer.patch_size[1]
+
+    def latent_size(self, width: int, height: int) -> tuple[int, int]:
+        return self.vae.latent_size(width, height)
+
+    # ---------------------------------------------------------------- prompts
+    @torch.inference_mode()
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        """Text → embeddings ``(1, text_length, text_dim)``, padding zeroed (as Wan is trained), memoised."""
+        with self._prompt_lock:
+            cached = self._prompt_cache.get(text)
+            if cached is not None:
+                self._prompt_cache.move_to_end(text)
+                return cached
+        embeds = self._encode_prompt_uncached(text)
+        with self._prompt_lock:
+            self._prompt_cache[text] = embeds
+            while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+                self._prompt_cache.popitem(last=False)
+        return embeds
+
+    def _encode_prompt_uncached(self, text: str) -> torch.Tensor:
+        tokens = self.tokenizer(
+            [text],
+            padding="max_length",
+            max_length=self.text_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        device = next(self.text_encoder.parameters()).device
+        ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+        hidden = self.text_encoder(ids, attention_mask=mask).last_hidden_state
+        hidden = hidden * mask[..., None].to(hidden.dtype)
+        return hidden.to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def encode_context(self, embeds: torch.Tensor) -> CrossAttentionContext:
+        """Per-block cross-attention K/V for text embeddings (once per prompt, reused by every chunk)."""
+        return self.transformer.encode_context(embeds)

@@ -1,0 +1,286 @@
+"""Named causal video models and :func:`load_video_pipeline`.
+
+- ``tiny-video``: the Wan architecture at toy size, random weights, built in
+  code (tests, CI, offline demos; its output is noise-like);
+- ``wan-causal-1.3b`` / ``wan-causal-14b``: Wan2.1 T2V in the diffusers
+  layout (``Wan-AI/Wan2.1-T2V-*-Diffusers``: transformer, vae,
+  text_encoder, tokenizer), run block-causally. A causal student
+  (StreamDiffusionV2, Self-Forcing, CausVid) is given as ``checkpoint=`` a
+  local ``.pt``/``.safetensors`` file and loaded over the base transformer
+  (:mod:`streamgen.models.wan_checkpoint`); without one the bidirectional
+  base weights run causally, which works but looks worse;
+- ``weights="dummy"`` builds the 1.3B/14B architectures with random weights
+  from the shipped configs (benchmarks of speed, no download). The dummy
+  text encoder is a one-layer UMT5 of the DiT's text width instead of
+  UMT5-XXL (5.7 B parameters, 11 GB even random): prompts are encoded once
+  per change, so it does not change the stream's speed.
+
+Hub access goes through :mod:`streamgen.models.hub`: cache first; with
+``HF_HUB_OFFLINE=1`` a missing model fails at once with a
+:class:`~streamgen.errors.ModelLoadError` saying how to download it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ModelSpec
+from ..errors import ConfigError, ModelLoadError
+from .device import resolve_device, resolve_dtype
+from .hub import SnapshotRequest, download_command, fetch_snapshot
+from .stream_vae import StreamingWanVAE
+from .tiny_video import ByteTokenizer, place, seeded_build, tiny_umt5_encoder, tiny_wan_vae
+from .video_model import VideoModel
+from .weight_files import choose_weight_files, select_folder_files
+
+WAN_FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
+WAN_TEXT_LENGTH = 512
+TINY_VIDEO_SIZE = (128, 128)
+WEIGHT_KINDS = ("pretrained", "dummy")
+SPEC_KEYS = ("weights", "device", "dtype", "seed", "checkpoint", "checkpoint_key", "vae", "lora", "fuse_lora")
+
+
+@dataclass(frozen=True)
+class VideoPreset:
+    """A named causal video model."""
+
+    name: str
+    description: str
+    repo: str | None
+    dummy_config: str | None  # streamgen/models/configs/<name> (transformer config)
+    default_size: tuple[int, int] = (832, 480)
+    default_params: dict[str, Any] = field(default_factory=dict)
+
+
+VIDEO_PRESETS: dict[str, VideoPreset] = {
+    p.name: p
+    for p in (
+        VideoPreset(
+            name="tiny-video",
+            description="built-in random-weight causal video model for tests and offline demos (noise-like output)",
+            repo=None,
+            dummy_config=None,
+            default_size=TINY_VIDEO_SIZE,
+        ),
+        VideoPreset(
+            name="wan-causal-1.3b",
+            description="Wan2.1 T2V 1.3B run block-causally (pass checkpoint= a causal student .pt), 480x832",
+            repo="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+            dummy_config="wan-1.3b",
+        ),
+        VideoPreset(
+            name="wan-causal-14b",
+            description="Wan2.1 T2V 14B run block-causally (pass checkpoint= a causal student .pt), 480x832",
+            repo="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+            dummy_config="wan-14b",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """What :func:`load_video_pipeline` was asked for, validated."""
+
+    preset: VideoPreset
+    weights: str = "pretrained"
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    checkpoint: str | None = None
+    checkpoint_key: str | None = None
+
+
+def load_video_pipeline(model: Any = "tiny-video", **spec: Any):
+    """A :class:`~streamgen.pipeline.video.VideoPipeline` for a video preset (or a loaded model/pipeline).
+
+    Keywords: ``weights`` (pretrained | dummy), ``device``, ``dtype``,
+    ``seed`` (random weights), ``checkpoint`` (causal student file),
+    ``checkpoint_key``; ``vae`` and ``fuse_lora`` are accepted for symmetry
+    with image models, ``lora`` must be empty (not supported for video).
+    """
+    from ..pipeline.video import VideoPipeline  # noqa: PLC0415
+
+    if isinstance(model, VideoPipeline):
+        return model
+    if isinstance(model, VideoModel):
+        return VideoPipeline(model)
+    return VideoPipeline(load_video_model(model, **spec))
+
+
+def load_video_model(model: str | ModelSpec, **spec: Any) -> VideoModel:
+    """Load the :class:`VideoModel` a preset names (see module docstring)."""
+    video_spec = _video_spec(model, spec)
+    device = resolve_device(video_spec.device)
+    dtype = resolve_dtype(video_spec.dtype, device)
+    preset = video_spec.preset
+    if preset.repo is None:
+        return build_tiny_video_model(seed=video_spec.seed, device=device, dtype=dtype)
+    if video_spec.weights == "dummy":
+        model_out = build_dummy_video_model(preset, seed=video_spec.seed, device=device, dtype=dtype)
+    else:
+        folder = _wan_snapshot(preset, dtype)
+        model_out = load_wan_folder(folder, preset, device=device, dtype=dtype)
+    if video_spec.checkpoint is not None:
+        from .wan_checkpoint import load_causal_weights  # noqa: PLC0415
+
+        load_causal_weights(model_out.transformer, video_spec.checkpoint, key=video_spec.checkpoint_key)
+    return model_out
+
+
+def _video_spec(model: str | ModelSpec, spec: Mapping[str, Any]) -> VideoSpec:
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown model option(s) {', '.join(unknown)} for a video model; known: {', '.join(SPEC_KEYS)}")
+    values = dict(spec)
+    if isinstance(model, ModelSpec):
+        values = {"weights": model.weights, "device": model.device, "dtype": model.dtype, "seed": model.seed,
+                  "vae": model.vae, "lora": model.lora, **values}
+        model = model.source
+    preset = VIDEO_PRESETS.get(model) if isinstance(model, str) else None
+    if preset is None:
+        raise ConfigError(f"unknown video model {model!r}; video presets: {', '.join(VIDEO_PRESETS)}")
+    weights = values.get("weights", "pretrained")
+    if weights not in WEIGHT_KINDS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHT_KINDS)}; got {weights!r}")
+    if values.get("lora"):
+        raise ConfigError("LoRAs are not supported for video models yet; remove the lora option")
+    if values.get("vae", "tiny") not in ("tiny", "full", "auto"):
+        raise ConfigError(f"video models use their own Wan VAE; vae must be tiny, full or auto, got {values['vae']!r}")
+    seed = values.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    checkpoint = values.get("checkpoint")
+    if checkpoint is not None:
+        if preset.repo is None:
+            raise ConfigError(f"{preset.name} is built in code; checkpoint= applies to the Wan presets")
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"causal checkpoint {str(path)!r} does not exist (pass a local .pt or .safetensors file)")
+        checkpoint = str(path)
+    return VideoSpec(
+        preset=preset,
+        weights=weights,
+        device=values.get("device", "auto"),
+        dtype=values.get("dtype", "auto"),
+        seed=seed,
+        checkpoint=checkpoint,
+        checkpoint_key=values.get("checkpoint_key"),
+    )
+
+
+# ------------------------------------------------------------------- builders
+def build_tiny_video_model(seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> VideoModel:
+    """The ``tiny-video`` preset, deterministic for ``seed``."""
+    from .tiny_video_dit import tiny_causal_wan  # noqa: PLC0415
+
+    device = torch.device(device)
+    transformer = tiny_causal_wan(seed=seed, device=device, dtype=dtype)
+    vae, text_encoder = seeded_build(seed + 1, lambda: (tiny_wan_vae(), tiny_umt5_encoder(transformer.text_dim)))
+    return VideoModel(
+        name="tiny-video",
+        transformer=transformer,
+        vae=StreamingWanVAE(place(vae, device, dtype)),
+        text_encoder=place(text_encoder, device, dtype),
+        tokenizer=ByteTokenizer(),
+        text_length=ByteTokenizer().model_max_length,
+        default_size=TINY_VIDEO_SIZE,
+    )
+
+
+def build_dummy_video_model(preset: VideoPreset, *, seed: int, device: torch.device, dtype: torch.dtype) -> VideoModel:
+    """The real Wan architecture with random weights (DiT and VAE); a small UMT5 stands in for UMT5-XXL."""
+    from diffusers import AutoencoderKLWan  # noqa: PLC0415
+
+    from .wan_build import build_dummy_causal_wan, building_on, seeded  # noqa: PLC0415
+
+    transformer = build_dummy_causal_wan(preset.dummy_config, device=device, dtype=dtype, seed=seed)
+    with seeded(seed + 1, device), building_on(device, dtype):
+        vae = AutoencoderKLWan()  # diffusers' defaults are the Wan2.1 VAE
+        text_encoder = tiny_umt5_encoder(transformer.text_dim)
+    return VideoModel(
+        name=f"{preset.name}-dummy",
+        transformer=transformer,
+        vae=StreamingWanVAE(place(vae, device, dtype)),
+        text_encoder=place(text_encoder, device, dtype),
+        tokenizer=ByteTokenizer(WAN_TEXT_LENGTH),
+        text_length=WAN_TEXT_LENGTH,
+        default_size=preset.default_size,
+        default_params=dict(preset.default_params),
+    )
+
+
+def load_wan_folder(folder: Path, preset: VideoPreset | None = None, *, device: torch.device, dtype: torch.dtype) -> VideoModel:
+    """A Wan T2V model from a diffusers-layout folder (transformer, vae, text_encoder, tokenizer)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel  # noqa: PLC0415
+    from transformers import AutoTokenizer, UMT5EncoderModel  # noqa: PLC0415
+
+    from .causal_wan import CausalWanTransformer  # noqa: PLC0415
+
+    missing = missing_wan_parts(folder)
+    if missing:
+        raise ModelLoadError(f"{folder} is not a complete Wan diffusers folder: missing {', '.join(missing)}")
+    prefer_half = dtype in (torch.float16, torch.bfloat16)
+    try:
+        transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype, variant=_variant(folder / "transformer", prefer_half))
+        vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=torch.float32 if dtype == torch.float16 else dtype)
+        text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"loading the Wan model in {folder} failed: {error}") from error
+    name = preset.name if preset is not None else folder.name
+    return VideoModel(
+        name=name,
+        transformer=CausalWanTransformer(place(transformer, device, dtype)),
+        vae=StreamingWanVAE(place(vae, device, vae.dtype)),
+        text_encoder=place(text_encoder, device, dtype),
+        tokenizer=tokenizer,
+        text_length=WAN_TEXT_LENGTH,
+        default_size=preset.default_size if preset is not None else (832, 480),
+        default_params=dict(preset.default_params) if preset is not None else {},
+    )
+
+
+def missing_wan_parts(folder: Path) -> list[str]:
+    """What a Wan diffusers folder lacks (configs and weights of each component; the tokenizer folder)."""
+    missing = []
+    for part in ("transformer", "vae", "text_encoder"):
+        sub = folder / part
+        if not (sub / "config.json").is_file():
+            missing.append(f"{part}/config.json")
+        elif choose_weight_files([p.name for p in sub.iterdir()], prefer_half=False) is None:
+            missing.append(f"{part} weights")
+    if not (folder / "tokenizer").is_dir():
+        missing.append("tokenizer/")
+    return missing
+
+
+def _variant(folder: Path, prefer_half: bool) -> str | None:
+    choice = choose_weight_files([p.name for p in folder.iterdir()], prefer_half)
+    return choice.variant if choice is not None else None
+
+
+def _wan_snapshot(preset: VideoPreset, dtype: torch.dtype) -> Path:
+    prefer_half = dtype in (torch.float16, torch.bfloat16)
+    include = ("model_index.json", *(f"{f}/*" for f in WAN_FOLDERS))
+
+    def select(files: list[str]) -> list[str]:
+        return [f for f in ("model_index.json",) if f in files] + select_folder_files(files, WAN_FOLDERS, prefer_half)
+
+    request = SnapshotRequest(
+        repo=preset.repo or "",
+        what=f"video preset {preset.name!r}: model",
+        select=select,
+        missing=missing_wan_parts,
+        include=include,
+    )
+    try:
+        return fetch_snapshot(request)
+    except ModelLoadError as error:
+        hint = f"Preset {preset.name!r} needs `{download_command(preset.repo or '', include)}`"
+        raise ModelLoadError(f"{error}\n{hint}; or run it with weights='dummy' (random weights, for speed tests).") from error

@@ -1,0 +1,135 @@
+"""Everything that belongs to ONE causal video stream, and nothing shared.
+
+The :class:`~streamgen.pipeline.video.VideoPipeline` owns weights; a
+:class:`VideoState` owns the stream's KV cache (one
+:class:`~streamgen.pipeline.kv_cache.RollingKVCache` with one row per
+denoising step), its VAE encode/decode caches, the motion-noise controller,
+its noise generator, the input frames waiting to fill a chunk, the chunks in
+flight through the stream batch and the prompt's cross-attention context.
+Two states never share tensors, so a step over many streams gives each one
+exactly what it would get alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..models.stream_vae import DecodeState, EncodeState
+from ..models.wan_context import CrossAttentionContext
+from .kv_cache import RollingKVCache
+from .noise import MotionNoiseController
+from .output import StreamCounters
+from .video_params import VideoConfig, VideoParams
+
+_state_ids = itertools.count(1)
+
+
+@dataclass
+class ChunkInFlight:
+    """One chunk on its way through the denoising steps.
+
+    ``latents`` (1, C, T', h, w) float32 are at the noise level of step
+    ``step`` (the next step to run); ``sigmas`` (n,) are the chunk's noise
+    levels, fixed when it entered; ``noise`` (n, C, T', h, w) was drawn when
+    it entered: ``noise[0]`` noised the input, ``noise[i]`` re-noises to step i.
+    """
+
+    latents: torch.Tensor
+    sigmas: torch.Tensor
+    noise: torch.Tensor
+    context: CrossAttentionContext
+    tags: tuple[Any, ...]
+    step: int = 0
+
+
+@dataclass
+class ContextTransition:
+    """The cross-attention context in use and, during a prompt transition, where it is heading.
+
+    A transition over k chunks gives chunk j (1..k) ``lerp(start, target, j/k)``;
+    the KV cache is never touched, so the video morphs instead of restarting.
+    """
+
+    current: CrossAttentionContext
+    start: CrossAttentionContext | None = None
+    target: CrossAttentionContext | None = None
+    done: int = 0
+    total: int = 0
+
+    @property
+    def in_progress(self) -> bool:
+        return self.target is not None
+
+    def retarget(self, target: CrossAttentionContext, chunks: int) -> None:
+        if chunks <= 0:
+            self.current, self.start, self.target = target, None, None
+            return
+        self.start, self.target, self.done, self.total = self.current, target, 0, chunks
+
+    def next_chunk(self) -> CrossAttentionContext:
+        """The context of the next chunk (advances a transition by one chunk)."""
+        if self.target is not None:
+            self.done += 1
+            if self.done >= self.total:
+                self.current, self.start, self.target = self.target, None, None
+            else:
+                self.current = self.start.lerp(self.target, self.done / self.total)
+        return self.current
+
+
+@dataclass(eq=False)
+class VideoState:
+    """Per-stream state of a video pipeline (see module docstring)."""
+
+    config: VideoConfig
+    params: VideoParams
+    latent_size: tuple[int, int]
+    cache: RollingKVCache
+    encoder: EncodeState
+    decoder: DecodeState
+    noise: MotionNoiseController
+    generator: torch.Generator
+    base_timesteps: torch.Tensor  # (n,) the step schedule on the model device
+    context: ContextTransition
+    pending_frames: list[torch.Tensor] = field(default_factory=list)  # (3, H, W) each, in [-1, 1]
+    pending_tags: list[Any] = field(default_factory=list)
+    in_flight: list[ChunkInFlight] = field(default_factory=list)  # ordered by step
+    chunks_in: int = 0
+    counters: StreamCounters = field(default_factory=StreamCounters)
+    state_id: int = field(default_factory=lambda: next(_state_ids))
+    _pending: VideoParams | None = None
+    _pending_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # The server steps a video stream on every input frame; the pipeline builds chunks itself.
+    frames_per_call: int = 1
+
+    @property
+    def num_steps(self) -> int:
+        return self.cache.rows
+
+    @property
+    def frames_needed(self) -> int:
+        """Input frames that make the next chunk: 1 + 4(T' − 1) for the stream's first, 4T' after."""
+        t = self.config.chunk_frames
+        return 4 * t - 3 if self.chunks_in == 0 else 4 * t
+
+    def set_pending(self, params: VideoParams) -> None:
+        """Queue validated parameters; the worker applies them before its next step."""
+        with self._pending_lock:
+            self._pending = params
+
+    def take_pending(self) -> VideoParams | None:
+        with self._pending_lock:
+            params, self._pending = self._pending, None
+            return params
+
+    @property
+    def latest_params(self) -> VideoParams:
+        """The parameters in force after any queued update is applied."""
+        with self._pending_lock:
+            return self._pending or self.params
