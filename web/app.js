@@ -7,7 +7,9 @@
 import { authHeaders, errorFrom, localOffer, savedToken, saveToken } from "./signaling.js";
 
 const $ = (id) => document.getElementById(id);
-const SLIDERS = ["strength", "guidance_scale", "delta"];
+const SLIDERS = ["strength", "guidance_scale", "delta", "noise_scale"];
+// the live parameters the server's model takes (from /health): image and video models differ
+let accepted = null;
 const PARAM_DELAY_MS = 120;
 
 const session = {
@@ -57,7 +59,19 @@ function currentParams() {
     seed: Number.parseInt($("seed").value || "0", 10),
   };
   for (const name of SLIDERS) params[name] = Number.parseFloat($(name).value);
-  return params;
+  return onlyAccepted(params);
+}
+
+function onlyAccepted(params) {
+  // before /health answers, the controls shown (the image model's) decide
+  const takes = (name) => (accepted ? accepted.has(name) : !document.querySelector(`[data-param="${name}"]`)?.hidden);
+  return Object.fromEntries(Object.entries(params).filter(([name]) => name === "prompt" || takes(name)));
+}
+
+// show the controls of the parameters this model takes, hide the others
+function showControlsFor(names) {
+  accepted = new Set(names);
+  for (const label of document.querySelectorAll("[data-param]")) label.hidden = !accepted.has(label.dataset.param);
 }
 
 // ------------------------------------------------------------------- sources
@@ -231,6 +245,7 @@ function onControlMessage(data) {
 }
 
 function queueParam(name, value) {
+  if (accepted && !accepted.has(name)) return;
   session.pendingParams[name] = value;
   clearTimeout(session.paramTimer);
   session.paramTimer = setTimeout(flushParams, PARAM_DELAY_MS);
@@ -292,7 +307,8 @@ function wire() {
   fetch("/health")
     .then((r) => r.json())
     .then((h) => {
-      $("model").textContent = `model: ${h.model}`;
+      $("model").textContent = `model: ${h.model}${h.kind === "video" ? " (video)" : ""}`;
+      if (Array.isArray(h.params)) showControlsFor(h.params);
     })
     .catch(() => {});
 }

@@ -29,7 +29,16 @@ from .config import ServerConfig
 from .context import CONTEXT_KEY, ServerContext
 from .http_errors import json_errors
 from .metrics import ServerMetrics
-from .pipelines import create_session_state, frames_per_step, load_server_pipeline, model_name, stream_size, takes_no_frames
+from .pipelines import (
+    create_session_state,
+    frames_per_step,
+    live_param_names,
+    load_server_pipeline,
+    model_kind,
+    model_name,
+    stream_size,
+    takes_no_frames,
+)
 from .routes_api import add_routes as add_api_routes
 from .routes_webrtc import add_routes as add_webrtc_routes
 from .sessions import SessionManager
@@ -51,7 +60,9 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     manager = SessionManager(config, workers, metrics)
     web_dir = find_web_dir(config.web_dir)
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
-    app[CONTEXT_KEY] = ServerContext(config, manager, metrics, workers, model_name(pipelines[0]), web_dir)
+    app[CONTEXT_KEY] = ServerContext(
+        config, manager, metrics, workers, model_name(pipelines[0]), web_dir, model_kind(pipelines[0]), live_param_names(pipelines[0])
+    )
     add_webrtc_routes(app)
     add_api_routes(app)
     add_static_routes(app, web_dir)

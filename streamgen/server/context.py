@@ -21,6 +21,8 @@ class ServerContext:
     workers: list[ModelWorker]
     model_name: str
     web_dir: Path | None
+    model_kind: str = "image"  # image or video: which parameter schema sessions use
+    live_params: tuple[str, ...] = ()  # the live parameters the model takes (the page shows only these)
 
 
 CONTEXT_KEY: web.AppKey[ServerContext] = web.AppKey("streamgen", ServerContext)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import StreamParams
-from ..params import parse_params, parse_stream_config, split_settings
+from ..params import PARAM_NAMES, parse_params, parse_stream_config, split_settings
 from ..pipeline.image import ImagePipeline
 from .identity import IdentityPipeline
 
@@ -36,6 +36,20 @@ def load_server_pipeline(model: str, device: str = "auto", dtype: str = "auto") 
 def model_name(pipeline: Any) -> str:
     model = getattr(pipeline, "model", None)
     return str(getattr(model, "name", None) or getattr(pipeline, "name", None) or type(pipeline).__name__)
+
+
+def model_kind(pipeline: Any) -> str:
+    """``video`` for causal video pipelines (chunked, their own schema), else ``image``."""
+    return "image" if isinstance(pipeline, (ImagePipeline, IdentityPipeline)) else "video"
+
+
+def live_param_names(pipeline: Any) -> tuple[str, ...]:
+    """The live parameters ``pipeline``'s sessions accept (what ``PATCH .../params`` and the page may send)."""
+    if model_kind(pipeline) == "image":
+        return PARAM_NAMES
+    from ..pipeline.video_params import VIDEO_PARAM_NAMES  # noqa: PLC0415
+
+    return VIDEO_PARAM_NAMES
 
 
 def create_session_state(pipeline: Any, settings: Mapping[str, Any]) -> Any:

@@ -57,6 +57,8 @@ async def health(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "model": ctx.model_name,
+            "kind": ctx.model_kind,
+            "params": list(ctx.live_params),
             "sessions": len(ctx.manager.sessions),
             "max_sessions": ctx.config.max_sessions,
             "codecs": list(ctx.config.codecs),

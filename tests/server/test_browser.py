@@ -48,6 +48,9 @@ async def test_browser_session_streams_and_takes_live_parameters(shared_tiny_pip
             console: list[str] = []
             page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
             await page.goto(server.base_url + "/")
+            await page.wait_for_function("document.getElementById('model').textContent.includes('tiny')", timeout=20_000)
+            # an image model: its controls are shown, the video-only noise control is not
+            assert await page.is_visible("[data-param=strength]") and await page.is_hidden("[data-param=noise_scale]")
             await page.click("#start")
 
             await page.wait_for_function("window.streamgen.outputFrames > 3", timeout=60_000)
