@@ -31,7 +31,7 @@ from .diffusers_dir import PIPELINE_FOLDERS, load_diffusers_dir, missing_parts, 
 from .dummy import build_dummy_components, build_dummy_tiny_vae, dummy_config_dir
 from .hub import SnapshotRequest, download_command, fetch_file, fetch_snapshot
 from .image_model import ImageModel
-from .lora import apply_loras
+from .lora import apply_loras, lora_state_dict_path
 from .presets import ImagePreset
 from .single_file import load_single_file
 from .sources import ModelSource, resolve_source
@@ -77,10 +77,11 @@ def preset_download_hint(preset: ImagePreset, vae: str) -> str:
 def _load_pretrained(spec: ModelSpec, source: ModelSource, device: torch.device, dtype: torch.dtype) -> ImageModel:
     preset = source.preset
     loras = {**(preset.lora if preset is not None and source.kind == "preset" else {}), **spec.lora}
+    custom_vae = _check_extras(spec.vae, spec.lora, dtype)  # the preset's own LoRAs: after its base model
     components = _load_components(spec, source, dtype)
     family = "sdxl" if is_sdxl_unet_config(components.unet.config) else "sd"
     apply_loras(components.unet, components.text_encoders, loras, fuse=spec.fuse_lora, is_sdxl=family == "sdxl")
-    vae = _pick_vae(spec.vae, components, family, preset, dtype)
+    vae = custom_vae if custom_vae is not None else _pick_vae(spec.vae, components, family, preset, dtype)
     traits = _traits(spec.source, preset, components, loras)
     return assemble_image_model(components, vae, traits, device=device, dtype=dtype)
 
@@ -95,6 +96,17 @@ def check_spec(spec: ModelSpec) -> None:
         isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in spec.lora.items()
     ):
         raise ConfigError(f"lora must map LoRA paths or hub ids to numeric scales; got {spec.lora!r}")
+
+
+def _check_extras(vae: str, loras: Mapping[str, float], dtype: torch.dtype) -> torch.nn.Module | None:
+    """Find the user's LoRA files and load a VAE given by folder/hub id BEFORE the (large) base model is built.
+
+    A typo in a LoRA or VAE path must fail in milliseconds, not after minutes of
+    loading or initialising gigabytes of UNet. Returns the custom VAE, if any.
+    """
+    for source in loras:
+        lora_state_dict_path(source)
+    return load_vae_source(vae, dtype) if vae_choice(vae) == "other" else None
 
 
 def _own_vae_wanted(vae: str, own_vae_class: str | None) -> bool:
@@ -148,7 +160,13 @@ def _pick_vae(vae: str, components: ImageComponents, family: str, preset: ImageP
         if own is not None and type(own).__name__ == "AutoencoderTiny":
             return own
         repo = preset.tiny_vae_repo if preset is not None and preset.tiny_vae_repo else tiny_vae_repo(family)
-        return load_vae_source(repo, dtype)
+        try:
+            return load_vae_source(repo, dtype)
+        except ModelLoadError as error:
+            raise ModelLoadError(
+                f"vae='tiny' (the default) uses {repo}: {error} Alternatively pass vae='full' for the model's own VAE, "
+                "or vae=<local AutoencoderTiny folder>."
+            ) from error
     return load_vae_source(vae, dtype)
 
 
@@ -168,6 +186,7 @@ def _load_dummy(spec: ModelSpec, source: ModelSource, device: torch.device, dtyp
         )
     config_dir = dummy_config_dir(spec.source, preset.dummy_config if preset is not None else None)
     choice = vae_choice(spec.vae)
+    custom_vae = _check_extras(spec.vae, spec.lora, dtype)
     components = build_dummy_components(config_dir, device=device, dtype=dtype, seed=spec.seed, with_vae=choice == "full")
     family = "sdxl" if is_sdxl_unet_config(components.unet.config) else "sd"
     apply_loras(components.unet, components.text_encoders, spec.lora, fuse=spec.fuse_lora, is_sdxl=family == "sdxl")
@@ -178,7 +197,7 @@ def _load_dummy(spec: ModelSpec, source: ModelSource, device: torch.device, dtyp
     elif choice == "tiny":
         vae = build_dummy_tiny_vae(family, device=device, dtype=dtype, seed=spec.seed)
     else:
-        vae = load_vae_source(spec.vae, dtype)
+        vae = custom_vae
     base = _traits(spec.source, preset, components, spec.lora)
     traits = ModelTraits(name=f"{base.name}-dummy", x0_formula=base.x0_formula, default_size=base.default_size, default_params=base.default_params)
     return assemble_image_model(components, vae, traits, device=device, dtype=dtype)

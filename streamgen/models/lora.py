@@ -10,15 +10,25 @@ the adapters stay active side by side with their scales.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+
 import torch
 
 from ..errors import ModelLoadError
 from .hub import SnapshotRequest, fetch_snapshot
 from .single_file import SINGLE_FILE_SUFFIXES
 
+logger = logging.getLogger(__name__)
+
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+# diffusers only *warns* (from this logger) when LoRA weights fit no layer of the UNet, and peft
+# injects adapters by module-name suffix, so a LoRA for another architecture would load as a
+# silent (partial) no-op. streamgen listens for that warning and turns it into an error.
+DIFFUSERS_PEFT_LOGGER = "diffusers.utils.peft_utils"
+_UNEXPECTED_KEYS = "unexpected keys found in the model:"
 # State-dict prefixes (diffusers LoRA format) of the modules a LoRA can touch, in ImageModel order.
 TEXT_ENCODER_PREFIXES = ("text_encoder", "text_encoder_2")
 
@@ -77,8 +87,11 @@ def _load_one(source: str, name: str, unet: torch.nn.Module, text_encoders: Sequ
         state_dict, alphas, metadata = loader.lora_state_dict(
             str(path.parent), weight_name=path.name, local_files_only=True, unet_config=unet.config, return_lora_metadata=True
         )
+        unet_keys = [k for k in state_dict if k.startswith(f"{loader.unet_name}.") and "lora" in k]
         if any(k.startswith(f"{loader.unet_name}.") for k in state_dict):
-            loader.load_lora_into_unet(state_dict, alphas, unet, adapter_name=name, metadata=metadata)
+            with _unmatched_lora_keys() as unmatched:
+                loader.load_lora_into_unet(state_dict, alphas, unet, adapter_name=name, metadata=metadata)
+            _check_unmatched(source, unmatched, len(unet_keys))
         for prefix, encoder in zip(TEXT_ENCODER_PREFIXES, text_encoders):
             if any(k.startswith(f"{prefix}.") for k in state_dict):
                 loader.load_lora_into_text_encoder(state_dict, alphas, encoder, prefix=prefix, adapter_name=name, metadata=metadata)
@@ -86,6 +99,46 @@ def _load_one(source: str, name: str, unet: torch.nn.Module, text_encoders: Sequ
         raise
     except Exception as error:  # noqa: BLE001 - diffusers/peft raise many kinds on incompatible files
         raise ModelLoadError(f"could not load LoRA {source!r} from {path} ({type(error).__name__}: {error})") from error
+
+
+class _UnmatchedKeys(logging.Handler):
+    """Collects the keys of diffusers' "unexpected keys" warning."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.keys: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if _UNEXPECTED_KEYS in message:
+            listed = message.split(_UNEXPECTED_KEYS, 1)[1].split(". Loading adapter", 1)[0]
+            self.keys += [k.strip().rstrip(".") for k in listed.split(",") if k.strip()]
+
+
+@contextlib.contextmanager
+def _unmatched_lora_keys() -> Iterator[list[str]]:
+    """The LoRA weights diffusers could not place while this block runs (whatever its log verbosity)."""
+    log = logging.getLogger(DIFFUSERS_PEFT_LOGGER)
+    handler, level = _UnmatchedKeys(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    try:
+        yield handler.keys
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def _check_unmatched(source: str, unmatched: list[str], total: int) -> None:
+    """Most UNet weights unplaced: the LoRA is for another model (an error). A few: a warning."""
+    if not unmatched:
+        return
+    if 2 * len(unmatched) >= total:
+        raise ModelLoadError(
+            f"LoRA {source!r} does not fit this model: {len(unmatched)} of its {total} UNet weights match no layer "
+            f"(e.g. {unmatched[0]}); is it made for a different base model (SD 1.5 / SD 2.x / SDXL)?"
+        )
+    logger.warning("LoRA %r: %d of its %d UNet weights match no layer of this model and are ignored (e.g. %s)", source, len(unmatched), total, unmatched[0])
 
 
 def _tuner_layers(module: torch.nn.Module):

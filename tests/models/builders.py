@@ -211,3 +211,124 @@ def scaled_down_config_dir(preset_config: str, folder: Path) -> Path:
     write_json(folder / "vae" / "config.json", vae)
     write_json(folder / "scheduler" / "scheduler_config.json", read_json(source / "scheduler" / "scheduler_config.json"))
     return folder
+
+
+def save_tiny_configs_root(root: Path) -> Path:
+    """A stand-in for ``streamgen/models/configs``: every shipped config scaled down (TAESD: same blocks, narrower).
+
+    Point :data:`streamgen.models.shipped_configs.CONFIGS_ROOT` at it (monkeypatch) and
+    presets build/convert through their shipped configs at CPU-test size.
+    """
+    for name in ("sd-turbo", "sd15", "sdxl-turbo"):
+        scaled_down_config_dir(name, root / name)
+    for name in ("taesd", "taesdxl"):
+        config = read_json(shipped_config_dir(name) / "config.json")
+        config.update(encoder_block_out_channels=[16] * 4, decoder_block_out_channels=[16] * 4)
+        write_json(root / name / "config.json", config)
+    return root
+
+
+def save_bare_single_file(model: ImageModel, folder: Path, name: str = "model.safetensors") -> Path:
+    """An SD 1.x-layout checkpoint with only its tokenizer beside it (no configs: the shipped ones are used)."""
+    model.tokenizers[0].save_pretrained(folder / "tokenizer")
+    path = folder / name
+    save_file({**unet_to_ldm(model.unet), **clip_to_ldm(model.text_encoders[0])}, str(path))
+    return path
+
+
+# ---- VAEs ----------------------------------------------------------------------------------
+
+
+def tiny_kl_vae(seed: int = 0) -> torch.nn.Module:
+    """A small AutoencoderKL with the real one's structure (4 levels: 8x downscale, 4 latent channels)."""
+    from diffusers import AutoencoderKL  # noqa: PLC0415
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            block_out_channels=(8, 8, 16, 16),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            norm_num_groups=8,
+            layers_per_block=1,
+        )
+    return vae.eval().requires_grad_(False)
+
+
+# ---- LoRA ------------------------------------------------------------------------------------
+
+UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+CLIP_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def save_tiny_lora(model: ImageModel, folder: Path, *, seed: int = 1, rank: int = 4, text_encoder: bool = True) -> Path:
+    """A random LoRA for ``model`` in diffusers' format (``pytorch_lora_weights.safetensors``), as trainers write it.
+
+    peft adapters (random A and B, alpha = rank so each delta is exactly B @ A)
+    are injected into copies of the UNet and first text encoder; their state
+    dicts are converted to diffusers' names and saved by diffusers itself.
+    ``model`` is not modified.
+    """
+    import copy  # noqa: PLC0415
+
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: PLC0415
+    from diffusers.utils import convert_state_dict_to_diffusers  # noqa: PLC0415
+    from peft import LoraConfig, inject_adapter_in_model  # noqa: PLC0415
+    from peft.utils import get_peft_model_state_dict  # noqa: PLC0415
+
+    def lora_of(module: torch.nn.Module, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        module = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), init_lora_weights=False), copy.deepcopy(module))
+        return convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layers = {"unet_lora_layers": lora_of(model.unet, UNET_LORA_TARGETS)}
+        if text_encoder:
+            layers["text_encoder_lora_layers"] = lora_of(model.text_encoders[0], CLIP_LORA_TARGETS)
+    pipeline = StableDiffusionXLPipeline if model.is_sdxl else StableDiffusionPipeline
+    pipeline.save_lora_weights(folder, **layers)
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+# ---- a Hugging Face cache on disk ------------------------------------------------------------
+
+
+def add_to_hub_cache(cache: Path, repo: str, folder: Path, revision: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """Put ``folder`` into ``cache`` as the main-branch snapshot of ``repo`` (the layout `hf download` writes)."""
+    import shutil  # noqa: PLC0415
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / revision
+    shutil.copytree(folder, snapshot)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+# ---- comparisons -----------------------------------------------------------------------------
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def stream_outputs(model: ImageModel, frames: int = 2, **params) -> list[np.ndarray]:
+    """What an ImageStream on ``model`` returns for a fixed prompt, seed and input frames."""
+    import streamgen  # noqa: PLC0415
+
+    stream = streamgen.ImageStream(model, width=FRAME_SIZE, height=FRAME_SIZE, prompt="a red fox", seed=3, **params)
+    return [stream(frame(k)) for k in range(frames)]
+
+
+def use_hub_cache(monkeypatch, cache: Path) -> Path:
+    """Make ``cache`` the Hugging Face hub cache for this test (env vars and huggingface_hub's constants)."""
+    from huggingface_hub import constants  # noqa: PLC0415
+
+    cache.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("HF_HOME", str(cache.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
