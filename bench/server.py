@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -50,7 +48,8 @@ import aiohttp
 from streamgen.server.client import ClientPeer, ReceivedFrame, connect_offer
 from streamgen.server.synthetic import CLOCK_RATE, MarkerVideoTrack
 
-OUT_DIR = Path(__file__).resolve().parent / "out"
+from .common import OUT_DIR, machine, ms, percentile, table, write_json
+
 MARKER_STRIDE = 1_000_000  # client i's markers start at i * MARKER_STRIDE
 
 
@@ -216,33 +215,22 @@ def summarize(model: str, settings: BenchSettings, records: list[ClientRecord], 
         "fps_target": settings.fps,
         "codec": settings.codec,
         "duration_s": round(span, 1),
-        "ttff_ms_client_max": _ms(max(ttff)) if ttff else None,
-        "ttff_ms_client_p50": _ms(statistics.median(ttff)) if ttff else None,
+        "ttff_ms_client_max": ms(max(ttff)) if ttff else None,
+        "ttff_ms_client_p50": ms(statistics.median(ttff)) if ttff else None,
         "ttff_ms_server_max": max((s["time_to_first_frame_ms"] or 0) for s in server_stats),
         "fps_in": round(statistics.mean((e - b) / span for e, b in zip(sent_end, sent_start)), 1),
         "fps_out": round(statistics.mean(n / span for n in received), 1),
         "latency_method": method,
-        "latency_ms_p50": _ms(_percentile(latencies, 50)),
-        "latency_ms_p95": _ms(_percentile(latencies, 95)),
+        "latency_ms_p50": ms(percentile(latencies, 50)),
+        "latency_ms_p95": ms(percentile(latencies, 95)),
         "latency_samples": len(latencies),
-        "latency_drift_ms": _ms(statistics.mean(drift_parts)) if drift_parts else None,
+        "latency_drift_ms": ms(statistics.mean(drift_parts)) if drift_parts else None,
         "server_latency_ms_p50": statistics.median([s["latency_ms_p50"] for s in server_stats if s["latency_ms_p50"] is not None] or [0]),
         "dropped": dropped,
         "dropped_pct": round(100 * dropped / frames_in, 1) if frames_in else 0.0,
         "server_cpu_pct": cpu,
-        "marker_vs_pts_ms": _ms(max(disagreement)) if disagreement else None,
+        "marker_vs_pts_ms": ms(max(disagreement)) if disagreement else None,
     }
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
 
 
 # ---------------------------------------------------------------------- output
@@ -251,17 +239,6 @@ COLUMNS = [
     ("latency_ms_p50", "g2g p50 ms"), ("latency_ms_p95", "g2g p95 ms"), ("latency_method", "via"), ("latency_drift_ms", "drift ms"),
     ("server_latency_ms_p50", "server ms"), ("dropped_pct", "dropped %"), ("server_cpu_pct", "server CPU %"),
 ]
-
-
-def table(results: list[dict[str, Any]]) -> str:
-    rows = [[str(r.get(key) if r.get(key) is not None else "–") for key, _ in COLUMNS] for r in results]
-    widths = [max(len(title), *(len(row[i]) for row in rows)) for i, (_, title) in enumerate(COLUMNS)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line([t for _, t in COLUMNS]), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def parse_args(argv: list[str] | None) -> BenchSettings:
@@ -285,10 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     for model in settings.models:
         print(f"running {model}: {settings.clients} client(s), {settings.duration:g} s ...", flush=True)
         results.append(asyncio.run(run_model(model, settings)))
-    print(table(results))
-    settings.out.parent.mkdir(parents=True, exist_ok=True)
+    print(table(results, COLUMNS))
     report = {"benchmark": "server", "machine": machine(), "settings": {**asdict(settings), "out": str(settings.out)}, "results": results}
-    settings.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json("server", report, settings.out)
     print(f"wrote {settings.out}")
     return 0
 

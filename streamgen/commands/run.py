@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import StreamConfig, StreamParams
+from ..config import StreamConfig
 from ..errors import ConfigError, InputError
 from ..params import parse_params, parse_stream_config, split_settings
 from .stream_options import add_param_options, add_stream_shape_options, collect_settings
