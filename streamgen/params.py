@@ -201,14 +201,19 @@ def parse_params(updates: Mapping[str, Any], base: StreamParams | None = None) -
 
 def parse_stream_config(values: Mapping[str, Any], base: StreamConfig | None = None) -> StreamConfig:
     """Validate the fixed shape of a new stream (resolution, frames per call, mode)."""
+    return parse_fields(values, _CONFIG_PARSERS, base or StreamConfig(), "stream setting")
+
+
+def parse_fields(values: Mapping[str, Any], parsers: Mapping[str, Any], base: Any, what: str) -> Any:
+    """``base`` (a frozen dataclass) with each of ``values`` checked by its parser; unknown names are refused by name."""
     values = _check_mapping(values)
     changes: dict[str, Any] = {}
     for name, value in values.items():
-        parser = _CONFIG_PARSERS.get(name)
+        parser = parsers.get(name)
         if parser is None:
-            raise ConfigError(f"unknown stream setting {_describe(name)}; known settings: {', '.join(sorted(_CONFIG_PARSERS))}")
+            raise ConfigError(f"unknown {what} {_describe(name)}; known settings: {', '.join(sorted(parsers))}")
         changes[name] = parser(name, value)
-    return dataclasses.replace(base or StreamConfig(), **changes)
+    return dataclasses.replace(base, **changes)
 
 
 def split_settings(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .causal_wan import CausalWanTransformer
+from .dummy import building_on
 from .shipped_configs import component_config, shipped_config_dir
 
 WAN_CONFIG_NAMES = ("wan-1.3b", "wan-14b")
@@ -49,18 +50,6 @@ def build_dummy_causal_wan(
 ) -> CausalWanTransformer:
     """The real ``wan-1.3b`` / ``wan-14b`` architecture with random weights (``weights="dummy"``)."""
     return CausalWanTransformer(build_wan_transformer(wan_transformer_config(name), device=device, dtype=dtype, seed=seed))
-
-
-@contextlib.contextmanager
-def building_on(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """New parameters are created on ``device`` in ``dtype`` inside this block."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..config import WeightedPrompt, field_names
 from ..errors import ConfigError
-from ..params import MAX_SEED, _boolean, _describe, _integer, _number, _prompts, _size
+from ..params import MAX_SEED, parse_fields, _boolean, _describe, _integer, _number, _prompts, _size
 from .noise import MAX_STEPS, MotionNoiseSettings
 
 MAX_TRANSITION_CHUNKS = 1000
@@ -166,14 +166,7 @@ def parse_video_params(updates: Mapping[str, Any], base: VideoParams | None = No
 
 def parse_video_config(values: Mapping[str, Any], base: VideoConfig | None = None) -> VideoConfig:
     """Validate the fixed shape of a new video stream."""
-    values = _check_mapping(values)
-    changes: dict[str, Any] = {}
-    for name, value in values.items():
-        parser = _CONFIG_PARSERS.get(name)
-        if parser is None:
-            raise ConfigError(f"unknown video stream setting {_describe(name)}; known settings: {', '.join(VIDEO_CONFIG_NAMES)}")
-        changes[name] = parser(name, value)
-    return dataclasses.replace(base or VideoConfig(), **changes)
+    return parse_fields(values, _CONFIG_PARSERS, base or VideoConfig(), "video stream setting")
 
 
 def split_video_settings(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
