@@ -7,6 +7,10 @@ Public API::
     out = stream(frame)
 """
 
+from .threads import prefer_passive_waiting
+
+prefer_passive_waiting()  # before anything below imports torch (see streamgen.threads)
+
 from .config import ModelSpec, StreamConfig, StreamParams, WeightedPrompt, WeightedSeed
 from .errors import CapacityError, ConfigError, EngineError, InputError, ModelLoadError, StreamgenError
 from .pipeline import ImagePipeline, ImageStreamState, StepOutput

@@ -30,4 +30,12 @@ class EngineError(StreamgenError):
 
 
 class CapacityError(StreamgenError):
-    """The server or pipeline is full (too many sessions, queue limits)."""
+    """The server or pipeline is full (too many sessions, queue limits, admission control).
+
+    ``details`` (JSON-ready) carries the numbers behind a refusal, e.g.
+    admission control's predicted utilisation and frame rate.
+    """
+
+    def __init__(self, message: str, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.details = details

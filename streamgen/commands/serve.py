@@ -29,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--dtype", default="auto", help="float16, bfloat16, float32 or auto (default)")
     model.add_argument("--replicas", type=int, default=1, help="model copies, each with its own worker thread (default 1)")
     model.add_argument("--defaults", default=None, metavar="JSON", help=DEFAULTS_HELP)
+    model.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: $OMP_NUM_THREADS, else cores - 1, leaving a core for codecs and the event loop)")
+    sched = parser.add_argument_group("scheduling (service-level objectives)")
+    sched.add_argument("--slo-ms", type=float, default=500.0, metavar="MS", help="default per-frame latency deadline; frames that cannot meet it are dropped and admission control keeps it for every session (default 500)")
+    sched.add_argument("--min-fps", type=float, default=1.0, help="refuse a new session when it would slow any session below this frame rate (default 1: best effort)")
+    sched.add_argument("--slo-range", default="30,5000", metavar="MIN,MAX", help="deadlines a client may ask for in its offer's \"slo\", in ms (default 30,5000)")
+    sched.add_argument("--max-resolution", default=None, metavar="WxH", help="largest stream a session may ask for (default: twice the model's native size)")
     media = parser.add_argument_group("media")
     media.add_argument("--codec", default="auto", help="video codecs: auto (VP8 then H.264), vp8, h264, or h264,vp8 (default auto)")
     media.add_argument("--bitrate", type=int, default=2500, metavar="KBPS", help="encoder starting bitrate in kbit/s (default 2500; aiortc's own is 500 for VP8)")
@@ -54,6 +60,17 @@ def build_config(args: argparse.Namespace):
     width, sep, height = args.max_input.lower().partition("x")
     if not sep or not width.isdigit() or not height.isdigit():
         raise ConfigError(f"--max-input must look like 1920x1080, got {args.max_input!r}")
+    low, sep2, high = args.slo_range.partition(",")
+    try:
+        min_slo, max_slo = float(low), float(high)
+    except ValueError:
+        raise ConfigError(f"--slo-range must look like 30,5000 (milliseconds), got {args.slo_range!r}") from None
+    max_width = max_height = None
+    if args.max_resolution:
+        mw, sep3, mh = args.max_resolution.lower().partition("x")
+        if not sep3 or not mw.isdigit() or not mh.isdigit():
+            raise ConfigError(f"--max-resolution must look like 1024x1024, got {args.max_resolution!r}")
+        max_width, max_height = int(mw), int(mh)
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -77,6 +94,13 @@ def build_config(args: argparse.Namespace):
         stats_interval=args.stats_interval,
         default_params=parse_default_params(args.defaults),
         web_dir=args.web_dir,
+        slo_ms=args.slo_ms,
+        min_fps=args.min_fps,
+        min_slo_ms=min_slo,
+        max_slo_ms=max_slo,
+        threads=args.threads,
+        max_width=max_width,
+        max_height=max_height,
     )
 
 

@@ -9,10 +9,14 @@ each stream's result stays exactly what it would be alone.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 
 from ..config import StreamConfig, StreamParams
@@ -73,3 +77,71 @@ class ImageStreamState:
         """The parameters in force after any queued update is applied."""
         with self._pending_lock:
             return self._pending or self.params
+
+    # ------------------------------------------------------------- rollback
+    def checkpoint(self) -> "ImageCheckpoint":
+        """What a step may change, copied cheaply: restore it to undo a step that raised.
+
+        Tensors a step replaces are kept by reference; the one it writes in
+        place (``stock_noise``) is cloned; small mutable objects (prompt
+        transition, counters, filter, tag deque, RNG) are copied.
+        """
+        with self._pending_lock:
+            pending = self._pending
+        return ImageCheckpoint(
+            fields={name: getattr(self, name) for name in _REPLACED_FIELDS},
+            stock_noise=self.stock_noise.clone(),
+            prompt=dataclasses.replace(self.prompt),
+            counters=dataclasses.replace(self.counters),
+            similarity=(self.similarity.last_processed, self.similarity.consecutive_skips, self.similarity.rng.getstate()),
+            buffer_tags=copy.copy(self.buffer_tags),
+            noise_generator=self.noise_generator.get_state(),
+            pending=pending,
+        )
+
+    def restore(self, saved: "ImageCheckpoint") -> None:
+        """Put the state back as it was at ``saved`` (see :meth:`checkpoint`).
+
+        A live update queued after the checkpoint is kept: it was parsed over
+        the one the step consumed, so it already contains it. Otherwise the
+        consumed update is queued again, so no accepted change is lost.
+        """
+        for name, value in saved.fields.items():
+            setattr(self, name, value)
+        self.stock_noise = saved.stock_noise
+        self.prompt = saved.prompt
+        self.counters = saved.counters
+        last, skips, rng = saved.similarity
+        self.similarity.last_processed, self.similarity.consecutive_skips = last, skips
+        self.similarity.rng.setstate(rng)
+        self.buffer_tags = saved.buffer_tags
+        self.noise_generator.set_state(saved.noise_generator)
+        with self._pending_lock:
+            if self._pending is None:
+                self._pending = saved.pending
+
+
+_REPLACED_FIELDS = (
+    "params",
+    "schedule",
+    "init_noise",
+    "negative",
+    "buffer",
+    "uncond_measured",
+    "last_output",
+    "force_process",
+)
+
+
+@dataclass(frozen=True)
+class ImageCheckpoint:
+    """A copy of what one step may change in an :class:`ImageStreamState`."""
+
+    fields: dict[str, Any]
+    stock_noise: torch.Tensor
+    prompt: PromptTransition
+    counters: StreamCounters
+    similarity: tuple[Any, int, Any]
+    buffer_tags: deque
+    noise_generator: torch.Tensor
+    pending: StreamParams | None

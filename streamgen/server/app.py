@@ -7,17 +7,20 @@ the app, serve until interrupted.
 
 At start-up the app applies streamgen's aiortc settings (jitter buffer,
 encoder bitrate; see :mod:`streamgen.server.aiortc_patches`), starts one
-:class:`~streamgen.server.worker.ModelWorker` thread per replica and warms
-each up with one step of a stream built from the default settings, so the
-first session does not pay for lazy initialisation (and bad ``--defaults``
-fail at start, not at the first client). At shutdown it closes every session
-and stops the workers.
+:class:`~streamgen.server.worker.ModelWorker` per replica and warms each up
+with a few steps of streams built from the default settings (one stream,
+then two batched), so the first session does not pay for lazy
+initialisation, bad ``--defaults`` fail at start, not at the first client,
+and the scheduler's latency model starts from two measured batch sizes
+instead of a guess. At shutdown it closes every session and stops the
+workers without waiting for a step in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,11 +47,13 @@ from .routes_webrtc import add_routes as add_webrtc_routes
 from .sessions import SessionManager
 from .static import add_routes as add_static_routes
 from .static import find_web_dir
+from .step_shape import StepShape, shape_of_settings, step_shape_of_state
 from .worker import ModelWorker
 
 logger = logging.getLogger(__name__)
 
 WARM_UP_SIZE = (256, 256)
+SHUTDOWN_SECONDS = 3.0  # open requests get this long at shutdown; a step in flight is not waited for
 
 
 def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool = True) -> web.Application:
@@ -74,7 +79,8 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
         for worker in workers:
             worker.start(loop)
         if warm_up:
-            await asyncio.gather(*(asyncio.wrap_future(w.submit(warm_up_pipeline, w.pipeline, config.default_params)) for w in workers))
+            kind = model_kind(pipelines[0])
+            await asyncio.gather(*(warm_up_worker(w, dict(config.default_params), kind) for w in workers))
         manager.start_sweeper()
 
     async def on_shutdown(app: web.Application) -> None:
@@ -90,19 +96,41 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     return app
 
 
-def warm_up_pipeline(pipeline: Any, settings: dict[str, Any]) -> None:
-    """Build a stream from ``settings`` and run one step on a grey frame (worker thread)."""
-    state = create_session_state(pipeline, settings)
-    k = frames_per_step(state)
-    width, height = stream_size(state) or WARM_UP_SIZE
-    frames = None if takes_no_frames(state) else torch.full((k, height, width, 3), 128, dtype=torch.uint8)
-    pipeline.step([state], [frames], [(None,) * k])
+def warm_up_pipeline(pipeline: Any, settings: dict[str, Any], kind: str, streams: int = 1, steps: int = 3) -> list[tuple[list[StepShape], float]]:
+    """Run ``steps`` steps of ``streams`` fresh streams on grey frames (model thread); returns the measured steps after the first."""
+    states = [create_session_state(pipeline, settings) for _ in range(streams)]
+    settings_shape = shape_of_settings(pipeline, settings, kind)
+    samples = []
+    for i in range(steps):
+        frames, tags, shapes = [], [], []
+        for state in states:
+            k = frames_per_step(state)
+            width, height = stream_size(state) or WARM_UP_SIZE
+            frames.append(None if takes_no_frames(state) else torch.full((k, height, width, 3), 128, dtype=torch.uint8))
+            tags.append((None,) * k)
+            shapes.append(step_shape_of_state(state, k, settings_shape))
+        started = time.perf_counter()
+        pipeline.step(states, frames, tags)
+        if i > 0:  # the first step pays for lazy initialisation
+            samples.append((shapes, time.perf_counter() - started))
+    return samples
+
+
+async def warm_up_worker(worker: ModelWorker, settings: dict[str, Any], kind: str) -> None:
+    """Warm up one replica and seed its latency model with one and two batched streams."""
+    for streams in (1, 2):
+        samples = await asyncio.wrap_future(worker.run_between_steps(warm_up_pipeline, worker.pipeline, settings, kind, streams))
+        for shapes, seconds in samples:
+            worker.learn(shapes, seconds)
 
 
 def run_server(config: ServerConfig) -> None:
     """Load the model and serve until interrupted (``streamgen serve``)."""
+    from ..threads import apply_thread_budget  # noqa: PLC0415
+
+    apply_thread_budget(config.threads)
     logger.info("loading %s (%d replica%s)...", config.model, config.replicas, "" if config.replicas == 1 else "s")
     pipelines = [load_server_pipeline(config.model, config.device, config.dtype) for _ in range(config.replicas)]
     app = create_app(config, pipelines)
     url = f"http://{config.host}:{config.port}/"
-    web.run_app(app, host=config.host, port=config.port, print=lambda _: logger.info("streamgen is serving %s at %s", config.model, url), access_log=None)
+    web.run_app(app, host=config.host, port=config.port, print=lambda _: logger.info("streamgen is serving %s at %s", config.model, url), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)

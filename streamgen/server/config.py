@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..sched import Slo, SloLimits
 
 VideoCodec = Literal["VP8", "H264"]
 CODEC_CHOICES: dict[str, tuple[VideoCodec, ...]] = {
@@ -36,6 +37,14 @@ class ServerConfig:
     every endpoint that creates, watches or changes sessions.
     ``default_params`` are the settings of a session whose client sent none
     (WHIP/OBS), in the same schema as the ``params`` of ``POST /offer``.
+    ``slo_ms`` is a session's default per-frame latency deadline and
+    ``min_fps`` the frame rate below which admission control refuses new
+    sessions (best effort above it); a client may ask for its own
+    ``{"slo": {"deadline_ms", "fps", "min_fps"}}`` within
+    ``[min_slo_ms, max_slo_ms]`` and ``max_fps``.
+    ``threads``: the model's CPU threads (None: ``OMP_NUM_THREADS`` or cores − 1).
+    ``max_width``/``max_height``: the largest stream a session may ask for
+    (None: twice the model's native size).
     """
 
     host: str = "127.0.0.1"
@@ -60,6 +69,13 @@ class ServerConfig:
     stats_interval: float = 1.0
     default_params: dict[str, Any] = field(default_factory=dict)
     web_dir: str | None = None
+    slo_ms: float = 500.0
+    min_fps: float = 1.0
+    min_slo_ms: float = 30.0
+    max_slo_ms: float = 5000.0
+    threads: int | None = None
+    max_width: int | None = None
+    max_height: int | None = None
 
     def __post_init__(self) -> None:
         _positive_int("port", self.port, allow_zero=True, high=65535)
@@ -77,12 +93,34 @@ class ServerConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of {'frames per second' if name == 'max_fps' else 'seconds'}, got {value!r}")
+        for name in ("slo_ms", "min_fps", "min_slo_ms", "max_slo_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if not self.min_slo_ms <= self.slo_ms <= self.max_slo_ms:
+            raise ConfigError(f"slo_ms ({self.slo_ms:g}) must be between min_slo_ms ({self.min_slo_ms:g}) and max_slo_ms ({self.max_slo_ms:g})")
+        if self.min_fps > self.max_fps:
+            raise ConfigError(f"min_fps ({self.min_fps:g}) must not be above max_fps ({self.max_fps:g})")
+        if self.threads is not None:
+            _positive_int("threads", self.threads, high=1024)
+        for name in ("max_width", "max_height"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name), high=16384)
         if not self.codecs or any(c not in ("VP8", "H264") for c in self.codecs):
             raise ConfigError(f"codecs must be a non-empty list of VP8 and/or H264, got {self.codecs!r}")
         if self.token is not None and not self.token.strip():
             raise ConfigError("token must not be empty; leave it unset to disable authentication")
         if not isinstance(self.default_params, dict):
             raise ConfigError("default_params must be a JSON object")
+
+    @property
+    def default_slo(self) -> Slo:
+        """Best effort: up to ``max_fps``, frames within ``slo_ms``, sessions admitted down to ``min_fps``."""
+        return Slo(target_fps=self.max_fps, deadline_s=self.slo_ms / 1000, min_fps=self.min_fps)
+
+    @property
+    def slo_limits(self) -> SloLimits:
+        return SloLimits(min_deadline_s=self.min_slo_ms / 1000, max_deadline_s=self.max_slo_ms / 1000, max_fps=self.max_fps)
 
     @property
     def max_input_pixels(self) -> int:

@@ -117,7 +117,7 @@ class ControlChannel:
             params = message.get("params")
             if not isinstance(params, Mapping):
                 raise ControlError('a "params" message needs a "params" object, e.g. {"type": "params", "id": 1, "params": {"prompt": "..."}}')
-            self._handlers.update_params(params)
+            await self._handlers.update_params(params)
         elif kind == "reset":
             await self._handlers.reset()
 

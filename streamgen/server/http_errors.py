@@ -71,6 +71,9 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         headers = {"WWW-Authenticate": 'Bearer realm="streamgen"'} if status == 401 else None
         if status == 503:
             headers = {"Retry-After": "5"}
+        details = getattr(error, "details", None)
+        if details:
+            return web.json_response({"error": str(error), "admission": details}, status=status, headers=headers)
         return json_error(status, str(error), headers)
     except web.HTTPException as error:
         if error.status < 400 or error.content_type == "application/json":

@@ -54,15 +54,29 @@ class ServerMetrics:
     time_to_first_frame: Histogram = field(default_factory=lambda: Histogram(TTFF_BUCKETS))
     sessions_created: int = 0
     sessions_rejected: int = 0
+    admission_refusals: int = 0
+    deadline_misses: int = 0
+    steps: int = 0
+    steps_predicted_late: int = 0
+    sessions_deferred: int = 0
     _step_times: dict[str, Histogram] = field(default_factory=dict)
     _batch_rows: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def observe_step(self, replica: str, seconds: float, batch: int) -> None:
+    def observe_step(self, replica: str, seconds: float, batch: int, *, late: int = 0, deferred: int = 0) -> None:
+        """One model step of ``batch`` sessions; ``late``/``deferred``: the scheduler's view of it."""
         with self._lock:
             histogram = self._step_times.setdefault(replica, Histogram(STEP_BUCKETS))
             self._batch_rows[replica] = batch
+            self.steps += 1
+            self.steps_predicted_late += late > 0
+            self.sessions_deferred += deferred
         histogram.observe(seconds)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a server-wide counter from any thread."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
 
     def step_histograms(self) -> list[tuple[str, Histogram, int]]:
         with self._lock:
@@ -83,6 +97,9 @@ class SessionSample:
     skipped: int
     ttff: float | None
     viewers: int
+    deadline_misses: int = 0
+    deadline_ms: float | None = None
+    target_fps: float | None = None
 
 
 def render_metrics(metrics: ServerMetrics, sessions: Iterable[SessionSample], model: str) -> str:
@@ -107,6 +124,11 @@ def render_metrics(metrics: ServerMetrics, sessions: Iterable[SessionSample], mo
     family("streamgen_sessions_active", "gauge", "Sessions currently open.", [f"streamgen_sessions_active {len(sessions)}"])
     family("streamgen_sessions_created_total", "counter", "Sessions created since start.", [f"streamgen_sessions_created_total {metrics.sessions_created}"])
     family("streamgen_sessions_rejected_total", "counter", "Sessions refused because the server was full.", [f"streamgen_sessions_rejected_total {metrics.sessions_rejected}"])
+    family("streamgen_admission_refusals_total", "counter", "Sessions refused by admission control (they would have broken the admitted sessions' objectives).", [f"streamgen_admission_refusals_total {metrics.admission_refusals}"])
+    family("streamgen_deadline_misses_total", "counter", "Output frames that reached the encoder after their session's deadline.", [f"streamgen_deadline_misses_total {metrics.deadline_misses}"])
+    family("streamgen_sched_steps_total", "counter", "Model steps the scheduler planned.", [f"streamgen_sched_steps_total {metrics.steps}"])
+    family("streamgen_sched_steps_predicted_late_total", "counter", "Steps the scheduler knew would miss a deadline (overload).", [f"streamgen_sched_steps_predicted_late_total {metrics.steps_predicted_late}"])
+    family("streamgen_sched_deferrals_total", "counter", "Times a ready session was left for a later step (its frames would not fit this one).", [f"streamgen_sched_deferrals_total {metrics.sessions_deferred}"])
     for name, attr, kind, help_text in (
         ("streamgen_session_input_fps", "fps_in", "gauge", "Input frames per second received by a session."),
         ("streamgen_session_output_fps", "fps_out", "gauge", "Output frames per second a session produced."),
@@ -116,6 +138,9 @@ def render_metrics(metrics: ServerMetrics, sessions: Iterable[SessionSample], mo
         ("streamgen_session_frames_skipped_total", "skipped", "counter", "Frames the similarity filter skipped (previous output reused)."),
         ("streamgen_session_time_to_first_frame_seconds", "ttff", "gauge", "Seconds from session creation to its first output frame."),
         ("streamgen_session_viewers", "viewers", "gauge", "WHEP viewers watching a session."),
+        ("streamgen_session_deadline_misses_total", "deadline_misses", "counter", "Output frames of a session that missed its deadline."),
+        ("streamgen_session_deadline_milliseconds", "deadline_ms", "gauge", "A session's per-frame latency deadline."),
+        ("streamgen_session_target_fps", "target_fps", "gauge", "The frame rate admission control predicted for a session."),
     ):
         family(name, kind, help_text, [name + sample for sample in per_session(attr)])
     family("streamgen_frame_latency_seconds", "histogram", "Server latency of a frame: received (decoded) to output frame ready for the encoder.", metrics.frame_latency.lines("streamgen_frame_latency_seconds"))

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import StreamParams
+from ..errors import ConfigError
 from ..params import PARAM_NAMES, parse_params, parse_stream_config, split_settings
 from ..pipeline.image import ImagePipeline
 from .identity import IdentityPipeline
@@ -79,6 +80,44 @@ def _model_defaults(pipeline: Any, mode: str) -> StreamParams | None:
     if mode == "txt2img":
         defaults["cfg_type"] = "none"
     return parse_params(defaults) if defaults else None
+
+
+def parse_update(pipeline: Any, state: Any, changes: Mapping[str, Any], caps: Any = None) -> Any:
+    """Validate a live update against a state's current parameters (and the server's caps) without queuing it."""
+    if model_kind(pipeline) == "video":
+        from ..pipeline.video_params import parse_video_params  # noqa: PLC0415
+
+        params = parse_video_params(changes, state.latest_params)
+        steps = params.num_inference_steps
+    else:
+        params = parse_params(changes, state.latest_params)
+        if getattr(state.config, "mode", None) == "txt2img" and isinstance(changes, Mapping) and "strength" in changes:
+            raise ConfigError("strength applies to img2img streams; txt2img streams start from pure noise")
+        steps = len(params.resolved_t_index_list())
+    if caps is not None and steps > caps.max_steps:
+        raise ConfigError(f"{steps} denoising steps are over this server's limit of {caps.max_steps}")
+    return params
+
+
+def warm_prompts(pipeline: Any, params: Any) -> None:
+    """Encode the prompts ``params`` name (memoised by the model), so the step that applies them finds them ready.
+
+    Runs on the setup thread, beside the model step: one session's new prompt
+    never makes the others wait for the text encoder.
+    """
+    model = getattr(pipeline, "model", None)
+    encode = getattr(model, "encode_prompt", None)
+    if not callable(encode):
+        return
+    texts = [p.text for p in getattr(params, "prompt", ())]
+    negative = getattr(params, "negative_prompt", None)
+    if isinstance(negative, str):
+        texts.append(negative)
+    for text in texts:
+        try:
+            encode(text)
+        except UnicodeError as error:
+            raise ConfigError(f"the prompt {text[:40]!r} cannot be encoded as text ({error.reason})") from None
 
 
 def stream_size(state: Any) -> tuple[int, int] | None:

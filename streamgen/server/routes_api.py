@@ -39,7 +39,7 @@ async def patch_params(request: web.Request) -> web.Response:
     require_token(request, ctx.config.token)
     session = ctx.manager.get(request.match_info["session_id"])
     changes = await read_json_object(request, ctx.config.max_body_bytes)
-    params = session.update_params(changes)
+    params = await session.update_params(changes)
     return web.json_response({"id": session.id, "params": params_to_json(params)})
 
 
@@ -63,6 +63,14 @@ async def health(request: web.Request) -> web.Response:
             "max_sessions": ctx.config.max_sessions,
             "codecs": list(ctx.config.codecs),
             "token_required": ctx.config.token is not None,
+            "caps": ctx.manager.caps.to_json(),
+            "slo": {
+                "deadline_ms": ctx.config.slo_ms,
+                "min_fps": ctx.config.min_fps,
+                "max_fps": ctx.config.max_fps,
+                "deadline_ms_range": [ctx.config.min_slo_ms, ctx.config.max_slo_ms],
+            },
+            "workers": [w.describe() for w in ctx.workers],
         }
     )
 

@@ -1,8 +1,11 @@
 """Signalling endpoints: ``POST /offer`` (browser), WHIP ingest and WHEP playback.
 
-- ``POST /offer``: JSON ``{sdp, type: "offer", params}`` → JSON
+- ``POST /offer``: JSON ``{sdp, type: "offer", params, slo}`` → JSON
   ``{sdp, type: "answer", session_id}``; the processed video returns on the
-  same peer connection.
+  same peer connection. ``slo`` (optional) is
+  ``{"deadline_ms", "fps", "min_fps"}`` within the server's limits; a
+  session admission control cannot fit is refused with 503 and an
+  ``admission`` object giving the numbers.
 - ``POST /whip`` (RFC 9725): ``application/sdp`` offer → ``201 Created``,
   the SDP answer (with the server's candidates) and ``Location:
   /whip/{id}``; ``DELETE /whip/{id}`` ends the session. The server does not
@@ -23,7 +26,7 @@ from ..errors import InputError
 from .context import context
 from .http_errors import NotFoundError, read_json_object, read_text, require_content_type, require_token
 
-OFFER_FIELDS = ("sdp", "type", "params")
+OFFER_FIELDS = ("sdp", "type", "params", "slo")
 
 
 async def post_offer(request: web.Request) -> web.Response:
@@ -35,10 +38,12 @@ async def post_offer(request: web.Request) -> web.Response:
         raise InputError(f"unknown field(s) {', '.join(map(repr, unknown))}; an offer has {', '.join(OFFER_FIELDS)}")
     if body.get("type") != "offer":
         raise InputError(f'"type" must be "offer", got {body.get("type")!r}')
-    params = body.get("params") or {}
+    params = body.get("params")
+    if params is None:
+        params = {}
     if not isinstance(params, Mapping):
         raise InputError('"params" must be a JSON object of stream settings and parameters')
-    session, answer = await ctx.manager.open("webrtc", body.get("sdp"), params, send_output=True)
+    session, answer = await ctx.manager.open("webrtc", body.get("sdp"), params, send_output=True, slo=body.get("slo"))
     return web.json_response({"sdp": answer, "type": "answer", "session_id": session.id})
 
 

@@ -24,13 +24,16 @@ from typing import Any
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from ..errors import InputError
+from ..sched import Slo
 from .config import ServerConfig
 from .control import ControlChannel, ControlHandlers
 from .fps_cap import FpsCap
 from .metrics import ServerMetrics, SessionSample
-from .pipelines import current_params, frames_per_step
+from .pipelines import current_params, frames_per_step, parse_update, warm_prompts
 from .slot import FrameTag, LatestFrames
 from .stats import SessionStats
+from .step_shape import ServerCaps
 from .tracks import OutputTrack
 from .worker import ModelWorker, OutputFrame
 
@@ -61,6 +64,8 @@ class Session:
         config: ServerConfig,
         metrics: ServerMetrics,
         on_closed: Callable[["Session"], None],
+        slo: Slo | None = None,
+        caps: ServerCaps | None = None,
     ) -> None:
         self.id = session_id
         self.kind = kind
@@ -85,6 +90,9 @@ class Session:
         self._last_output_time: Any = None
         self._tasks: set[asyncio.Task] = set()
         self._last_error_sent: dict[str, float] = {}
+        self.slo = slo or Slo()
+        self._caps = caps
+        self._update_lock = asyncio.Lock()
         pc.on("connectionstatechange", self._on_connection_state)
         pc.on("datachannel", self._on_datachannel)
 
@@ -112,17 +120,31 @@ class Session:
         return True
 
     # ------------------------------------------------------------- parameters
-    def update_params(self, changes: Mapping[str, Any]) -> Any:
-        """Validate now, apply at the next step (thread-safe in every pipeline)."""
-        params = self.worker.pipeline.update(self.state, changes)
+    async def update_params(self, changes: Mapping[str, Any]) -> Any:
+        """Validate now, encode new prompts beside the model step, then queue the change for the next step.
+
+        Updates of one session are applied in the order they came (a lock),
+        so a slow prompt encoding cannot let an older change overwrite a newer
+        one. The answer (the parameters in force after the change) comes once
+        the change is queued: nothing the client was told was accepted is lost.
+        """
         self.last_activity = time.monotonic()
-        return params
+        async with self._update_lock:
+            if self.state is None:
+                raise InputError("the session has ended")
+            pipeline = self.worker.pipeline
+            parsed = parse_update(pipeline, self.state, changes, self._caps)
+            await asyncio.wrap_future(self.worker.submit(warm_prompts, pipeline, parsed))
+            if self.state is None:
+                raise InputError("the session has ended")
+            return pipeline.update(self.state, changes)
 
     def _touch(self) -> None:
         self.last_activity = time.monotonic()
 
     async def reset(self) -> None:
-        await asyncio.wrap_future(self.worker.submit(self.worker.pipeline.reset, self.state))
+        """Forget the stream's history before its next step (never races a step on this state)."""
+        await asyncio.wrap_future(self.worker.request_reset(self))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -180,6 +202,9 @@ class Session:
             self.stats.on_output(now, latency, output.tag.pts if output.tag is not None else None, output.skipped)
             if latency is not None:
                 self._metrics.frame_latency.observe(latency)
+                if latency > self.slo.deadline_s:
+                    self.stats.deadline_misses += 1
+                    self._metrics.count("deadline_misses")
             if first and self.stats.time_to_first_frame is not None:
                 self._metrics.time_to_first_frame.observe(self.stats.time_to_first_frame)
         for i, track in enumerate(consumers):  # a viewer that joined mid-step has no copies yet: it gets the next step
@@ -249,6 +274,7 @@ class Session:
             "params": self.params,
             "stats": self.stats.snapshot(),
             "viewers": sorted(self.viewers),
+            "slo": {"deadline_ms": round(self.slo.deadline_s * 1000, 1), "fps": self.slo.target_fps, "min_fps": self.slo.min_fps},
         }
 
     def sample(self) -> SessionSample:
@@ -264,6 +290,9 @@ class Session:
             skipped=self.stats.frames_skipped,
             ttff=self.stats.time_to_first_frame,
             viewers=len(self.viewers),
+            deadline_misses=self.stats.deadline_misses,
+            deadline_ms=self.slo.deadline_s * 1000,
+            target_fps=self.worker.admitted_fps(self),
         )
 
     async def close(self, reason: str) -> None:

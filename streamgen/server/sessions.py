@@ -21,12 +21,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import CapacityError, InputError
+from ..sched import Slo, choose_video_mode
 from .config import ServerConfig
 from .http_errors import NotFoundError
 from .metrics import ServerMetrics
 from .peer import add_transceivers, answer_offer, new_peer_connection, parse_offer
-from .pipelines import create_session_state, validate_session_settings
+from .pipelines import create_session_state, model_kind, validate_session_settings
 from .session import Session, Viewer
+from .step_shape import ServerCaps, shape_of_settings
 from .tracks import OutputTrack
 from .worker import ModelWorker
 
@@ -45,6 +47,9 @@ class SessionManager:
         self.workers = workers
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
+        pipeline = workers[0].pipeline
+        self.kind = model_kind(pipeline)
+        self.caps = ServerCaps.for_pipeline(pipeline, self.kind, config.max_width, config.max_height)
         self._opening = 0
         self._sweeper: asyncio.Task | None = None
 
@@ -59,8 +64,17 @@ class SessionManager:
         return [s.describe() for s in self.sessions.values()]
 
     # --------------------------------------------------------------- opening
-    async def open(self, kind: str, offer_sdp: Any, settings: Mapping[str, Any], send_output: bool) -> tuple[Session, str]:
-        """A new publishing session for ``offer_sdp``; returns it and the answer SDP."""
+    async def open(
+        self, kind: str, offer_sdp: Any, settings: Mapping[str, Any], send_output: bool, slo: Any = None
+    ) -> tuple[Session, str]:
+        """A new publishing session for ``offer_sdp``; returns it and the answer SDP.
+
+        Everything cheap is checked first, on the loop: the offer, the
+        settings, the SLO the client asked for and the server's caps. Then
+        admission control (CapacityError → 503 with the numbers) reserves the
+        session's share of the model before its state is built on the setup
+        thread, so concurrent offers cannot over-book the server.
+        """
         shape = parse_offer(offer_sdp)
         if not shape.has_video:
             raise _no_video_error()
@@ -68,17 +82,30 @@ class SessionManager:
         merged = {**self.config.default_params, **settings}
         worker = min(self.workers, key=lambda w: w.load)
         validate_session_settings(worker.pipeline, merged)
+        session_slo = self.config.slo_limits.parse(slo, self.config.default_slo)
+        if self.kind == "video" and "use_denoising_batch" not in merged:
+            merged["use_denoising_batch"] = self._video_mode(worker, merged, session_slo)
+        stream = shape_of_settings(worker.pipeline, merged, self.kind)
+        self.caps.check(stream.width, stream.height, stream.frames_per_call, stream.steps)
         self._take_place()
         pc = None
+        reservation = None
         try:
+            try:
+                reservation = worker.reserve(stream, session_slo)
+            except CapacityError:
+                self.metrics.count("admission_refusals")
+                raise
             state = await asyncio.wrap_future(worker.submit(create_session_state, worker.pipeline, merged))
             pc = new_peer_connection(self.config.ice_servers)
-            session = Session(new_id(), kind, pc, worker, state, self.config, self.metrics, self._forget)
+            session = Session(new_id(), kind, pc, worker, state, self.config, self.metrics, self._forget, session_slo, self.caps)
             output = OutputTrack() if send_output else None
             session.output = output
             transceiver = add_transceivers(pc, shape, "sendrecv" if send_output else "recvonly", output, self.config.codecs)
             answer = await answer_offer(pc, offer_sdp, self.config.codecs)
         except BaseException:
+            if reservation is not None:
+                worker.release(reservation)
             if pc is not None:
                 await pc.close()
             raise
@@ -86,10 +113,22 @@ class SessionManager:
             self._opening -= 1
         self.sessions[session.id] = session
         self.metrics.sessions_created += 1
-        worker.attach(session)
+        worker.attach(session, reservation)
         session.start_input(transceiver.receiver.track)
-        logger.info("session %s opened (%s, %s)", session.id, kind, worker.name)
+        logger.info(
+            "session %s opened (%s, %s, %dx%d, admitted at ~%.1f fps)",
+            session.id, kind, worker.name, stream.width, stream.height, reservation.admission.fps,
+        )
         return session, answer
+
+    def _video_mode(self, worker: ModelWorker, settings: Mapping[str, Any], slo: Slo) -> bool:
+        """Stream batch or sequential denoising for a video session that did not choose (the scheduler's call)."""
+        sequential = shape_of_settings(worker.pipeline, {**settings, "use_denoising_batch": False}, "video")
+        chunk_inputs = 4 * sequential.chunk_frames
+        choice = choose_video_mode(
+            worker.latency, sequential.bucket, steps=sequential.steps, chunk_period_s=chunk_inputs / slo.target_fps, deadline_s=slo.deadline_s
+        )
+        return choice.stream_batch
 
     async def add_viewer(self, session_id: str, offer_sdp: Any) -> tuple[Viewer, str]:
         """A WHEP viewer of ``session_id``'s output; returns it and the answer SDP."""

@@ -67,6 +67,21 @@ class LatestFrames:
             self._items.clear()
             return items
 
+    def arrivals(self) -> tuple[float, ...]:
+        """When each waiting frame arrived (``time.monotonic()``), oldest first: the scheduler's input."""
+        with self._lock:
+            return tuple(tag.received_at for _, tag in self._items)
+
+    def drop_oldest(self, count: int) -> int:
+        """Drop up to ``count`` of the oldest waiting frames (the scheduler found them too late to use)."""
+        with self._lock:
+            removed = 0
+            while removed < count and self._items:
+                self._items.popleft()
+                removed += 1
+            self.dropped += removed
+            return removed
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -67,6 +67,7 @@ class SessionStats:
     frames_output: int = 0
     frames_skipped: int = 0
     frames_repeated: int = 0
+    deadline_misses: int = 0
     input_rate: EventRate = field(default_factory=EventRate)
     output_rate: EventRate = field(default_factory=EventRate)
     latency: LatencyWindow = field(default_factory=LatencyWindow)
@@ -108,6 +109,7 @@ class SessionStats:
             "rejected": self.frames_rejected,
             "skipped": self.frames_skipped,
             "repeated": self.frames_repeated,
+            "deadline_misses": self.deadline_misses,
             "time_to_first_frame_ms": None if ttff is None else round(ttff * 1000, 1),
             "first_output_pts": self.first_output_pts,
             "uptime_s": round(now - self.created_at, 2),

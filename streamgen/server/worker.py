@@ -1,56 +1,58 @@
-"""``ModelWorker``: the one thread that runs a model replica, never the event loop.
+"""``ModelWorker``: runs one model replica in threads of its own, never on the event loop.
 
-The worker sleeps until some session's input slot holds a step's worth of
-frames (or a job arrives), then steps ALL such sessions in one batched
-``pipeline.step`` call. Around the step it converts frames in its own thread:
-decoded ``av.VideoFrame`` → scaled/cropped RGB array → uint8 tensor, and the
-output tensor → one ``av.VideoFrame`` per consumer, carrying the input frame's
-pts and time base. Results go back to the event loop with
-``call_soon_threadsafe``.
+Three threads hand work along with bounded, one-deep hand-offs, so the model
+is never idle waiting for a conversion and nothing queues without bound:
 
-Jobs (``submit``) run between steps on the same thread: creating and
-resetting per-session states touches the model (prompt encoding, compiled
-engines), which must not race a step.
+- **input** asks the scheduler (:func:`streamgen.sched.plan_step`) which
+  sessions go into the next step, takes their frames from the latest-frame
+  slots and converts them (decode, scale, crop → uint8 tensor). It starts
+  just before the step in flight is predicted to end, so the frames it takes
+  are as fresh as they can be and the next step starts at once;
+- **model** runs the prepared step through
+  :func:`~streamgen.server.transaction.step_transactionally` (a step that
+  raises leaves every session as it was; only the failing session is told),
+  applies session resets between steps, and feeds each step's measured time
+  to the latency model the scheduler and admission control use;
+- **output** converts the results to one ``VideoFrame`` per consumer and
+  hands them to the event loop.
 
-When a batched step raises, the sessions are stepped one by one to find the
-culprit; only that session is told (a user error) or closed (a bug), and the
-others keep streaming.
+A fourth, the **setup** :class:`~streamgen.server.jobs.JobThread`, builds new
+sessions' states and encodes prompts of live updates beside the step, so
+neither waits for a step and no step waits for a text encoder.
+
+:meth:`stop` does not wait for a step in flight for more than a moment: the
+threads are daemons and a shutdown must not hang on a slow step.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from fractions import Fraction
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-import torch
-from av import VideoFrame
 
-from ..errors import InputError, StreamgenError
+from ..errors import CapacityError, InputError, StreamgenError
+from ..sched import Admission, Candidate, Demand, LatencyModel, Slo, StepPlan, admit, plan_step, served_mark
+from .frame_convert import OutputFrame, frames_to_tensor, to_output_frames
+from .jobs import STOPPED, JobThread, run_job
 from .metrics import ServerMetrics
 from .pipelines import stream_size, takes_no_frames
 from .slot import FrameTag, LatestFrames
+from .step_shape import StepShape, StreamShape, bucket_work, step_shape_of_state
+from .transaction import Outcome, StepEntry, step_transactionally
 
 logger = logging.getLogger(__name__)
 
-VIDEO_TIME_BASE = Fraction(1, 90000)
+__all__ = ["ModelWorker", "OutputFrame", "Reservation", "WorkerClient"]
 
-
-@dataclass(frozen=True)
-class OutputFrame:
-    """One processed frame, as one ``VideoFrame`` per consumer, with the tag of its input."""
-
-    copies: list[VideoFrame]
-    tag: FrameTag | None
-    skipped: bool
+STOP_JOIN_SECONDS = 1.0
+PREP_DECAY = 0.2
+IDLE_WAIT = 0.5
 
 
 class WorkerClient(Protocol):
@@ -69,173 +71,410 @@ class WorkerClient(Protocol):
     def fail(self, error: BaseException, is_user_error: bool) -> None: ...
 
 
-class ModelWorker:
-    """Runs one pipeline replica in a dedicated thread (see module docstring)."""
+@dataclass(eq=False)
+class Reservation:
+    """A place admission control granted to a session being set up (its demand counts from now on)."""
 
-    def __init__(self, pipeline: Any, name: str, metrics: ServerMetrics) -> None:
+    demand: Demand
+    shape: StreamShape
+    admission: Admission
+
+
+@dataclass(eq=False)
+class _Member:
+    """The worker's scheduling record of one attached session (no pipeline state here)."""
+
+    client: WorkerClient
+    reservation: Reservation
+    key: str
+    last_served: float | None = None
+    served_arrival: float | None = None
+    deferred: int = 0
+    resets: list[concurrent.futures.Future] = field(default_factory=list)
+
+    @property
+    def slo(self) -> Slo:
+        return self.reservation.demand.slo
+
+
+@dataclass
+class _Prepared:
+    members: list[_Member]
+    entries: list[StepEntry]
+    shapes: list[StepShape]
+    plan: StepPlan
+
+
+@dataclass
+class _Finished:
+    members: list[_Member]
+    outcomes: list[Outcome]
+
+
+class ModelWorker:
+    """One pipeline replica and its threads (see module docstring)."""
+
+    def __init__(self, pipeline: Any, name: str, metrics: ServerMetrics, *, latency: LatencyModel | None = None) -> None:
         self.pipeline = pipeline
         self.name = name
+        self.latency = latency or LatencyModel(bucket_work=bucket_work)
         self._metrics = metrics
         self._cond = threading.Condition()
-        self._clients: list[WorkerClient] = []
-        self._jobs: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
+        self._members: list[_Member] = []
+        self._reservations: list[Reservation] = []
+        self._model_jobs: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
+        self._prepared: _Prepared | None = None
+        self._finished: deque[_Finished] = deque()
+        self._step_started: float | None = None
+        self._step_predicted = 0.0
+        self._prep_seconds = 0.0
         self._stopping = False
         self._loop = None
-        self._thread = threading.Thread(target=self._run, name=f"streamgen-worker-{name}", daemon=True)
+        self._keys = 0
+        self.setup = JobThread(f"streamgen-setup-{name}")
+        self._threads = [
+            threading.Thread(target=self._guard(self._input_loop), name=f"streamgen-input-{name}", daemon=True),
+            threading.Thread(target=self._guard(self._model_loop), name=f"streamgen-model-{name}", daemon=True),
+            threading.Thread(target=self._guard(self._output_loop), name=f"streamgen-output-{name}", daemon=True),
+        ]
 
     # ------------------------------------------------------------ event loop side
     def start(self, loop) -> None:
         self._loop = loop
-        self._thread.start()
+        self.setup.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Ask the thread to finish (it completes the step in progress); blocks until it has."""
+        """Stop every thread; waits about a second at most, even when a step is in flight."""
         with self._cond:
             self._stopping = True
+            jobs = list(self._model_jobs)
+            self._model_jobs.clear()
+            resets = [f for m in self._members for f in m.resets]
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
+        for future in [f for _, f in jobs] + resets:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(RuntimeError(STOPPED))
+        self.setup.stop(STOP_JOIN_SECONDS)
+        deadline = time.monotonic() + STOP_JOIN_SECONDS
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def load(self) -> int:
         with self._cond:
-            return len(self._clients)
+            return len(self._members) + len(self._reservations)
 
-    def attach(self, client: WorkerClient) -> None:
+    def reserve(self, shape: StreamShape, slo: Slo) -> Reservation:
+        """Admission control: a place for a new session, or CapacityError with the reason (and the numbers)."""
+        demand = Demand(shape.bucket, shape.unit().rows, slo, shape.unit().passes)
         with self._cond:
-            self._clients.append(client)
+            admitted = [m.reservation.demand for m in self._members] + [r.demand for r in self._reservations]
+            answer = admit(self.latency, admitted, demand)
+            if not answer.admitted:
+                raise CapacityError(answer.reason or "the server is at capacity", details=answer.to_json())
+            reservation = Reservation(demand, shape, answer)
+            self._reservations.append(reservation)
+            return reservation
+
+    def release(self, reservation: Reservation) -> None:
+        with self._cond:
+            if reservation in self._reservations:
+                self._reservations.remove(reservation)
+
+    def attach(self, client: WorkerClient, reservation: Reservation) -> None:
+        with self._cond:
+            if reservation in self._reservations:
+                self._reservations.remove(reservation)
+            self._keys += 1
+            self._members.append(_Member(client, reservation, f"{self._keys:08d}"))
+            self._cond.notify_all()
 
     def detach(self, client: WorkerClient) -> None:
         with self._cond:
-            if client in self._clients:
-                self._clients.remove(client)
+            for member in [m for m in self._members if m.client is client]:
+                self._members.remove(member)
+                for future in member.resets:
+                    if future.set_running_or_notify_cancel():
+                        future.set_exception(RuntimeError("the session has ended"))
+            self._cond.notify_all()
 
     def notify(self) -> None:
         """A slot has new frames."""
         with self._cond:
-            self._cond.notify()
+            self._cond.notify_all()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
-        """Run ``fn(*args)`` on the worker thread between steps."""
+        """Run ``fn(*args)`` on the setup thread, beside the model step (building states, encoding prompts)."""
+        return self.setup.submit(fn, *args)
+
+    def run_between_steps(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        """Run ``fn(*args)`` on the model thread between two steps (warm-up: it must not race a step)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if self._stopping:
-                future.set_exception(RuntimeError("the model worker has stopped"))
+                future.set_exception(RuntimeError(STOPPED))
                 return future
-            self._jobs.append((lambda: fn(*args), future))
-            self._cond.notify()
+            self._model_jobs.append((lambda: fn(*args), future))
+            self._cond.notify_all()
         return future
 
-    # --------------------------------------------------------------- worker thread
-    def _run(self) -> None:
-        while True:
-            try:
-                if not self._cycle():
-                    return
-            except Exception:  # noqa: BLE001 - a bug must not stop every session's stream
-                logger.exception("model worker %s: a cycle failed; carrying on", self.name)
-
-    def _cycle(self) -> bool:
-        """Wait for work, do it; False once stopping. (A method, so nothing outlives a cycle in locals.)"""
+    def request_reset(self, client: WorkerClient) -> concurrent.futures.Future:
+        """Forget a session's history before its next step (the step in flight, if any, finishes first)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
-            self._cond.wait_for(self._has_work, timeout=1.0)
-            jobs = list(self._jobs)
-            self._jobs.clear()
+            member = self._member(client)
+            if member is None or self._stopping:
+                future.set_exception(RuntimeError("the session has ended" if member is None else STOPPED))
+                return future
+            member.resets.append(future)
+            self._cond.notify_all()
+        return future
+
+    def describe(self) -> dict[str, Any]:
+        """For /health: sessions, the step in flight, and the fitted latency curve (ms per row count) of each bucket."""
+        with self._cond:
+            buckets = {}
+            for member in self._members:
+                bucket = member.reservation.demand.bucket
+                samples = self.latency.samples(bucket)
+                buckets["x".join(map(str, bucket[1:])) if isinstance(bucket, tuple) else str(bucket)] = {
+                    str(rows): round(seconds * 1000, 2) for rows, seconds in samples.items()
+                }
+            return {
+                "name": self.name,
+                "sessions": len(self._members),
+                "stepping": self._step_started is not None,
+                "step_ms_by_rows": buckets,
+            }
+
+    def admitted_fps(self, client: WorkerClient) -> float | None:
+        with self._cond:
+            member = self._member(client)
+            return member.reservation.admission.fps if member else None
+
+    def _member(self, client: WorkerClient) -> _Member | None:
+        return next((m for m in self._members if m.client is client), None)
+
+    # ------------------------------------------------------------------ threads
+    def _guard(self, loop_body: Callable[[], bool]) -> Callable[[], None]:
+        """Run a thread's cycle until it says stop; a bug in one cycle is logged, not fatal to every stream."""
+
+        def run() -> None:
+            while True:
+                try:
+                    if not loop_body():
+                        return
+                except Exception:  # noqa: BLE001
+                    logger.exception("model worker %s: %s failed; carrying on", self.name, threading.current_thread().name)
+                    time.sleep(0.01)
+
+        return run
+
+    # -- input -----------------------------------------------------------------
+    def _input_loop(self) -> bool:
+        with self._cond:
+            self._cond.wait_for(self._input_may_plan, timeout=self._input_wait())
             if self._stopping:
-                for _, future in jobs:
-                    future.set_exception(RuntimeError("the model worker has stopped"))
                 return False
-            ready = [c for c in self._clients if not c.closed and c.slot.ready()]
-        for job, future in jobs:
-            self._run_job(job, future)
-        if ready:
-            self._step_sessions(ready)
+            if not self._input_may_plan():
+                return True
+            now = time.monotonic()
+            members, taken, plan = self._plan_locked(now)
+            if not members:
+                # Throttled or nothing ready: the next frame, or the first throttled frame's time, wakes us.
+                wait = IDLE_WAIT if plan.wake_at is None else min(IDLE_WAIT, max(0.001, plan.wake_at - now))
+                self._cond.wait(wait)
+                return True
+        started = time.perf_counter()
+        prepared = self._convert(members, taken, plan)
+        elapsed = time.perf_counter() - started
+        with self._cond:
+            self._prep_seconds += PREP_DECAY * (elapsed - self._prep_seconds)
+            if prepared.entries:
+                self._prepared = prepared
+            self._cond.notify_all()
         return True
 
-    def _has_work(self) -> bool:
-        return self._stopping or bool(self._jobs) or any(not c.closed and c.slot.ready() for c in self._clients)
+    def _input_may_plan(self) -> bool:
+        """Time to prepare the next step: the hand-off is free and the step in flight is about to end."""
+        if self._stopping:
+            return True
+        if self._prepared is not None or not any(m.client.slot.ready() and not m.client.closed for m in self._members):
+            return False
+        return self._step_started is None or time.monotonic() >= self._prepare_at()
 
-    @staticmethod
-    def _run_job(job: Callable[[], Any], future: concurrent.futures.Future) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(job())
-        except BaseException as error:  # handed to the awaiting coroutine, which decides how to report it
-            future.set_exception(error)
+    def _prepare_at(self) -> float:
+        return (self._step_started or 0.0) + self._step_predicted - self._prep_seconds
 
-    def _step_sessions(self, ready: list[WorkerClient]) -> None:
-        batch: list[tuple[WorkerClient, Any, torch.Tensor | None, tuple[FrameTag, ...]]] = []
-        for client in ready:
-            items, state = client.slot.take(), client.state
-            if not items or client.closed or state is None:
+    def _input_wait(self) -> float:
+        if self._step_started is None or self._prepared is not None:
+            return IDLE_WAIT
+        return min(IDLE_WAIT, max(0.001, self._prepare_at() - time.monotonic()))
+
+    def _plan_locked(self, now: float) -> tuple[list[_Member], list[list[tuple[Any, FrameTag]]], StepPlan]:
+        by_key: dict[str, _Member] = {}
+        candidates = []
+        for member in self._members:
+            client = member.client
+            if client.closed or client.state is None or not client.slot.ready():
+                continue
+            arrivals = client.slot.arrivals()
+            shape = step_shape_of_state(client.state, len(arrivals), member.reservation.shape)
+            by_key[member.key] = member
+            candidates.append(
+                Candidate(
+                    member.key, shape.bucket, shape.rows, arrivals, member.slo, client.slot.capacity, shape.passes,
+                    member.last_served, member.served_arrival, member.deferred,
+                )
+            )
+        plan = plan_step(now, candidates, self.latency)
+        for key, count in plan.drops:
+            by_key[key].client.slot.drop_oldest(count)
+        for key in plan.deferred:
+            by_key[key].deferred += 1
+        members, taken = [], []
+        for key in plan.sessions:
+            member = by_key[key]
+            items = member.client.slot.take()
+            if not items:
+                continue
+            member.deferred = 0
+            members.append(member)
+            taken.append(items)
+        return members, taken, plan
+
+    def _convert(self, members: list[_Member], taken: list, plan: StepPlan) -> _Prepared:
+        """Frames → tensors for every member, outside the lock; a frame that cannot be converted fails only its session."""
+        prepared = _Prepared([], [], [], plan)
+        for member, items in zip(members, taken):
+            client, state = member.client, member.client.state
+            if client.closed or state is None:
                 continue
             try:
-                frames = None if takes_no_frames(state) else _frames_to_tensor([f for f, _ in items], stream_size(state))
+                frames = None if takes_no_frames(state) else frames_to_tensor([f for f, _ in items], stream_size(state))
             except StreamgenError as error:
                 client.fail(error, True)
                 continue
             except Exception as error:  # noqa: BLE001 - a frame PyAV cannot convert came from the client
                 client.fail(InputError(f"an input frame could not be converted ({error}); it was dropped"), True)
                 continue
-            batch.append((client, state, frames, tuple(tag for _, tag in items)))
-        if not batch:
+            prepared.members.append(member)
+            prepared.entries.append(StepEntry(state, frames, tuple(tag for _, tag in items)))
+            prepared.shapes.append(step_shape_of_state(state, len(items), member.reservation.shape))
+        return prepared
+
+    # -- model -----------------------------------------------------------------
+    def _model_loop(self) -> bool:
+        with self._cond:
+            self._cond.wait_for(self._model_has_work, timeout=IDLE_WAIT)
+            if self._stopping:
+                return False
+            jobs = list(self._model_jobs)
+            self._model_jobs.clear()
+            resets = [(m, m.resets) for m in self._members if m.resets]
+            for member, _ in resets:
+                member.resets = []
+            prepared, self._prepared = self._prepared, None
+            self._cond.notify_all()  # the hand-off is free: the input thread may prepare the next step
+        for job, future in jobs:
+            run_job(job, future)
+        for member, futures in resets:
+            self._reset(member, futures)
+        if prepared is not None:
+            self._run_step(prepared)
+        return True
+
+    def _model_has_work(self) -> bool:
+        return self._stopping or bool(self._model_jobs) or self._prepared is not None or any(m.resets for m in self._members)
+
+    def _reset(self, member: _Member, futures: list[concurrent.futures.Future]) -> None:
+        state = member.client.state
+        try:
+            if state is not None:
+                self.pipeline.reset(state)
+        except Exception as error:  # noqa: BLE001 - reported to whoever asked for the reset
+            for future in futures:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(error)
             return
-        started = time.perf_counter()
-        results = self._step_isolating_failures(batch)
-        self._metrics.observe_step(self.name, time.perf_counter() - started, len(batch))
-        for (client, _, _, _), output in zip(batch, results):
-            if output is None or client.closed:
+        for future in futures:
+            if future.set_running_or_notify_cancel():
+                future.set_result(None)
+
+    def _run_step(self, prepared: _Prepared) -> None:
+        live = [i for i, m in enumerate(prepared.members) if not m.client.closed and m.client.state is prepared.entries[i].state]
+        if not live:
+            return
+        members = [prepared.members[i] for i in live]
+        entries = [prepared.entries[i] for i in live]
+        shapes = [prepared.shapes[i] for i in live]
+        started = time.monotonic()
+        with self._cond:
+            self._step_started, self._step_predicted = started, prepared.plan.predicted_seconds
+            for member, entry in zip(members, entries):
+                member.last_served = started
+                newest = max((t.received_at for t in entry.tags if isinstance(t, FrameTag)), default=started)
+                member.served_arrival = served_mark(member.slo, member.served_arrival, newest)
+        clock = time.perf_counter()
+        try:
+            outcomes = step_transactionally(self.pipeline, entries)
+        finally:
+            seconds = time.perf_counter() - clock
+            with self._cond:
+                self._step_started = None
+                self._cond.notify_all()
+        self.learn(shapes, seconds)
+        self._metrics.observe_step(self.name, seconds, len(entries), late=len(prepared.plan.late), deferred=len(prepared.plan.deferred))
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopping or len(self._finished) < 2)
+            self._finished.append(_Finished(members, outcomes))
+            self._cond.notify_all()
+
+    def learn(self, shapes: list[StepShape], seconds: float) -> None:
+        """Feed the latency model: only steps of one bucket and one pass count are unambiguous samples."""
+        buckets = {s.bucket for s in shapes if s.rows > 0}
+        passes = {s.passes for s in shapes if s.rows > 0}
+        if len(buckets) != 1 or len(passes) != 1:
+            return
+        rows = sum(s.rows for s in shapes)
+        with self._cond:
+            self.latency.observe(buckets.pop(), rows, seconds / passes.pop())
+
+    # -- output ----------------------------------------------------------------
+    def _output_loop(self) -> bool:
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopping or bool(self._finished), timeout=IDLE_WAIT)
+            if self._stopping:
+                return False
+            if not self._finished:
+                return True
+            finished = self._finished.popleft()
+            self._cond.notify_all()
+        for member, outcome in zip(finished.members, finished.outcomes):
+            client = member.client
+            if outcome.error is not None:
+                self._fail(client, outcome.error)
+                continue
+            if client.closed or outcome.output is None:
                 continue
             try:
-                frames = self._to_video_frames(client, output)
+                frames = to_output_frames(outcome.output, client.consumer_count(), client.fallback_pts)
             except Exception as error:  # noqa: BLE001 - the pipeline returned something unusable: a bug
                 self._fail(client, error)
                 continue
             if frames:
                 self._deliver(client, frames)
-
-    def _step_isolating_failures(self, batch: list) -> list[Any]:
-        try:
-            return list(self.pipeline.step([s for _, s, _, _ in batch], [f for _, _, f, _ in batch], [t for _, _, _, t in batch]))
-        except Exception as error:  # noqa: BLE001 - find which session it belongs to
-            if len(batch) == 1:
-                self._fail(batch[0][0], error)
-                return [None]
-        results: list[Any] = []
-        for client, state, frames, tags in batch:
-            try:
-                results.append(self.pipeline.step([state], [frames], [tags])[0])
-            except Exception as error:  # noqa: BLE001
-                self._fail(client, error)
-                results.append(None)
-        return results
+        return True
 
     @staticmethod
     def _fail(client: WorkerClient, error: Exception) -> None:
         user_error = isinstance(error, StreamgenError)
         if not user_error:
-            logger.exception("model step failed for a session; closing it", exc_info=error)
+            logger.error("model step failed for a session; closing it", exc_info=error)
         client.fail(error, user_error)
-
-    def _to_video_frames(self, client: WorkerClient, output: Any) -> list[OutputFrame]:
-        tensor = output.frames
-        if tensor is None or tensor.shape[0] == 0:
-            return []
-        copies = client.consumer_count()  # 0 for a WHIP session nobody watches: count, convert nothing
-        array = tensor.detach().to("cpu").numpy() if copies else None
-        tags = tuple(output.tags) if output.tags else ()
-        frames = []
-        for j in range(tensor.shape[0]):
-            tag = tags[j] if j < len(tags) and isinstance(tags[j], FrameTag) else None
-            pts, time_base = (tag.pts, tag.time_base) if tag is not None and tag.pts is not None else (client.fallback_pts(), VIDEO_TIME_BASE)
-            made = []
-            for _ in range(copies):
-                frame = VideoFrame.from_ndarray(np.ascontiguousarray(array[j]), format="rgb24")
-                frame.pts, frame.time_base = pts, time_base
-                made.append(frame)
-            frames.append(OutputFrame(made, tag, bool(output.skipped)))
-        return frames
 
     def _deliver(self, client: WorkerClient, frames: list[OutputFrame]) -> None:
         loop = self._loop
@@ -245,24 +484,3 @@ class ModelWorker:
             loop.call_soon_threadsafe(client.deliver, frames, time.monotonic())
         except RuntimeError:  # the loop shut down between the check and the call
             pass
-
-
-def _frames_to_tensor(frames: list[VideoFrame], size: tuple[int, int] | None) -> torch.Tensor:
-    """Decoded frames → (k, H, W, 3) uint8, scaled to cover ``size`` and centre-cropped."""
-    arrays = [_frame_to_rgb(frame, size) for frame in frames]
-    if len({a.shape for a in arrays}) != 1:
-        raise InputError("the frames of one step changed size; dropping them")
-    return torch.from_numpy(np.stack(arrays))
-
-
-def _frame_to_rgb(frame: VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
-    if size is None:
-        return frame.to_ndarray(format="rgb24")
-    width, height = size
-    scale = max(width / frame.width, height / frame.height)
-    cover_w = max(width, math.ceil(frame.width * scale - 1e-6))
-    cover_h = max(height, math.ceil(frame.height * scale - 1e-6))
-    shrinking = cover_w < frame.width or cover_h < frame.height
-    rgb = frame.reformat(width=cover_w, height=cover_h, format="rgb24", interpolation="AREA" if shrinking else "BILINEAR").to_ndarray()
-    top, left = (cover_h - height) // 2, (cover_w - width) // 2
-    return np.ascontiguousarray(rgb[top : top + height, left : left + width])

@@ -1,0 +1,96 @@
+"""Admission control: refuse the session that would break the others, admit it when capacity returns."""
+
+import pytest
+
+from streamgen.errors import ConfigError
+from streamgen.sched import Demand, LatencyModel, Slo, SloLimits, admit, predicted_rates
+
+
+def _model() -> LatencyModel:
+    model = LatencyModel()
+    for rows in (1, 2, 4, 8):
+        model.observe("256", rows, 0.01 + 0.01 * rows)
+    return model
+
+
+GUARANTEED = Slo(target_fps=10, deadline_s=0.3, min_fps=10)
+
+
+def test_admits_while_there_is_room():
+    model = _model()
+    answer = admit(model, [Demand("256", 2, GUARANTEED)], Demand("256", 2, GUARANTEED))
+    assert answer.admitted
+    assert answer.fps == 10
+    assert answer.utilization == pytest.approx(2 * 10 * 0.05 / 4 * 2)
+
+
+def test_refuses_the_session_that_would_break_the_others_and_admits_it_once_capacity_returns():
+    model = _model()
+    admitted = [Demand("256", 2, GUARANTEED) for _ in range(4)]  # 8 rows: 0.09 s per step at 10 fps
+    answer = admit(model, admitted, Demand("256", 2, Slo(target_fps=10, deadline_s=0.3, min_fps=1)))
+    assert not answer.admitted
+    assert "promised" in answer.reason
+    assert admit(model, admitted[:2], Demand("256", 2, GUARANTEED)).admitted
+
+
+def test_best_effort_sessions_share_the_model_down_to_their_floor():
+    model = _model()
+    best_effort = Slo(target_fps=30, deadline_s=0.5, min_fps=5)
+    admitted: list[Demand] = []
+    while True:
+        answer = admit(model, admitted, Demand("256", 1, best_effort))
+        if not answer.admitted:
+            break
+        admitted.append(Demand("256", 1, best_effort))
+    rates = predicted_rates(model, admitted)
+    assert len(admitted) >= 3
+    assert min(rates) >= 5 and max(rates) == min(rates)
+    assert "below the 5 fps" in answer.reason
+
+
+def test_a_new_session_gets_a_lower_rate_only_when_it_asked_for_one():
+    model = _model()
+    admitted = [Demand("256", 2, Slo(target_fps=10, deadline_s=0.3, min_fps=2)) for _ in range(3)]
+    strict = admit(model, admitted, Demand("256", 2, Slo(target_fps=30, deadline_s=0.3, min_fps=30)))
+    assert not strict.admitted and "min_fps" in strict.reason
+    flexible = admit(model, admitted, Demand("256", 2, Slo(target_fps=30, deadline_s=0.3, min_fps=3)))
+    assert flexible.admitted
+    assert 3 <= flexible.fps < 30
+
+
+def test_refuses_a_stream_that_alone_misses_its_deadline():
+    model = LatencyModel(bucket_work=lambda b: int(b) ** 2)
+    model.observe("256", 4, 0.05)
+    huge = Demand("2048", 4 * 16, Slo(target_fps=10, deadline_s=0.25))  # 64x the pixels, 16x the rows
+    answer = admit(model, [], huge)
+    assert not answer.admitted
+    assert "alone" in answer.reason
+    assert answer.to_json()["predicted_step_ms"] > 250
+
+
+def test_refuses_when_a_step_carrying_everyone_would_miss_the_shortest_deadline():
+    model = _model()
+    tight = Slo(target_fps=1, deadline_s=0.1)
+    answer = admit(model, [Demand("256", 4, Slo(target_fps=1, deadline_s=1.0))], Demand("256", 2, tight))
+    assert not answer.admitted
+    assert "shortest deadline" in answer.reason
+
+
+def test_client_slo_is_checked_against_the_servers_limits():
+    limits = SloLimits(min_deadline_s=0.05, max_deadline_s=2.0, max_fps=30)
+    default = Slo(target_fps=30, deadline_s=0.5, min_fps=1)
+    assert limits.parse(None, default) == default
+    asked = limits.parse({"deadline_ms": 200, "fps": 12}, default)
+    assert (asked.deadline_s, asked.target_fps, asked.min_fps) == (0.2, 12, 12)
+    assert limits.parse({"fps": 12, "min_fps": 4}, default).min_fps == 4
+    for bad, words in [
+        ({"deadline_ms": 10}, "between 50 and 2000"),
+        ({"fps": 100}, "at most 30"),
+        ({"fps": 10**400}, "at most 30"),
+        ({"fps": True}, "slo.fps"),
+        ({"fps": 10, "min_fps": 20}, "must not be above"),
+        ({"latency": 1}, "unknown slo field"),
+        ([], "JSON object"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            limits.parse(bad, default)

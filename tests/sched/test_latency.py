@@ -1,0 +1,75 @@
+"""The online latency model: fits what it measured, interpolates, extrapolates, tracks change, finds the knee."""
+
+import pytest
+
+from streamgen.sched import LatencyModel
+
+
+def test_predicts_what_it_measured_and_interpolates_between():
+    model = LatencyModel()
+    for _ in range(5):
+        model.observe("a", 2, 0.02)
+        model.observe("a", 6, 0.06)
+    assert model.predict("a", 2) == pytest.approx(0.02)
+    assert model.predict("a", 4) == pytest.approx(0.04)
+    assert model.predict("a", 0) == 0.0
+
+
+def test_extrapolates_with_the_fitted_slope():
+    model = LatencyModel()
+    for rows in (1, 2, 3, 4):
+        model.observe("a", rows, 0.01 + 0.005 * rows)
+    assert model.predict("a", 10) == pytest.approx(0.01 + 0.005 * 10)
+    assert model.predict("a", 1) == pytest.approx(0.015)
+
+
+def test_tracks_a_machine_that_slows_down():
+    model = LatencyModel(decay=0.3)
+    for _ in range(10):
+        model.observe("a", 1, 0.010)
+    for _ in range(20):
+        model.observe("a", 1, 0.050)
+    assert model.predict("a", 1) == pytest.approx(0.050, rel=0.01)
+
+
+def test_unmeasured_bucket_is_scaled_from_the_nearest_measured_one():
+    work = {"256": 256 * 256, "512": 512 * 512, "1024": 1024 * 1024}
+    model = LatencyModel(bucket_work=work.__getitem__)
+    model.observe("256", 1, 0.01)
+    model.observe("1024", 1, 0.5)
+    assert model.predict("512", 1) == pytest.approx(0.04)  # nearest is 256 (ratio 4 either way: first found)
+    assert not model.measured("512")
+
+
+def test_prior_before_any_measurement():
+    model = LatencyModel(default_seconds_per_row=0.02)
+    assert model.predict("x", 3) == pytest.approx(0.06)
+
+
+def test_knee_of_a_gpu_like_curve():
+    model = LatencyModel()
+    for rows in (1, 2, 4, 8, 16, 32):
+        model.observe("a", rows, 0.01 * max(1, rows / 8))  # flat to 8 rows, then linear
+    assert model.knee("a") == 8
+
+
+def test_knee_of_a_linear_cpu_curve_is_small():
+    model = LatencyModel()
+    for rows in (1, 2, 4, 8):
+        model.observe("a", rows, 0.001 + 0.01 * rows)
+    assert model.knee("a") == 1
+
+
+def test_knee_unknown_until_two_sizes_are_measured():
+    model = LatencyModel()
+    assert model.knee("a") is None
+    model.observe("a", 4, 0.1)
+    assert model.knee("a") is None
+
+
+def test_ignores_nonsense_samples():
+    model = LatencyModel()
+    model.observe("a", 0, 1.0)
+    model.observe("a", 1, float("nan"))
+    model.observe("a", 1, -1.0)
+    assert not model.measured("a")
