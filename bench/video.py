@@ -83,14 +83,14 @@ def run_case(pipeline: VideoPipeline, case: Case, chunks: int, warmup_chunks: in
     clip = synthetic_clip(1 + 4 * total_chunks, case.width, case.height, device)
     timer = CallTimer(device)
     model = pipeline.model
-    forward, encode, decode = model.forward_chunk, model.vae.encode, model.vae.decode
-    model.forward_chunk = timer.wrap(forward, "dit")
+    forward, encode, decode = model.forward_chunks, model.vae.encode, model.vae.decode
+    model.forward_chunks = timer.wrap(forward, "dit")
     model.vae.encode = timer.wrap(encode, "vae")
     model.vae.decode = timer.wrap(decode, "vae")
     try:
         return _stream(pipeline, state, case, clip, warmup_chunks, timer)
     finally:
-        model.forward_chunk = forward
+        model.forward_chunks = forward
         del model.vae.encode, model.vae.decode  # back to the class methods
 
 

@@ -9,10 +9,14 @@ condition embedder, each block's norms / projections / FFN /
 ``scale_shift_table``, the output head) in a forward of its own that
 differs only in self-attention:
 
-- :meth:`CausalWanTransformer.forward_chunk` runs one chunk of ``T'``
-  frames against a :class:`~streamgen.pipeline.kv_cache.RollingKVCache`
-  (sinks + ring + the chunk's own keys, one SDPA call per block), then
-  commits the chunk to the cache;
+- :meth:`CausalWanTransformer.forward_chunks` runs one chunk of ``T'``
+  frames for rows that belong to several caches (several streams): every
+  projection, the FFN, cross-attention, modulation and the head run once
+  over all rows; only self-attention is split into *segments*, each
+  attending to its own :class:`~streamgen.pipeline.kv_cache.RollingKVCache`
+  (sinks + ring + the chunk's own keys). The caches are committed after the
+  whole forward ran;
+- :meth:`CausalWanTransformer.forward_chunk` is the one-cache case;
 - :meth:`CausalWanTransformer.forward_block_causal` runs all ``T`` frames
   at once with a block-causal mask: the reference the chunked path must
   equal while the stream fits in the cache window.
@@ -31,17 +35,54 @@ keys are stored detached.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
-from ..pipeline.kv_cache import RollingKVCache
+from ..pipeline.kv_cache import ChunkLayout, RollingKVCache
 from .wan_context import CrossAttentionContext
 from .wan_rope import WanRope, apply_rope
 
 # (q, k, v) of one block, each (B, N, heads, head_dim) before RoPE -> attention output (B, heads, N, head_dim)
 SelfAttention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CacheSegment:
+    """Consecutive rows of a batched forward that attend to one cache (a stream's cache or a row view of it).
+
+    The segment has ``cache.rows`` rows; row ``r`` of the segment attends to
+    row ``r`` of the cache. ``write`` (``(rows,)`` bool, default all) says
+    which rows commit the chunk. Two segments of one forward must not share
+    cache rows: each row's scratch slots hold that row's chunk.
+    """
+
+    cache: RollingKVCache
+    write: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.cache.rows
+
+
+@dataclass(frozen=True)
+class _SegmentAttention:
+    """One segment's plan for a forward: its rows in the batch, its chunk layout and its key RoPE tables."""
+
+    rows: slice
+    cache: RollingKVCache
+    layout: ChunkLayout
+    key_cos: torch.Tensor
+    key_sin: torch.Tensor
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``q`` (rows, heads, N, D) already rotated; ``k``/``v`` (rows, N, heads, D) pre-RoPE → (rows, heads, N, D)."""
+        self.cache.store(layer, self.layout, k, v)
+        keys = apply_rope(self.cache.keys(layer), self.key_cos, self.key_sin).to(q.dtype).transpose(1, 2)
+        values = self.cache.values(layer).to(q.dtype).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.layout.attention_mask)
 
 
 class CausalWanTransformer(torch.nn.Module):
@@ -174,29 +215,51 @@ class CausalWanTransformer(torch.nn.Module):
         ``timesteps`` is ``(R, T')`` in 0..1000. Afterwards the chunk's K/V
         are committed to the rows where ``write`` (default: all) is set.
         """
-        rows, _, frames, height, width = self._check_latents(latents, timesteps)
-        if cache.rows != rows:
+        rows = latents.shape[0] if latents.ndim == 5 else None
+        if rows is not None and cache.rows != rows:
             raise InputError(f"latents have {rows} rows but the KV cache has {cache.rows}")
-        if cache.tokens_per_frame != self.tokens_per_frame(height, width):
-            raise InputError(
-                f"latent size {height}x{width} gives {self.tokens_per_frame(height, width)} tokens per frame; "
-                f"the KV cache was made for {cache.tokens_per_frame}"
-            )
+        return self.forward_chunks(latents, timesteps, [CacheSegment(cache, write)], context)
+
+    def forward_chunks(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        segments: Sequence[CacheSegment | RollingKVCache],
+        context: CrossAttentionContext,
+    ) -> torch.Tensor:
+        """One chunk for rows of several caches: ``latents`` rows are the segments' rows, in order.
+
+        Every row runs the same chunk length and latent size; each segment's
+        rows attend to their own cache only (plus their own chunk), with that
+        cache's positions and mask, so a row gets exactly what a forward over
+        its cache alone would give. ``context`` has 1 row or one per row
+        (prompts may differ per row). After the whole forward ran, each
+        cache is committed (none is if any layer raised).
+
+        Why one SDPA call per segment instead of one over gathered caches:
+        the keys must be rotated with each segment's own positions anyway,
+        segments may differ in capacity (sink/ring sizes) and mask, and
+        gathering the values into one batch would copy every stream's whole
+        V cache in every layer. The per-segment calls still carry all rows
+        of their stream and all heads; the extra cost is one kernel launch
+        per segment and layer, while every matmul outside attention (the
+        bulk of the FLOPs for short chunks) runs once over all rows.
+        """
+        rows, _, frames, height, width = self._check_latents(latents, timesteps)
+        segments = [s if isinstance(s, CacheSegment) else CacheSegment(s) for s in segments]
+        self._check_segments(segments, rows, height, width)
         context = self._context_rows(context, rows)
-        layout = cache.plan(frames, write)
         grid_h, grid_w = height // self.patch_size[1], width // self.patch_size[2]
-        query_cos, query_sin = self.rope.tables(layout.query_positions, grid_h, grid_w)
-        key_cos, key_sin = self.rope.tables(layout.key_positions, grid_h, grid_w)
+        plans, query_cos, query_sin = self._plan_segments(segments, frames, grid_h, grid_w)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            cache.store(layer, layout, k, v)
             q = apply_rope(q, query_cos, query_sin).transpose(1, 2)
-            keys = apply_rope(cache.keys(layer), key_cos, key_sin).to(q.dtype).transpose(1, 2)
-            values = cache.values(layer).to(q.dtype).transpose(1, 2)
-            return F.scaled_dot_product_attention(q, keys, values, attn_mask=layout.attention_mask)
+            outs = [plan.attend(layer, q[plan.rows], k[plan.rows], v[plan.rows]) for plan in plans]
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
 
         out = self._forward(latents, timesteps, context, attend)
-        cache.commit(layout)
+        for plan in plans:
+            plan.cache.commit(plan.layout)
         return out
 
     def forward_block_causal(
@@ -239,6 +302,37 @@ class CausalWanTransformer(torch.nn.Module):
             raise InputError(f"timesteps must be (B, T) = ({batch}, {frames}), got {tuple(timesteps.shape)}")
         self.tokens_per_frame(height, width)
         return batch, channels, frames, height, width
+
+    def _check_segments(self, segments: list[CacheSegment], rows: int, height: int, width: int) -> None:
+        if not segments:
+            raise InputError("a chunk forward needs at least one cache segment")
+        if sum(segment.rows for segment in segments) != rows:
+            counts = [segment.rows for segment in segments]
+            raise InputError(f"latents have {rows} rows but the cache segments have {counts} (sum {sum(counts)})")
+        tokens = self.tokens_per_frame(height, width)
+        for segment in segments:
+            if segment.cache.tokens_per_frame != tokens:
+                raise InputError(
+                    f"latent size {height}x{width} gives {tokens} tokens per frame; "
+                    f"the KV cache was made for {segment.cache.tokens_per_frame}"
+                )
+
+    def _plan_segments(
+        self, segments: list[CacheSegment], frames: int, grid_h: int, grid_w: int
+    ) -> tuple[list[_SegmentAttention], torch.Tensor, torch.Tensor]:
+        """Each segment's layout and key tables, and the query tables of all rows (one RoPE pass over every query)."""
+        plans, query_cos, query_sin, start = [], [], [], 0
+        for segment in segments:
+            layout = segment.cache.plan(frames, segment.write)
+            key_cos, key_sin = self.rope.tables(layout.key_positions, grid_h, grid_w)
+            cos, sin = self.rope.tables(layout.query_positions, grid_h, grid_w)
+            query_cos.append(cos)
+            query_sin.append(sin)
+            plans.append(_SegmentAttention(slice(start, start + segment.rows), segment.cache, layout, key_cos, key_sin))
+            start += segment.rows
+        if len(plans) == 1:
+            return plans, query_cos[0], query_sin[0]
+        return plans, torch.cat(query_cos), torch.cat(query_sin)
 
     def _context_rows(self, context: CrossAttentionContext, rows: int) -> CrossAttentionContext:
         if context.num_layers != self.num_layers:

@@ -17,12 +17,30 @@ decoding the whole stream at once:
 
 The VAE module is shared (weights only); every stream gets its own
 :class:`EncodeState` / :class:`DecodeState`, so two streams never share a
-cache. Latents are normalised with the VAE's ``latents_mean``/``latents_std``
+cache.
+
+Several streams in one call (:meth:`StreamingWanVAE.encode_batch`,
+:meth:`~StreamingWanVAE.decode_batch`): every layer of the Wan VAE works on
+each batch item alone (causal convs, RMS norm over channels, per-frame
+spatial attention, the time up/down sampling reshapes), so stacking the
+streams' caches along the batch axis, running one call and splitting the
+caches back gives each stream what its own call gives. What can NOT be
+stacked is caches of different *structure*: a cache entry is None before a
+conv first ran, the marker "Rep" for an upsampler on its first chunk, and a
+tensor of 1 or 2 cached frames depending on how many calls came before; the
+decoder also behaves differently on a stream's first latent frame. So streams
+are grouped by (first call or not, input shape, the cache's structure:
+:meth:`ConvCache.signature`) and each group makes one call. The diffusers
+modules replace cache entries with new tensors and never write into them,
+so the per-stream entries may be views of the batched tensors.
+
+Latents are normalised with the VAE's ``latents_mean``/``latents_std``
 (what the Wan DiT is trained on).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +64,33 @@ class ConvCache:
     def clear(self) -> None:
         self.entries = [None] * len(self.entries)
 
+    def copy(self) -> ConvCache:
+        """A cache holding the same entries (entries are replaced, never written into, so sharing them is safe)."""
+        return ConvCache(list(self.entries))
+
+    def signature(self) -> tuple[Any, ...]:
+        """The structure of the cache, without the batch size: caches with equal signatures can be stacked."""
+        return tuple(_entry_signature(e) for e in self.entries)
+
+    @classmethod
+    def stack(cls, caches: Sequence[ConvCache]) -> ConvCache:
+        """The caches of several streams (equal signatures) as one batch, in order."""
+        entries = []
+        for parts in zip(*(c.entries for c in caches)):
+            entries.append(torch.cat(parts) if isinstance(parts[0], torch.Tensor) else parts[0])
+        return cls(entries)
+
+    def split(self, sizes: Sequence[int]) -> list[ConvCache]:
+        """Undo :meth:`stack`: one cache per stream with ``sizes[i]`` batch items (views of this cache's tensors)."""
+        columns = [e.split(list(sizes)) if isinstance(e, torch.Tensor) else [e] * len(sizes) for e in self.entries]
+        return [ConvCache(list(row)) for row in zip(*columns)]
+
+
+def _entry_signature(entry: Any) -> Any:
+    if isinstance(entry, torch.Tensor):
+        return (tuple(entry.shape[1:]), entry.dtype, entry.device)
+    return entry  # None (conv not run yet) or diffusers' "Rep" marker
+
 
 @dataclass
 class EncodeState:
@@ -58,6 +103,9 @@ class EncodeState:
         self.cache.clear()
         self.frames_in = 0
 
+    def copy(self) -> EncodeState:
+        return EncodeState(self.cache.copy(), self.frames_in)
+
 
 @dataclass
 class DecodeState:
@@ -69,6 +117,9 @@ class DecodeState:
     def reset(self) -> None:
         self.cache.clear()
         self.latents_in = 0
+
+    def copy(self) -> DecodeState:
+        return DecodeState(self.cache.copy(), self.latents_in)
 
 
 def _count_causal_convs(module: torch.nn.Module) -> int:
@@ -162,3 +213,67 @@ class StreamingWanVAE:
             outs.append(self.vae.decoder(x[:, :, i : i + 1], feat_cache=state.cache.entries, feat_idx=[0], first_chunk=first))
             state.latents_in += 1
         return torch.cat(outs, dim=2).clamp_(-1.0, 1.0)
+
+    # ------------------------------------------------------- several streams
+    def encode_batch(self, frames: Sequence[torch.Tensor], states: Sequence[EncodeState]) -> list[torch.Tensor]:
+        """:meth:`encode` for several streams, one call per group of streams whose caches stack (module docstring)."""
+        keys = [(s.frames_in == 0, tuple(f.shape[1:]), s.cache.signature()) for f, s in zip(frames, states)]
+        return _run_grouped(frames, states, keys, self._encode_group)
+
+    def decode_batch(self, latents: Sequence[torch.Tensor], states: Sequence[DecodeState]) -> list[torch.Tensor]:
+        """:meth:`decode` for several streams, one call per group of streams whose caches stack (module docstring)."""
+        keys = [(s.latents_in == 0, tuple(z.shape[1:]), s.cache.signature()) for z, s in zip(latents, states)]
+        return _run_grouped(latents, states, keys, self._decode_group)
+
+    def _encode_group(self, frames: list[torch.Tensor], states: list[EncodeState]) -> list[torch.Tensor]:
+        if len(states) == 1:
+            return [self.encode(frames[0], states[0])]
+        merged = EncodeState(ConvCache.stack([s.cache for s in states]), states[0].frames_in)
+        out = self.encode(torch.cat(frames), merged)
+        sizes = [f.shape[0] for f in frames]
+        for state, cache, clip in zip(states, merged.cache.split(sizes), frames):
+            state.cache.entries = cache.entries
+            state.frames_in += clip.shape[2]
+        return list(out.split(sizes))
+
+    def _decode_group(self, latents: list[torch.Tensor], states: list[DecodeState]) -> list[torch.Tensor]:
+        if len(states) == 1:
+            return [self.decode(latents[0], states[0])]
+        merged = DecodeState(ConvCache.stack([s.cache for s in states]), states[0].latents_in)
+        out = self.decode(torch.cat(latents), merged)
+        sizes = [z.shape[0] for z in latents]
+        for state, cache, z in zip(states, merged.cache.split(sizes), latents):
+            state.cache.entries = cache.entries
+            state.latents_in += z.shape[2]
+        return list(out.split(sizes))
+
+
+def _run_grouped(inputs: Sequence[torch.Tensor], states: Sequence[Any], keys: list[Any], run_group: Any) -> list[torch.Tensor]:
+    """``run_group(inputs, states)`` once per group of equal keys; the outputs in the order of ``inputs``.
+
+    The states of a stacked group change only after its call returned
+    (diffusers writes into the temporary stacked cache); a stream alone in
+    its group is encoded/decoded in place, as :meth:`StreamingWanVAE.encode`
+    always did. Undoing a failed step is the pipeline's checkpoint's job.
+    """
+    _check_pairs(inputs, states)
+    outputs: list[Any] = [None] * len(inputs)
+    for group in _groups(keys):
+        for index, output in zip(group, run_group([inputs[i] for i in group], [states[i] for i in group])):
+            outputs[index] = output
+    return outputs
+
+
+def _check_pairs(inputs: Sequence[torch.Tensor], states: Sequence[Any]) -> None:
+    if len(inputs) != len(states):
+        raise InputError(f"got {len(inputs)} inputs for {len(states)} stream states")
+    if len(set(map(id, states))) != len(states):
+        raise InputError("a stream state may appear only once per batched VAE call")
+
+
+def _groups(keys: Sequence[Any]) -> list[list[int]]:
+    """Indices with equal keys, in order of first appearance."""
+    groups: dict[Any, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())

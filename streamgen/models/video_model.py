@@ -4,9 +4,10 @@
 (:class:`~streamgen.models.causal_wan.CausalWanTransformer`), the streaming
 VAE, the text encoder and its tokenizer. The pipeline reaches them only
 through :meth:`encode_prompt`, :meth:`encode_context`,
-:attr:`forward_chunk` and the VAE's encode/decode, so a runtime backend may
-replace :attr:`forward_chunk` (torch.compile, CUDA graphs) without the
-algorithm noticing. Nothing here is per-session; prompt embeddings are
+:attr:`forward_chunks` (one chunk for rows of several streams' caches) and
+the VAE's batched encode/decode, so a runtime backend may replace
+:attr:`forward_chunks` (torch.compile, CUDA graphs) without the algorithm
+noticing. :attr:`forward_chunk` (one cache) stays for single-stream callers. Nothing here is per-session; prompt embeddings are
 memoised by text because they are a pure function of the weights.
 """
 
@@ -42,12 +43,15 @@ class VideoModel:
     flow_shift: float = FLOW_SHIFT
     default_params: dict[str, Any] = field(default_factory=dict)
     forward_chunk: Callable[..., torch.Tensor] | None = None
+    forward_chunks: Callable[..., torch.Tensor] | None = None
     _prompt_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _prompt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if self.forward_chunk is None:
             self.forward_chunk = self.transformer.forward_chunk
+        if self.forward_chunks is None:
+            self.forward_chunks = self.transformer.forward_chunks
 
     @property
     def device(self) -> torch.device:

@@ -49,7 +49,7 @@ from ..errors import ConfigError, InputError
 from ..frames import model_to_uint8, uint8_to_model
 from ..models.image_model import ImageModel, PromptEmbedding
 from ..params import parse_params
-from .image_state import ImageStreamState
+from .image_state import ImageCheckpoint, ImageStreamState
 from .output import StepOutput
 from .prompts import PromptTransition, blend_prompts
 from .schedule import SlotSchedule, make_slot_schedule
@@ -140,6 +140,14 @@ class ImagePipeline:
         pending = state.take_pending()
         if pending is not None:
             self._apply_params(state, pending)
+
+    def checkpoint(self, state: ImageStreamState) -> ImageCheckpoint:
+        """A cheap copy of what :meth:`step` may change (the server restores it when a batched step raises)."""
+        return state.checkpoint()
+
+    def restore(self, state: ImageStreamState, saved: ImageCheckpoint) -> None:
+        """Undo everything a step did to ``state`` since ``saved`` was taken (queued updates are kept)."""
+        state.restore(saved)
 
     def reset(self, state: ImageStreamState) -> None:
         """Forget the stream's history (buffer, filter, measured CFG), keep its parameters."""

