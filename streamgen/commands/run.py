@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--weights", choices=("pretrained", "dummy"), default="pretrained", help="dummy: the real architecture with random weights, no download (for benchmarks)")
     model.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
     model.add_argument("--dtype", default="auto", help="float16, bfloat16, float32 or auto (default)")
+    model.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: $OMP_NUM_THREADS, else cores - 1, leaving a core for decoding and encoding)")
     add_stream_shape_options(parser)
     add_param_options(parser)
     parser.set_defaults(func=run)
@@ -113,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     from .stream_runner import StreamRunner  # noqa: PLC0415
     from .video_writer import VideoWriter  # noqa: PLC0415
 
+    from ..threads import apply_thread_budget  # noqa: PLC0415
+
+    apply_thread_budget(args.threads)
     size = (plan.config.width, plan.config.height) if plan.config.width and plan.config.height else None
     source = open_source(plan.input_spec, fps=args.fps, size=size)
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 WARM_UP_SIZE = (256, 256)
 SHUTDOWN_SECONDS = 3.0  # open requests get this long at shutdown; a step in flight is not waited for
+STEP_GRACE_SECONDS = 2.0
 
 
 def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool = True) -> web.Application:
@@ -132,5 +134,21 @@ def run_server(config: ServerConfig) -> None:
     logger.info("loading %s (%d replica%s)...", config.model, config.replicas, "" if config.replicas == 1 else "s")
     pipelines = [load_server_pipeline(config.model, config.device, config.dtype) for _ in range(config.replicas)]
     app = create_app(config, pipelines)
+    workers = app[CONTEXT_KEY].workers
     url = f"http://{config.host}:{config.port}/"
     web.run_app(app, host=config.host, port=config.port, print=lambda _: logger.info("streamgen is serving %s at %s", config.model, url), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
+    exit_without_waiting_for_a_step(workers)
+
+
+def exit_without_waiting_for_a_step(workers: Sequence[ModelWorker], grace: float = STEP_GRACE_SECONDS) -> None:
+    """Sessions are closed; give a step still in flight ``grace`` seconds, then leave without it.
+
+    A daemon thread still inside torch when the interpreter tears down can
+    abort the process; a server told to stop must stop, so it exits at once
+    instead (logs flushed first).
+    """
+    if all(worker.join(grace / max(1, len(workers))) for worker in workers):
+        return
+    logger.warning("a model step was still running %.0f s after shutdown; exiting without waiting for it", grace)
+    logging.shutdown()
+    os._exit(0)

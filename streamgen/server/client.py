@@ -195,8 +195,14 @@ async def connect_offer(
     control: bool = True,
     keep_images: int = 0,
     http: aiohttp.ClientSession | None = None,
+    slo: Mapping[str, Any] | None = None,
 ) -> ClientPeer:
-    """Publish ``track`` through ``POST /offer`` and receive the processed video back."""
+    """Publish ``track`` through ``POST /offer`` and receive the processed video back.
+
+    ``slo`` (optional): ``{"deadline_ms", "fps", "min_fps"}``, what this
+    stream needs; the server refuses it (503, with its reasons) if it cannot
+    give that without breaking the sessions it already serves.
+    """
     peer = await _new_peer(base_url, http, token, keep_images)
     try:
         if control:
@@ -206,6 +212,8 @@ async def connect_offer(
             transceiver.setCodecPreferences(video_codec_preferences(codecs))
         offer = await _local_offer(peer.pc)
         body = {"sdp": offer, "type": "offer", "params": dict(params or {})}
+        if slo is not None:
+            body["slo"] = dict(slo)
         async with peer.http.post(f"{base_url}/offer", json=body, headers=peer.headers) as response:
             answer = await _read_json(response)
         peer.session_id = answer["session_id"]

@@ -15,6 +15,7 @@ parameters simply have no effect on the pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,18 @@ class IdentityPipeline:
         with state._lock:
             state._pending = params
         return params
+
+    def checkpoint(self, state: IdentityState) -> tuple:
+        """What a step changes: the parameters, the queued update and the counters."""
+        with state._lock:
+            return state.params, state._pending, dataclasses.replace(state.counters)
+
+    def restore(self, state: IdentityState, saved: tuple) -> None:
+        params, pending, counters = saved
+        with state._lock:
+            state.params, state.counters = params, counters
+            if state._pending is None:
+                state._pending = pending
 
     def reset(self, state: IdentityState) -> None:
         state.counters = StreamCounters()

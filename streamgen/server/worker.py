@@ -162,6 +162,14 @@ class ModelWorker:
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
 
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the threads to end after :meth:`stop`; True when all have."""
+        deadline = time.monotonic() + timeout
+        for thread in [*self._threads, self.setup.thread]:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in [*self._threads, self.setup.thread])
+
     @property
     def load(self) -> int:
         with self._cond:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import aiohttp
 import pytest
@@ -81,5 +82,41 @@ async def test_serve_starts_serves_the_page_and_stops_on_sigint():
     finally:
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+
+
+async def test_sigterm_stops_a_streaming_server_within_seconds():
+    """SIGTERM with a session streaming through the tiny model: sessions closed, exit 0, a few seconds."""
+    from streamgen.server.client import connect_offer
+    from streamgen.server.synthetic import MarkerVideoTrack
+
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "streamgen", "serve", "--model", "tiny", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    peer = None
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(900):
+                if process.poll() is not None:
+                    break
+                try:
+                    async with http.get(base + "/health") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+        peer = await connect_offer(base, MarkerVideoTrack(), {"width": 128, "height": 128})
+        await peer.wait_for_frames(3, timeout=60)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output = await asyncio.get_running_loop().run_in_executor(None, lambda: process.communicate(timeout=30)[0].decode())
+        assert time.monotonic() - started < 8, output
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if peer is not None:
+            await peer.close(delete=False)
     assert process.returncode == 0, output
     assert "Traceback" not in output

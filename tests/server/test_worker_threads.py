@@ -1,0 +1,161 @@
+"""The model worker never stalls the rest: setup and prompt encoding run beside a step, stop does not wait for one.
+
+The pipeline is the real tiny image pipeline; its step is made to block on an
+event for as long as a test wants, standing in for an arbitrarily long step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from fractions import Fraction
+
+import pytest
+from av import VideoFrame
+import numpy as np
+
+from streamgen.pipeline import ImagePipeline
+from streamgen.sched import Slo
+from streamgen.server.frame_convert import OutputFrame
+from streamgen.server.metrics import ServerMetrics
+from streamgen.server.pipelines import create_session_state, warm_prompts
+from streamgen.server.slot import FrameTag, LatestFrames
+from streamgen.server.step_shape import StreamShape
+from streamgen.server.worker import ModelWorker
+
+SETTINGS = {"width": 64, "height": 64, "prompt": "a lighthouse", "num_inference_steps": 1}  # one slot: output i depicts input i
+
+
+class BlockingPipeline(ImagePipeline):
+    """The tiny pipeline, whose step waits while ``gate`` is closed (and says when it entered)."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def step(self, states, frames, tags=None):
+        self.entered.set()
+        self.gate.wait(60)
+        return super().step(states, frames, tags)
+
+
+class Client:
+    """The least a session offers the worker."""
+
+    def __init__(self, state) -> None:
+        self.slot = LatestFrames(1)
+        self.state = state
+        self.closed = False
+        self.delivered: list[OutputFrame] = []
+        self.failures: list[BaseException] = []
+
+    def consumer_count(self) -> int:
+        return 1
+
+    def fallback_pts(self) -> int:
+        return 0
+
+    def deliver(self, frames, produced_at) -> None:
+        self.delivered.extend(frames)
+
+    def fail(self, error, is_user_error) -> None:
+        self.failures.append(error)
+
+    def feed(self, index: int) -> None:
+        frame = VideoFrame.from_ndarray(np.full((64, 64, 3), index % 256, dtype=np.uint8), format="rgb24")
+        frame.pts, frame.time_base = index * 3000, Fraction(1, 90000)
+        self.slot.put(frame, FrameTag(frame.pts, frame.time_base, time.monotonic(), index))
+
+
+SHAPE = StreamShape("image", 64, 64, 1, 1, True)
+
+
+@pytest.fixture()
+def blocking(tiny_model) -> BlockingPipeline:
+    return BlockingPipeline(tiny_model)
+
+
+async def _started_worker(pipeline) -> tuple[ModelWorker, Client]:
+    worker = ModelWorker(pipeline, "test", ServerMetrics())
+    worker.start(asyncio.get_running_loop())
+    state = await asyncio.wrap_future(worker.submit(create_session_state, pipeline, SETTINGS))
+    client = Client(state)
+    worker.attach(client, worker.reserve(SHAPE, Slo(deadline_s=5.0)))
+    return worker, client
+
+
+async def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_frames_flow_through_the_three_threads(blocking):
+    worker, client = await _started_worker(blocking)
+    try:
+        for i in range(5):
+            client.feed(i)
+            worker.notify()
+            await _wait(lambda: len(client.delivered) > i, 20, f"output {i}")
+        assert [f.tag.index for f in client.delivered] == list(range(5))
+        assert client.failures == []
+        assert worker.latency.measured(SHAPE.bucket), "the worker's own steps feed the latency model"
+    finally:
+        blocking.gate.set()
+        worker.stop()
+        assert worker.join(30), "every worker thread ends once its step returns"
+
+
+async def test_setup_and_prompt_encoding_do_not_wait_for_a_step_in_flight(blocking):
+    worker, client = await _started_worker(blocking)
+    try:
+        blocking.gate.clear()
+        blocking.entered.clear()
+        client.feed(1)
+        worker.notify()
+        await _wait(blocking.entered.is_set, 10, "the step to start")
+
+        started = time.monotonic()
+        state = await asyncio.wait_for(asyncio.wrap_future(worker.submit(create_session_state, blocking, {**SETTINGS, "prompt": "a new session"})), 10)
+        params = blocking.update  # the real parse + encode path the server takes for a PATCH
+        from streamgen.server.pipelines import parse_update
+
+        parsed = parse_update(blocking, client.state, {"prompt": "a brand new prompt"})
+        await asyncio.wait_for(asyncio.wrap_future(worker.submit(warm_prompts, blocking, parsed)), 10)
+        assert time.monotonic() - started < 10
+        assert state is not None and params is not None
+        assert not blocking.gate.is_set(), "the step was still in flight the whole time"
+
+        reset = asyncio.wrap_future(worker.request_reset(client))
+        await asyncio.sleep(0.1)
+        assert not reset.done(), "a reset never races the step on its state"
+        blocking.gate.set()
+        await asyncio.wait_for(reset, 10)
+    finally:
+        blocking.gate.set()
+        worker.stop()
+        assert worker.join(30)
+
+
+async def test_stop_does_not_wait_for_a_step_in_flight(blocking):
+    worker, client = await _started_worker(blocking)
+    blocking.gate.clear()
+    blocking.entered.clear()
+    client.feed(1)
+    worker.notify()
+    await _wait(blocking.entered.is_set, 10, "the step to start")
+    pending = worker.submit(create_session_state, blocking, SETTINGS)
+    started = time.monotonic()
+    await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+    assert time.monotonic() - started < 3.0
+    blocking.gate.set()
+    assert worker.join(30)
+    await _wait(pending.done, 5, "the queued setup job to be answered")
+    with pytest.raises(Exception):  # either it ran before the stop or it was refused; never left hanging
+        if pending.exception() is None:
+            raise RuntimeError("ran")
+        raise pending.exception()
