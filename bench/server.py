@@ -20,7 +20,17 @@ stamped into every frame, and reports:
   third (positive = latency grows over time);
 - input frames the server dropped (a newer frame replaced them before the
   model was free), the server's own latency, and the server process's CPU
-  use (100 % = one core).
+  use (100 % = one core);
+- per session: achieved fps out, latency p50/p95, and the share of output
+  frames whose glass-to-glass latency missed the deadline ``--slo-ms``
+  (which is also the server's ``--slo-ms``); clients refused by admission
+  control (503) are counted, not fatal.
+
+``--cpu-hog`` runs one busy process beside the server (what a shared
+machine looks like) and runs every model twice in the same invocation:
+with streamgen's thread budget (passive OpenMP waiting, cores − 1 model
+threads) and without it (the OpenMP default wait policy, a model thread
+per core), so the two are compared under the same load.
 
 ``identity`` costs nothing to run, so its latency is the transport's own
 cost: decode, scale, encode, jitter buffers, loopback network.
@@ -45,7 +55,7 @@ from typing import Any
 
 import aiohttp
 
-from streamgen.server.client import ClientPeer, ReceivedFrame, connect_offer
+from streamgen.server.client import ClientPeer, ReceivedFrame, ServerError, connect_offer
 from streamgen.server.synthetic import CLOCK_RATE, MarkerVideoTrack
 
 from .common import OUT_DIR, machine, ms, percentile, table, write_json
@@ -63,6 +73,8 @@ class BenchSettings:
     size: int = 256
     codec: str = "vp8"
     out: Path = OUT_DIR / "server.json"
+    slo_ms: float = 500.0
+    cpu_hog: bool = False
 
 
 @dataclass
@@ -98,14 +110,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str, port: int, settings: BenchSettings, log_path: Path) -> subprocess.Popen:
+THREAD_MODES = {
+    # streamgen's default: passive OpenMP waiting, cores - 1 model threads
+    "budget": ({}, []),
+    # what a server without a budget does: OpenMP's default (spinning) wait, one model thread per core
+    "no-budget": ({"OMP_WAIT_POLICY": ""}, ["--threads", str(os.cpu_count() or 1)]),
+}
+
+
+def start_server(model: str, port: int, settings: BenchSettings, log_path: Path, threads: str = "budget") -> subprocess.Popen:
+    env_changes, flags = THREAD_MODES[threads]
     command = [
         sys.executable, "-m", "streamgen", "serve", "--model", model, "--port", str(port),
         "--max-sessions", str(max(4, settings.clients)), "--codec", settings.codec,
-        "--max-fps", str(settings.fps), "--idle-timeout", "60",
+        "--max-fps", str(settings.fps), "--idle-timeout", "60", "--slo-ms", str(settings.slo_ms), *flags,
     ]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env.update(env_changes)
     log = log_path.open("w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def start_cpu_hog() -> subprocess.Popen:
+    """One busy process: a pure-Python spin loop that takes a whole core."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
 async def wait_healthy(http: aiohttp.ClientSession, base: str, process: subprocess.Popen, timeout: float = 120.0) -> dict[str, Any]:
@@ -154,16 +182,33 @@ async def learn_first_output_pts(http: aiohttp.ClientSession, base: str, record:
 
 
 # ------------------------------------------------------------------------ runs
-async def run_model(model: str, settings: BenchSettings) -> dict[str, Any]:
+async def connect_or_refused(base: str, index: int, settings: BenchSettings, http: aiohttp.ClientSession) -> ClientRecord | None:
+    """A connected client, or None when admission control refused it (503)."""
+    try:
+        return await connect_client(base, index, settings, http)
+    except ServerError as error:
+        if error.status == 503:
+            return None
+        raise
+
+
+async def run_model(model: str, settings: BenchSettings, threads: str = "budget") -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     settings.out.parent.mkdir(parents=True, exist_ok=True)
-    process = start_server(model, port, settings, settings.out.parent / f"server-{model}.log")
+    process = start_server(model, port, settings, settings.out.parent / f"server-{model}-{threads}.log", threads)
     records: list[ClientRecord] = []
+    refused = 0
     try:
         async with aiohttp.ClientSession() as http:
             await wait_healthy(http, base, process)
-            records = list(await asyncio.gather(*(connect_client(base, i, settings, http) for i in range(settings.clients))))
+            connected = []
+            for i in range(settings.clients):  # one after another: admission sees each admitted session
+                connected.append(await connect_or_refused(base, i, settings, http))
+            records = [r for r in connected if r is not None]
+            refused = len(connected) - len(records)
+            if not records:
+                raise RuntimeError("admission control refused every client")
             await asyncio.gather(*(learn_first_output_pts(http, base, r) for r in records))
             await asyncio.sleep(settings.warmup)
             window_start, cpu_start = time.monotonic(), cpu_seconds(process.pid)
@@ -185,7 +230,28 @@ async def run_model(model: str, settings: BenchSettings) -> dict[str, Any]:
             process.kill()
     span = window_end - window_start
     cpu = None if cpu_start is None or cpu_end is None else round(100 * (cpu_end - cpu_start) / span, 1)
-    return summarize(model, settings, records, server_stats, (window_start, window_end), sent_end, sent_start, cpu)
+    result = summarize(model, settings, records, server_stats, (window_start, window_end), sent_end, sent_start, cpu)
+    result["threads"] = threads
+    result["refused"] = refused
+    return result
+
+
+def per_session(records: list[ClientRecord], server_stats: list[dict], window: tuple[float, float], method: str, slo_ms: float) -> list[dict[str, Any]]:
+    start, end = window
+    out = []
+    for r, stats in zip(records, server_stats):
+        steady = [s for s in r.samples if start <= s[0] <= end]
+        values = [(m if method == "marker" else p) for _, m, p in steady]
+        values = [v for v in values if v is not None]
+        misses = sum(v * 1000 > slo_ms for v in values)
+        out.append({
+            "fps_out": round(len(steady) / (end - start), 2),
+            "latency_ms_p50": ms(percentile(values, 50)),
+            "latency_ms_p95": ms(percentile(values, 95)),
+            "deadline_miss_pct": round(100 * misses / len(values), 1) if values else None,
+            "server_deadline_misses": stats.get("deadline_misses"),
+        })
+    return out
 
 
 def summarize(model: str, settings: BenchSettings, records: list[ClientRecord], server_stats: list[dict], window: tuple[float, float], sent_end: list[int], sent_start: list[int], cpu: float | None) -> dict[str, Any]:
@@ -230,15 +296,19 @@ def summarize(model: str, settings: BenchSettings, records: list[ClientRecord], 
         "dropped_pct": round(100 * dropped / frames_in, 1) if frames_in else 0.0,
         "server_cpu_pct": cpu,
         "marker_vs_pts_ms": ms(max(disagreement)) if disagreement else None,
+        "slo_ms": settings.slo_ms,
+        "deadline_miss_pct": round(100 * sum(v * 1000 > settings.slo_ms for v in latencies) / len(latencies), 1) if latencies else None,
+        "sessions": per_session(records, server_stats, window, method, settings.slo_ms),
     }
 
 
 # ---------------------------------------------------------------------- output
 COLUMNS = [
-    ("model", "model"), ("clients", "clients"), ("ttff_ms_client_max", "TTFF ms"), ("fps_in", "fps in"), ("fps_out", "fps out"),
+    ("model", "model"), ("threads", "threads"), ("clients", "clients"), ("refused", "refused"), ("ttff_ms_client_max", "TTFF ms"), ("fps_in", "fps in"), ("fps_out", "fps out"),
     ("latency_ms_p50", "g2g p50 ms"), ("latency_ms_p95", "g2g p95 ms"), ("latency_method", "via"), ("latency_drift_ms", "drift ms"),
-    ("server_latency_ms_p50", "server ms"), ("dropped_pct", "dropped %"), ("server_cpu_pct", "server CPU %"),
+    ("server_latency_ms_p50", "server ms"), ("dropped_pct", "dropped %"), ("deadline_miss_pct", "miss %"), ("server_cpu_pct", "server CPU %"),
 ]
+SESSION_COLUMNS = [("model", "model"), ("threads", "threads"), ("session", "session"), ("fps_out", "fps out"), ("latency_ms_p50", "p50 ms"), ("latency_ms_p95", "p95 ms"), ("deadline_miss_pct", "miss %")]
 
 
 def parse_args(argv: list[str] | None) -> BenchSettings:
@@ -251,18 +321,29 @@ def parse_args(argv: list[str] | None) -> BenchSettings:
     parser.add_argument("--size", type=int, default=256, help="input width and height (default 256)")
     parser.add_argument("--codec", default="vp8", choices=["vp8", "h264"], help="video codec (default vp8)")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "server.json", help="JSON output (default bench/out/server.json)")
+    parser.add_argument("--slo-ms", type=float, default=500.0, help="per-frame deadline: the server's --slo-ms and the miss threshold (default 500)")
+    parser.add_argument("--cpu-hog", action="store_true", help="run a busy process beside the server, with the thread budget on and off")
     args = parser.parse_args(argv)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    return BenchSettings(models, args.clients, args.duration, args.warmup, args.fps, args.size, args.codec, args.out)
+    return BenchSettings(models, args.clients, args.duration, args.warmup, args.fps, args.size, args.codec, args.out, args.slo_ms, args.cpu_hog)
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     results = []
-    for model in settings.models:
-        print(f"running {model}: {settings.clients} client(s), {settings.duration:g} s ...", flush=True)
-        results.append(asyncio.run(run_model(model, settings)))
+    hog = start_cpu_hog() if settings.cpu_hog else None
+    try:
+        for model in settings.models:
+            for threads in (("budget", "no-budget") if settings.cpu_hog else ("budget",)):
+                print(f"running {model} ({threads}{', CPU hog' if hog else ''}): {settings.clients} client(s), {settings.duration:g} s ...", flush=True)
+                results.append(asyncio.run(run_model(model, settings, threads)))
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
     print(table(results, COLUMNS))
+    rows = [{"model": r["model"], "threads": r["threads"], "session": i, **s} for r in results for i, s in enumerate(r["sessions"])]
+    print(table(rows, SESSION_COLUMNS))
     report = {"benchmark": "server", "machine": machine(), "settings": {**asdict(settings), "out": str(settings.out)}, "results": results}
     write_json("server", report, settings.out)
     print(f"wrote {settings.out}")
