@@ -11,8 +11,10 @@ When U exceeds ``headroom`` every session slows down by the same factor
 A new session is admitted when, with it:
 
 - its own step alone fits its deadline;
-- a frame that just missed a step carrying everyone still makes it in the
-  next one: ``2 · L(everyone) ≤`` every session's deadline;
+- when it would share the model, a frame that just missed a step carrying
+  everyone still makes it in the next one: ``2 · L(everyone) ≤`` every
+  session's deadline (a server's only session is never refused for this:
+  refusing it would serve nobody);
 - every session's predicted rate stays at or above its ``min_fps``.
 
 Otherwise it is refused with the numbers and what to change.
@@ -107,7 +109,7 @@ def admit(model: LatencyModel, admitted: Sequence[Demand], new: Demand, *, headr
             f"{new.slo.deadline_s * 1000:.0f} ms deadline; use a lower resolution, fewer steps or fewer frames per call"
         )
     shortest = min(d.slo.deadline_s for d in everyone)
-    if 2 * step > shortest:
+    if admitted and 2 * step > shortest:
         return refuse(
             f"with this stream a step carrying every session is predicted to take {step * 1000:.0f} ms, and a frame "
             f"may wait for one such step before its own: over the shortest deadline of {shortest * 1000:.0f} ms; "
