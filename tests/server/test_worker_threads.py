@@ -11,15 +11,15 @@ import threading
 import time
 from fractions import Fraction
 
+import numpy as np
 import pytest
 from av import VideoFrame
-import numpy as np
 
 from streamgen.pipeline import ImagePipeline
 from streamgen.sched import Slo
 from streamgen.server.frame_convert import OutputFrame
 from streamgen.server.metrics import ServerMetrics
-from streamgen.server.pipelines import create_session_state, warm_prompts
+from streamgen.server.pipelines import create_session_state, parse_update, warm_prompts
 from streamgen.server.slot import FrameTag, LatestFrames
 from streamgen.server.step_shape import StreamShape
 from streamgen.server.worker import ModelWorker
@@ -121,13 +121,11 @@ async def test_setup_and_prompt_encoding_do_not_wait_for_a_step_in_flight(blocki
 
         started = time.monotonic()
         state = await asyncio.wait_for(asyncio.wrap_future(worker.submit(create_session_state, blocking, {**SETTINGS, "prompt": "a new session"})), 10)
-        params = blocking.update  # the real parse + encode path the server takes for a PATCH
-        from streamgen.server.pipelines import parse_update
-
-        parsed = parse_update(blocking, client.state, {"prompt": "a brand new prompt"})
+        parsed = parse_update(blocking, client.state, {"prompt": "a brand new prompt"})  # the PATCH path: parse, then encode
         await asyncio.wait_for(asyncio.wrap_future(worker.submit(warm_prompts, blocking, parsed)), 10)
         assert time.monotonic() - started < 10
-        assert state is not None and params is not None
+        assert state is not None
+        assert "a brand new prompt" in blocking.model._prompt_cache, "encoded beside the step, not in it"
         assert not blocking.gate.is_set(), "the step was still in flight the whole time"
 
         reset = asyncio.wrap_future(worker.request_reset(client))
