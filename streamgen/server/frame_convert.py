@@ -40,6 +40,18 @@ def frames_to_tensor(frames: list[VideoFrame], size: tuple[int, int] | None) -> 
     return torch.from_numpy(np.stack(arrays))
 
 
+def to_model_device(frames: torch.Tensor, device: Any) -> torch.Tensor:
+    """Start the host-to-device copy of a step's frames on the input thread (CUDA: pinned, non-blocking).
+
+    The copy is queued on the current CUDA stream, the one the model thread's
+    step also uses, so the step's kernels run after it without a host sync;
+    on a CPU (or an unknown device) the frames stay where they are.
+    """
+    if device is None or getattr(device, "type", None) != "cuda":
+        return frames
+    return frames.pin_memory().to(device, non_blocking=True)
+
+
 def frame_to_rgb(frame: VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
     if size is None:
         return frame.to_ndarray(format="rgb24")

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from ..errors import CapacityError, InputError, StreamgenError
 from ..sched import Admission, Candidate, Demand, LatencyModel, Slo, StepPlan, admit, plan_step, served_mark
-from .frame_convert import OutputFrame, frames_to_tensor, to_output_frames
+from .frame_convert import OutputFrame, frames_to_tensor, to_model_device, to_output_frames
 from .jobs import STOPPED, JobThread, run_job
 from .metrics import ServerMetrics
 from .pipelines import stream_size, takes_no_frames
@@ -363,6 +363,8 @@ class ModelWorker:
                 continue
             try:
                 frames = None if takes_no_frames(state) else frames_to_tensor([f for f, _ in items], stream_size(state))
+                if frames is not None:
+                    frames = to_model_device(frames, getattr(self.pipeline, "device", None))
             except StreamgenError as error:
                 client.fail(error, True)
                 continue
