@@ -54,8 +54,8 @@ from typing import Any
 import torch
 
 from streamgen.config import StreamConfig
-from streamgen.models.device import resolve_device
-from streamgen.models.image_model import ImageModel
+from streamgen.models.loading.device import resolve_device
+from streamgen.models.image.image_model import ImageModel
 from streamgen.params import parse_params
 from streamgen.pipeline import ImagePipeline, ImageStreamState
 from streamgen.stream import load_pipeline

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from streamgen.models.video_presets import load_video_pipeline
+from streamgen.pipeline.video_loading import load_video_pipeline
 from streamgen.pipeline.video import VideoPipeline
 
 from .common import CallTimer, describe_machine, machine, ms, percentile, sync, table, write_json

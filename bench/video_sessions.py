@@ -45,11 +45,11 @@ from typing import Any
 
 import torch
 
-from streamgen.models.stream_vae import StreamingWanVAE
-from streamgen.models.tiny_video import ByteTokenizer, place, seeded_build, tiny_umt5_encoder, tiny_wan_vae
-from streamgen.models.tiny_video_dit import tiny_causal_wan
-from streamgen.models.video_model import VideoModel
-from streamgen.models.video_presets import load_video_pipeline
+from streamgen.models.video.stream_vae import StreamingWanVAE
+from streamgen.models.video.tiny_video import ByteTokenizer, place, seeded_build, tiny_umt5_encoder, tiny_wan_vae
+from streamgen.models.video.tiny_video_dit import tiny_causal_wan
+from streamgen.models.video.video_model import VideoModel
+from streamgen.pipeline.video_loading import load_video_pipeline
 from streamgen.pipeline.video import VideoPipeline
 
 from .common import CallTimer, describe_machine, machine, markdown_table, ms, percentile, sync, table, write_json

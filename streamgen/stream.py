@@ -41,7 +41,7 @@ def load_pipeline(model: str | ModelSpec | ImageModel | ImagePipeline = "tiny", 
 def is_video_model(model: Any) -> bool:
     """True when ``model`` names a causal video model (a video preset or a loaded video pipeline)."""
     try:
-        from .models.video_presets import VIDEO_PRESETS  # noqa: PLC0415
+        from .models.loading.video_presets import VIDEO_PRESETS  # noqa: PLC0415
         from .pipeline.video import VideoPipeline  # noqa: PLC0415
     except ImportError:
         return False
@@ -54,7 +54,7 @@ def is_video_model(model: Any) -> bool:
 def load_stream_pipeline(model: Any = "tiny", **spec: Any):
     """An image or video pipeline for ``model``, whichever it names (used by the CLI and server)."""
     if is_video_model(model):
-        from .models.video_presets import load_video_pipeline  # noqa: PLC0415
+        from .pipeline.video_loading import load_video_pipeline  # noqa: PLC0415
 
         return load_video_pipeline(model, **spec)
     return load_pipeline(model, **spec)

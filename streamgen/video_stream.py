@@ -37,7 +37,7 @@ class VideoStream:
     """One live video stream: frames in, restyled frames out (in chunks), parameters changeable live."""
 
     def __init__(self, model: Any = "tiny-video", **settings: Any) -> None:
-        from .models.video_presets import load_video_pipeline  # noqa: PLC0415
+        from .pipeline.video_loading import load_video_pipeline  # noqa: PLC0415
 
         spec = {k: settings.pop(k) for k in _SPEC_FIELDS if k in settings}
         if "model_seed" in spec:

@@ -15,7 +15,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session")
 def tiny_model():
     """The built-in tiny image model (shared: pipelines never mutate weights)."""
-    from streamgen.models.tiny import build_tiny_image_model
+    from streamgen.models.image.tiny import build_tiny_image_model
 
     return build_tiny_image_model(seed=0)
 

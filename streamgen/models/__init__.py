@@ -1,9 +1,9 @@
 """Model loading: presets, hub ids, local directories, single files and dummy weights."""
 
-from .device import resolve_device, resolve_dtype
-from .image_model import ImageModel, ModelNumerics, PromptEmbedding
-from .loading import load_image_model
-from .presets import IMAGE_PRESETS, ImagePreset, get_image_preset
+from .loading.device import resolve_device, resolve_dtype
+from .image.image_model import ImageModel, ModelNumerics, PromptEmbedding
+from .loading.image_loading import load_image_model
+from .loading.presets import IMAGE_PRESETS, ImagePreset, get_image_preset
 
 __all__ = [
     "IMAGE_PRESETS",

@@ -47,7 +47,7 @@ import torch
 from ..config import StreamConfig, StreamParams
 from ..errors import ConfigError, InputError
 from ..frames import model_to_uint8, uint8_to_model
-from ..models.image_model import ImageModel, PromptEmbedding
+from ..models.image.image_model import ImageModel, PromptEmbedding
 from ..params import parse_params
 from .image_state import ImageCheckpoint, ImageStreamState
 from .output import StepOutput

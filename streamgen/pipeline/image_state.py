@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..config import StreamConfig, StreamParams
-from ..models.image_model import PromptEmbedding
+from ..models.image.image_model import PromptEmbedding
 from .output import StreamCounters
 from .prompts import PromptTransition
 from .schedule import SlotSchedule

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import Interpolation, WeightedPrompt
-from ..models.image_model import PromptEmbedding
+from ..models.image.image_model import PromptEmbedding
 from .blend import interpolate, weighted_blend
 
 

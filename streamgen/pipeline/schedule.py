@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import TIMESTEP_GRID_SIZE
-from ..models.image_model import ModelNumerics
+from ..models.image.image_model import ModelNumerics
 
 _GRID_STRIDE = 1000 // TIMESTEP_GRID_SIZE
 TIMESTEP_GRID: tuple[int, ...] = tuple(999 - _GRID_STRIDE * i for i in range(TIMESTEP_GRID_SIZE))

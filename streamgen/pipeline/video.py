@@ -62,9 +62,9 @@ import torch
 from ..config import StreamConfig, StreamParams
 from ..errors import ConfigError, InputError
 from ..frames import model_to_uint8, uint8_to_model
-from ..models.video_model import VideoModel
-from ..models.wan_context import CrossAttentionContext
-from .kv_cache import RollingKVCache
+from ..models.video.video_model import VideoModel
+from ..models.video.wan_context import CrossAttentionContext
+from ..models.video.kv_cache import RollingKVCache
 from .noise import MotionNoiseController, base_timesteps, step_sigmas
 from .output import StepOutput
 from .video_batch import FinishedChunk, RoundEntry, denoise_round

@@ -14,7 +14,7 @@ Inside a group, rows are arranged by denoising step:
 - forward k (k >= 1) carries step k of every sequential stream that has
   more than k steps.
 
-Each stream's rows form one :class:`~streamgen.models.causal_wan.CacheSegment`:
+Each stream's rows form one :class:`~streamgen.models.video.causal_wan.CacheSegment`:
 its chunks sit at consecutive steps, so they attend to the matching
 consecutive rows of the stream's own KV cache (a row view, no copy), and the
 model attends per segment. Every row is therefore computed exactly as in the
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.causal_wan import CacheSegment
-from ..models.wan_context import CrossAttentionContext
-from .kv_cache import RollingKVCache
+from ..models.video.causal_wan import CacheSegment
+from ..models.video.wan_context import CrossAttentionContext
+from ..models.video.kv_cache import RollingKVCache
 from .noise import flow_renoise, flow_x0, model_timesteps
 from .video_state import ChunkInFlight, VideoState
 

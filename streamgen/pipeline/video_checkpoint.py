@@ -22,7 +22,7 @@ What a step changes, and how the checkpoint puts it back:
   entries, never writes into them) and the frame counters;
 - the KV cache: ``frames_written`` (cloned), the cache object itself (a
   change of ``num_inference_steps`` replaces it), and a
-  :class:`~streamgen.pipeline.kv_cache.CommitJournal` that records, before
+  :class:`~streamgen.models.video.kv_cache.CommitJournal` that records, before
   every commit of the step, what that commit overwrites. Commits cannot be
   deferred to the end of the step: a stream fed several chunks' worth of
   frames runs them one after another, each attending to the one before.
@@ -46,8 +46,8 @@ from typing import Any
 
 import torch
 
-from ..models.stream_vae import DecodeState, EncodeState
-from .kv_cache import CommitJournal, RollingKVCache
+from ..models.video.stream_vae import DecodeState, EncodeState
+from ..models.video.kv_cache import CommitJournal, RollingKVCache
 from .noise import MotionNoiseSnapshot
 from .output import StreamCounters
 from .video_params import VideoParams

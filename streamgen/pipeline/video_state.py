@@ -2,7 +2,7 @@
 
 The :class:`~streamgen.pipeline.video.VideoPipeline` owns weights; a
 :class:`VideoState` owns the stream's KV cache (one
-:class:`~streamgen.pipeline.kv_cache.RollingKVCache` with one row per
+:class:`~streamgen.models.video.kv_cache.RollingKVCache` with one row per
 denoising step), its VAE encode/decode caches, the motion-noise controller,
 its noise generator, the input frames waiting to fill a chunk, the chunks in
 flight through the stream batch and the prompt's cross-attention context.
@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from ..models.stream_vae import DecodeState, EncodeState
-from ..models.wan_context import CrossAttentionContext
-from .kv_cache import CommitJournal, RollingKVCache
+from ..models.video.stream_vae import DecodeState, EncodeState
+from ..models.video.wan_context import CrossAttentionContext
+from ..models.video.kv_cache import CommitJournal, RollingKVCache
 from .noise import MotionNoiseController
 from .output import StreamCounters
 from .video_params import VideoConfig, VideoParams

@@ -17,11 +17,11 @@ from diffusers import LCMScheduler, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from streamgen.models.image_model import ImageModel
-from streamgen.models.numerics import DEFAULT_SCHEDULE, make_numerics
-from streamgen.models.shipped_configs import read_json, shipped_config_dir
-from streamgen.models.tiny import tiny_vae
-from streamgen.models.tokenizer import CLIP_MAX_LENGTH, OFFLINE_VOCAB_SIZE, offline_clip_tokenizer
+from streamgen.models.image.image_model import ImageModel
+from streamgen.models.image.numerics import DEFAULT_SCHEDULE, make_numerics
+from streamgen.models.loading.shipped_configs import read_json, shipped_config_dir
+from streamgen.models.image.tiny import tiny_vae
+from streamgen.models.loading.tokenizer import CLIP_MAX_LENGTH, OFFLINE_VOCAB_SIZE, offline_clip_tokenizer
 
 FRAME_SIZE = 64
 
@@ -216,7 +216,7 @@ def scaled_down_config_dir(preset_config: str, folder: Path) -> Path:
 def save_tiny_configs_root(root: Path) -> Path:
     """A stand-in for ``streamgen/models/configs``: every shipped config scaled down (TAESD: same blocks, narrower).
 
-    Point :data:`streamgen.models.shipped_configs.CONFIGS_ROOT` at it (monkeypatch) and
+    Point :data:`streamgen.models.loading.shipped_configs.CONFIGS_ROOT` at it (monkeypatch) and
     presets build/convert through their shipped configs at CPU-test size.
     """
     for name in ("sd-turbo", "sd15", "sdxl-turbo"):

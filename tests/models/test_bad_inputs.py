@@ -21,7 +21,7 @@ def nothing_is_loaded(monkeypatch):
         raise AssertionError("a model was loaded for a malformed spec")
 
     for name in ("build_tiny_image_model", "_load_components", "build_dummy_components"):
-        monkeypatch.setattr(f"streamgen.models.loading.{name}", refuse)
+        monkeypatch.setattr(f"streamgen.models.loading.image_loading.{name}", refuse)
 
 
 def test_unknown_preset_lists_the_presets():

@@ -17,9 +17,9 @@ import torch
 from streamgen.config import ModelSpec
 from streamgen.errors import ModelLoadError
 from streamgen.models import IMAGE_PRESETS, load_image_model
-from streamgen.models import shipped_configs
-from streamgen.models.dummy import build_dummy_components, build_dummy_tiny_vae, dummy_config_dir
-from streamgen.models.shipped_configs import component_config, read_json, shipped_config_dir
+from streamgen.models.loading import shipped_configs
+from streamgen.models.loading.dummy import build_dummy_components, build_dummy_tiny_vae, dummy_config_dir
+from streamgen.models.loading.shipped_configs import component_config, read_json, shipped_config_dir
 
 from .builders import FRAME_SIZE, save_tiny_configs_root, same_weights, stream_outputs
 
@@ -180,7 +180,7 @@ def test_dummy_with_a_missing_vae_folder_fails_before_building(monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("the model was built although the VAE path is wrong")
 
-    monkeypatch.setattr("streamgen.models.loading.build_dummy_components", no_build)
+    monkeypatch.setattr("streamgen.models.loading.image_loading.build_dummy_components", no_build)
     with pytest.raises(ModelLoadError, match=r"VAE '/nonexistent/vae': no such directory"):
         load_image_model(ModelSpec(source="sdxl-turbo", weights="dummy", device="cpu", vae="/nonexistent/vae"))
     with pytest.raises(ModelLoadError, match=r"LoRA '/nonexistent/lora.safetensors': no such file"):

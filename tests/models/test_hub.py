@@ -10,7 +10,8 @@ import pytest
 
 from streamgen.config import ModelSpec
 from streamgen.errors import ModelLoadError
-from streamgen.models import hub, load_image_model
+from streamgen.models import load_image_model
+from streamgen.models.loading import hub
 
 from .builders import add_to_hub_cache, save_diffusers_dir, save_single_file, save_tiny_lora, same_weights, stream_outputs
 

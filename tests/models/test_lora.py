@@ -152,7 +152,7 @@ def test_lora_with_a_few_stray_weights_loads_and_says_so(tmp_path, lora_file, ti
     stray = {k: v for k, v in sdxl_lora.items() if k.startswith("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.")}
     assert len(stray) == 2
     save_file({**load_file(str(lora_file)), **stray}, str(tmp_path / "mixed.safetensors"))
-    with caplog.at_level("WARNING", logger="streamgen.models.lora"):
+    with caplog.at_level("WARNING", logger="streamgen.models.loading.lora"):
         mixed = _load(lora={str(tmp_path / "mixed.safetensors"): 1.0})
-    assert any("2 of its 66 UNet weights match no layer" in r.getMessage() for r in caplog.records if r.name == "streamgen.models.lora")
+    assert any("2 of its 66 UNet weights match no layer" in r.getMessage() for r in caplog.records if r.name == "streamgen.models.loading.lora")
     assert same_weights(mixed.unet, _load(lora={str(lora_file): 1.0}).unet)  # everything that fits is applied

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 from streamgen.config import ModelSpec
 from streamgen.errors import ModelLoadError
 from streamgen.models import load_image_model
-from streamgen.models import shipped_configs
-from streamgen.models.single_file import CHECKPOINT_FAMILIES, checkpoint_family
+from streamgen.models.loading import shipped_configs
+from streamgen.models.loading.single_file import CHECKPOINT_FAMILIES, checkpoint_family
 
 from .builders import (
     save_bare_single_file,

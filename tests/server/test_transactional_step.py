@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamgen.models.video_presets import build_tiny_video_model
+from streamgen.models.loading.video_presets import build_tiny_video_model
 from streamgen.pipeline import ImagePipeline
 from streamgen.pipeline.video import VideoPipeline
 from streamgen.server.transaction import StepEntry, step_transactionally

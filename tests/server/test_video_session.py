@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamgen.models.video_presets import load_video_pipeline
+from streamgen.pipeline.video_loading import load_video_pipeline
 from streamgen.pipeline.video_params import VIDEO_PARAM_NAMES
 from streamgen.server.client import connect_offer
 from streamgen.server.synthetic import MarkerVideoTrack

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from streamgen.models.video_presets import build_tiny_video_model
-from streamgen.pipeline.kv_cache import RollingKVCache
+from streamgen.models.loading.video_presets import build_tiny_video_model
+from streamgen.models.video.kv_cache import RollingKVCache
 from streamgen.pipeline.video import VideoPipeline
 
 ATOL = 1e-4

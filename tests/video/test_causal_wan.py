@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from streamgen.errors import InputError
-from streamgen.models.causal_wan import CacheSegment
-from streamgen.models.tiny_video_dit import tiny_causal_wan
-from streamgen.models.wan_context import CrossAttentionContext
+from streamgen.models.video.causal_wan import CacheSegment
+from streamgen.models.video.tiny_video_dit import tiny_causal_wan
+from streamgen.models.video.wan_context import CrossAttentionContext
 
 H = W = 8  # latent size -> 16 tokens per frame
 ATOL = 1e-5
@@ -191,7 +191,7 @@ def test_wrong_shapes_are_input_errors(model, context):
 
 
 def test_real_architectures_build_on_meta():
-    from streamgen.models.wan_build import build_dummy_causal_wan
+    from streamgen.models.video.wan_build import build_dummy_causal_wan
 
     small = build_dummy_causal_wan("wan-1.3b", device="meta")
     assert (small.num_layers, small.num_heads, small.head_dim) == (30, 12, 128)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from streamgen.errors import ConfigError, InputError
-from streamgen.pipeline.kv_cache import CommitJournal, RollingKVCache
+from streamgen.models.video.kv_cache import CommitJournal, RollingKVCache
 
 TPF = 2  # tokens per frame
 HEADS, HEAD_DIM = 1, 4

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from streamgen.errors import InputError
-from streamgen.models.stream_vae import StreamingWanVAE
-from streamgen.models.tiny_video import seeded_build, tiny_wan_vae
+from streamgen.models.video.stream_vae import StreamingWanVAE
+from streamgen.models.video.tiny_video import seeded_build, tiny_wan_vae
 
 SIZE = 32
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from streamgen.errors import ConfigError, InputError
-from streamgen.models.video_presets import build_tiny_video_model
+from streamgen.models.loading.video_presets import build_tiny_video_model
 from streamgen.pipeline.video import VideoPipeline
 from streamgen.pipeline.video_params import VideoParams, parse_video_params
 

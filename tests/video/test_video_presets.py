@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from streamgen.errors import ConfigError, ModelLoadError
-from streamgen.models.video_presets import VIDEO_PRESETS, load_video_pipeline, load_wan_folder, missing_wan_parts
+from streamgen.models.loading.video_presets import VIDEO_PRESETS, load_wan_folder, missing_wan_parts
+from streamgen.pipeline.video_loading import load_video_pipeline
 from streamgen.pipeline.video import VideoPipeline
 from streamgen.stream import is_video_model, load_stream_pipeline
 
@@ -67,7 +68,7 @@ def test_wan_folder_load_path(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from streamgen.models.video_presets import build_tiny_video_model
+    from streamgen.models.loading.video_presets import build_tiny_video_model
 
     model = build_tiny_video_model(seed=0)
     assert missing_wan_parts(tmp_path) == ["transformer/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer/"]

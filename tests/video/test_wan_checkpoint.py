@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from streamgen.errors import ModelLoadError
-from streamgen.models.tiny_video_dit import tiny_causal_wan
-from streamgen.models.wan_checkpoint import (
+from streamgen.models.video.tiny_video_dit import tiny_causal_wan
+from streamgen.models.video.wan_checkpoint import (
     ORIGINAL_TO_DIFFUSERS,
     convert_diffusers_to_original,
     convert_original_to_diffusers,

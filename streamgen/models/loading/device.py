@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 _DTYPES = {
     "float32": torch.float32,

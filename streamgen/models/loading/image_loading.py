@@ -1,18 +1,18 @@
 """Turn a :class:`~streamgen.config.ModelSpec` into a loaded :class:`ImageModel`.
 
-One entry point for every kind of source (see :mod:`streamgen.models.sources`):
+One entry point for every kind of source (see :mod:`streamgen.models.loading.sources`):
 
 - ``tiny``: built in code, random, offline (LoRAs still apply);
-- a preset or hub id: resolved to a local snapshot by :mod:`~streamgen.models.hub`
+- a preset or hub id: resolved to a local snapshot by :mod:`~streamgen.models.loading.hub`
   (cache first, fast failure offline), then loaded like a local directory;
-- a local diffusers directory: :mod:`~streamgen.models.diffusers_dir`;
-- a single checkpoint file: :mod:`~streamgen.models.single_file`;
+- a local diffusers directory: :mod:`~streamgen.models.loading.diffusers_dir`;
+- a single checkpoint file: :mod:`~streamgen.models.loading.single_file`;
 - ``weights="dummy"``: the real architecture from shipped configs, random
-  weights, built on the target device (:mod:`~streamgen.models.dummy`).
+  weights, built on the target device (:mod:`~streamgen.models.loading.dummy`).
 
 Whatever the source, components are loaded in the target dtype, LoRAs are
-applied, the VAE is chosen (:mod:`~streamgen.models.vae`) and
-:func:`~streamgen.models.assemble.assemble_image_model` builds the model.
+applied, the VAE is chosen (:mod:`~streamgen.models.loading.vae`) and
+:func:`~streamgen.models.loading.assemble.assemble_image_model` builds the model.
 """
 
 from __future__ import annotations
@@ -22,20 +22,20 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelSpec
-from ..errors import ConfigError, ModelLoadError
+from ...config import ModelSpec
+from ...errors import ConfigError, ModelLoadError
 from .assemble import ModelTraits, assemble_image_model, default_params_for, guess_x0_formula
 from .components import ImageComponents, is_sdxl_unet_config
 from .device import resolve_device, resolve_dtype
 from .diffusers_dir import PIPELINE_FOLDERS, load_diffusers_dir, missing_parts, vae_class_name
 from .dummy import build_dummy_components, build_dummy_tiny_vae, dummy_config_dir
 from .hub import SnapshotRequest, download_command, fetch_file, fetch_snapshot
-from .image_model import ImageModel
+from ..image.image_model import ImageModel
 from .lora import apply_loras, lora_state_dict_path
 from .presets import ImagePreset
 from .single_file import load_single_file
 from .sources import ModelSource, resolve_source
-from .tiny import build_tiny_image_model
+from ..image.tiny import build_tiny_image_model
 from .vae import load_vae_source, tiny_vae_repo, vae_choice
 from .weight_files import select_folder_files
 

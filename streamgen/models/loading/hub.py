@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 
 # Seconds to wait for the hub's answer to "which files does this repo have?".
 HUB_CHECK_TIMEOUT_S = 5.0

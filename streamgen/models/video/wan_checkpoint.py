@@ -6,7 +6,7 @@ torch pickles: a dict holding ``generator`` / ``generator_ema`` /
 (``blocks.0.self_attn.q.weight``), usually behind a wrapper prefix such as
 ``model.`` (the training wrapper's attribute). The weights are those of a
 plain Wan DiT, so they load into diffusers' ``WanTransformer3DModel`` after
-renaming; :class:`~streamgen.models.causal_wan.CausalWanTransformer` then
+renaming; :class:`~streamgen.models.video.causal_wan.CausalWanTransformer` then
 runs them causally.
 
 The renaming reuses diffusers' own single-file converter
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 
 # Where trainers keep the weights inside the pickle, in order of preference (EMA weights are the ones to run).
 CONTAINER_KEYS = ("generator_ema", "generator", "state_dict", "model", "module")

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 from .diffusers_dir import load_vae_folder
 from .hub import SnapshotRequest, fetch_snapshot
 from .weight_files import choose_weight_files, select_folder_files

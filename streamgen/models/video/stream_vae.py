@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError
+from ...errors import InputError
 
 TEMPORAL_FACTOR = 4
 

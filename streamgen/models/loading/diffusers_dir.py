@@ -4,7 +4,7 @@ A hub snapshot, a ``save_pretrained`` folder and a user's local copy all look
 the same on disk (``unet/``, ``text_encoder/``, ``tokenizer/``, ``vae/``,
 ``scheduler/``, plus ``text_encoder_2/`` and ``tokenizer_2/`` for SDXL), so
 they all load through :func:`load_diffusers_dir`. Nothing here touches the
-network: hub ids are turned into local folders by :mod:`streamgen.models.hub`
+network: hub ids are turned into local folders by :mod:`streamgen.models.loading.hub`
 first.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 from .components import (
     TEXT_ENCODER_FOLDERS,
     TOKENIZER_FOLDERS,

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-CONFIGS_ROOT = Path(__file__).resolve().parent / "configs"
+CONFIGS_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
 # Which shipped folder describes each family's tiny VAE (TAESD for SD 1.x/2.x, TAESDXL for SDXL).
 TINY_VAE_CONFIGS = {"sd": "taesd", "sdxl": "taesdxl"}

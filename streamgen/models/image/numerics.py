@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..config import PredictionType, X0Formula
+from ...config import PredictionType, X0Formula
 from .image_model import ModelNumerics
 
 # SD1.x, SD2.x and SDXL all train with this schedule.

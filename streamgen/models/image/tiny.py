@@ -14,7 +14,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from .image_model import ImageModel
 from .numerics import make_numerics
-from .tokenizer import CLIP_MAX_LENGTH, OFFLINE_VOCAB_SIZE, offline_clip_tokenizer
+from ..loading.tokenizer import CLIP_MAX_LENGTH, OFFLINE_VOCAB_SIZE, offline_clip_tokenizer
 
 TINY_TEXT_DIM = 32
 TINY_DEFAULT_SIZE = (256, 256)

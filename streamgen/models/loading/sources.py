@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 from .presets import IMAGE_PRESETS, ImagePreset, get_image_preset
 from .single_file import is_single_file
 

@@ -1,4 +1,4 @@
-"""Named causal video models and :func:`load_video_pipeline`.
+"""Named causal video models and :func:`load_video_model`.
 
 - ``tiny-video``: the Wan architecture at toy size, random weights, built in
   code (tests, CI, offline demos; its output is noise-like);
@@ -7,7 +7,7 @@
   text_encoder, tokenizer), run block-causally. A causal student
   (StreamDiffusionV2, Self-Forcing, CausVid) is given as ``checkpoint=`` a
   local ``.pt``/``.safetensors`` file and loaded over the base transformer
-  (:mod:`streamgen.models.wan_checkpoint`); without one the bidirectional
+  (:mod:`streamgen.models.video.wan_checkpoint`); without one the bidirectional
   base weights run causally, which works but looks worse;
 - ``weights="dummy"`` builds the 1.3B/14B architectures with random weights
   from the shipped configs (benchmarks of speed, no download). The dummy
@@ -15,7 +15,7 @@
   UMT5-XXL (5.7 B parameters, 11 GB even random): prompts are encoded once
   per change, so it does not change the stream's speed.
 
-Hub access goes through :mod:`streamgen.models.hub`: cache first; with
+Hub access goes through :mod:`streamgen.models.loading.hub`: cache first; with
 ``HF_HUB_OFFLINE=1`` a missing model fails at once with a
 :class:`~streamgen.errors.ModelLoadError` saying how to download it.
 """
@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
-from ..config import ModelSpec
-from ..errors import ConfigError, ModelLoadError
+from ...config import ModelSpec
+from ...errors import ConfigError, ModelLoadError
 from .device import resolve_device, resolve_dtype
 from .hub import SnapshotRequest, download_command, fetch_snapshot
-from .stream_vae import StreamingWanVAE
-from .tiny_video import ByteTokenizer, place, seeded_build, tiny_umt5_encoder, tiny_wan_vae
-from .video_model import VideoModel
+from ..video.stream_vae import StreamingWanVAE
+from ..video.tiny_video import ByteTokenizer, place, seeded_build, tiny_umt5_encoder, tiny_wan_vae
+from ..video.video_model import VideoModel
 from .weight_files import choose_weight_files, select_folder_files
 
 WAN_FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
@@ -85,7 +85,7 @@ VIDEO_PRESETS: dict[str, VideoPreset] = {
 
 @dataclass(frozen=True)
 class VideoSpec:
-    """What :func:`load_video_pipeline` was asked for, validated."""
+    """What :func:`load_video_model` was asked for, validated."""
 
     preset: VideoPreset
     weights: str = "pretrained"
@@ -94,23 +94,6 @@ class VideoSpec:
     seed: int = 0
     checkpoint: str | None = None
     checkpoint_key: str | None = None
-
-
-def load_video_pipeline(model: Any = "tiny-video", **spec: Any):
-    """A :class:`~streamgen.pipeline.video.VideoPipeline` for a video preset (or a loaded model/pipeline).
-
-    Keywords: ``weights`` (pretrained | dummy), ``device``, ``dtype``,
-    ``seed`` (random weights), ``checkpoint`` (causal student file),
-    ``checkpoint_key``; ``vae`` and ``fuse_lora`` are accepted for symmetry
-    with image models, ``lora`` must be empty (not supported for video).
-    """
-    from ..pipeline.video import VideoPipeline  # noqa: PLC0415
-
-    if isinstance(model, VideoPipeline):
-        return model
-    if isinstance(model, VideoModel):
-        return VideoPipeline(model)
-    return VideoPipeline(load_video_model(model, **spec))
 
 
 def load_video_model(model: str | ModelSpec, **spec: Any) -> VideoModel:
@@ -127,7 +110,7 @@ def load_video_model(model: str | ModelSpec, **spec: Any) -> VideoModel:
         folder = _wan_snapshot(preset, dtype)
         model_out = load_wan_folder(folder, preset, device=device, dtype=dtype)
     if video_spec.checkpoint is not None:
-        from .wan_checkpoint import load_causal_weights  # noqa: PLC0415
+        from ..video.wan_checkpoint import load_causal_weights  # noqa: PLC0415
 
         load_causal_weights(model_out.transformer, video_spec.checkpoint, key=video_spec.checkpoint_key)
     return model_out
@@ -177,7 +160,7 @@ def _video_spec(model: str | ModelSpec, spec: Mapping[str, Any]) -> VideoSpec:
 # ------------------------------------------------------------------- builders
 def build_tiny_video_model(seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> VideoModel:
     """The ``tiny-video`` preset, deterministic for ``seed``."""
-    from .tiny_video_dit import tiny_causal_wan  # noqa: PLC0415
+    from ..video.tiny_video_dit import tiny_causal_wan  # noqa: PLC0415
 
     device = torch.device(device)
     transformer = tiny_causal_wan(seed=seed, device=device, dtype=dtype)
@@ -197,7 +180,7 @@ def build_dummy_video_model(preset: VideoPreset, *, seed: int, device: torch.dev
     """The real Wan architecture with random weights (DiT and VAE); a small UMT5 stands in for UMT5-XXL."""
     from diffusers import AutoencoderKLWan  # noqa: PLC0415
 
-    from .wan_build import build_dummy_causal_wan, building_on, seeded  # noqa: PLC0415
+    from ..video.wan_build import build_dummy_causal_wan, building_on, seeded  # noqa: PLC0415
 
     transformer = build_dummy_causal_wan(preset.dummy_config, device=device, dtype=dtype, seed=seed)
     with seeded(seed + 1, device), building_on(device, dtype):
@@ -220,7 +203,7 @@ def load_wan_folder(folder: Path, preset: VideoPreset | None = None, *, device: 
     from diffusers import AutoencoderKLWan, WanTransformer3DModel  # noqa: PLC0415
     from transformers import AutoTokenizer, UMT5EncoderModel  # noqa: PLC0415
 
-    from .causal_wan import CausalWanTransformer  # noqa: PLC0415
+    from ..video.causal_wan import CausalWanTransformer  # noqa: PLC0415
 
     missing = missing_wan_parts(folder)
     if missing:

@@ -1,7 +1,7 @@
 """The shared weights of a causal video model and the few calls the video pipeline makes on them.
 
 :class:`VideoModel` bundles the block-causal DiT
-(:class:`~streamgen.models.causal_wan.CausalWanTransformer`), the streaming
+(:class:`~streamgen.models.video.causal_wan.CausalWanTransformer`), the streaming
 VAE, the text encoder and its tokenizer. The pipeline reaches them only
 through :meth:`encode_prompt`, :meth:`encode_context`,
 :attr:`forward_chunks` (one chunk for rows of several streams' caches) and

@@ -3,7 +3,7 @@
 Benchmarks need the true size of SD-turbo or SDXL-turbo (the speed of a
 2.6B-parameter UNet does not depend on its weights' values) on machines that
 cannot or should not download gigabytes. The architecture comes from the
-JSON configs shipped in the package (:mod:`streamgen.models.shipped_configs`).
+JSON configs shipped in the package (:mod:`streamgen.models.loading.shipped_configs`).
 
 Modules are constructed directly on the target device and in the target
 dtype (``torch.device`` as a context manager plus a temporary default dtype),
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 from .components import TEXT_ENCODER_FOLDERS, ImageComponents, is_sdxl_unet_config, text_encoder_class, vae_class
 from .diffusers_dir import scheduler_config
 from .shipped_configs import TINY_VAE_CONFIGS, component_config, read_json, shipped_config_dir

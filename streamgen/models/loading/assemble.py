@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from ..config import X0Formula
-from ..errors import ModelLoadError
+from ...config import X0Formula
+from ...errors import ModelLoadError
 from .components import ImageComponents, is_sdxl_unet_config, place
-from .image_model import ImageModel
-from .numerics import make_numerics
+from ..image.image_model import ImageModel
+from ..image.numerics import make_numerics
 from .vae import needs_fp32_vae
 
 # Parameters for one-step distilled students (SD-turbo style) when no preset says otherwise.

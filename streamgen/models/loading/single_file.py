@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 from .components import TEXT_ENCODER_FOLDERS, TOKENIZER_FOLDERS, ImageComponents, is_sdxl_unet_config, text_encoder_class
 from .diffusers_dir import load_tokenizer, scheduler_config
 from .hub import SnapshotRequest, fetch_snapshot

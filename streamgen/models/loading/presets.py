@@ -2,7 +2,7 @@
 
 A preset says where the weights live, which tiny VAE and LoRA go with them,
 how x0 is estimated and which parameters suit the model. ``tiny`` is built in
-code (see :mod:`streamgen.models.tiny`); the others load through diffusers.
+code (see :mod:`streamgen.models.image.tiny`); the others load through diffusers.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..config import X0Formula
+from ...config import X0Formula
 
 
 @dataclass(frozen=True)

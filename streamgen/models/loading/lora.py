@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 from .hub import SnapshotRequest, fetch_snapshot
 from .single_file import SINGLE_FILE_SUFFIXES
 

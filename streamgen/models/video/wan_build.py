@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from .causal_wan import CausalWanTransformer
-from .dummy import building_on
-from .shipped_configs import component_config, shipped_config_dir
+from ..loading.dummy import building_on
+from ..loading.shipped_configs import component_config, shipped_config_dir
 
 WAN_CONFIG_NAMES = ("wan-1.3b", "wan-14b")
 

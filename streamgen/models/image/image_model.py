@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..config import PredictionType, X0Formula
+from ...config import PredictionType, X0Formula
 
 UnetForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None], torch.Tensor]
 ImageForward = Callable[[torch.Tensor], torch.Tensor]

@@ -87,7 +87,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError, InputError
+from ...errors import ConfigError, InputError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ differs only in self-attention:
   frames for rows that belong to several caches (several streams): every
   projection, the FFN, cross-attention, modulation and the head run once
   over all rows; only self-attention is split into *segments*, each
-  attending to its own :class:`~streamgen.pipeline.kv_cache.RollingKVCache`
+  attending to its own :class:`~streamgen.models.video.kv_cache.RollingKVCache`
   (sinks + ring + the chunk's own keys). The caches are committed after the
   whole forward ran;
 - :meth:`CausalWanTransformer.forward_chunk` is the one-cache case;
@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, InputError
-from ..pipeline.kv_cache import ChunkLayout, RollingKVCache
+from ...errors import ConfigError, InputError
+from .kv_cache import ChunkLayout, RollingKVCache
 from .wan_context import CrossAttentionContext
 from .wan_rope import WanRope, apply_rope
 

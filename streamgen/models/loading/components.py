@@ -1,7 +1,7 @@
 """The parts of a Stable Diffusion family model, however they were obtained.
 
 Every way of loading (diffusers directory, hub snapshot, single file, dummy
-weights) ends in an :class:`ImageComponents`; :mod:`streamgen.models.assemble`
+weights) ends in an :class:`ImageComponents`; :mod:`streamgen.models.loading.assemble`
 turns that into the :class:`~streamgen.models.ImageModel` the pipeline uses.
 Keeping this seam lets the tests check each loader's output the same way.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 
 TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
 TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
