@@ -1,0 +1,154 @@
+"""``accelerate(model, acceleration)``: install a backend's callables into a model's call slots.
+
+Explicit backends either work or raise :class:`~streamgen.errors.EngineError`
+saying why (not installed, no GPU, export failed on which op): nothing falls
+back silently. ``auto`` tries every backend available on this machine, times
+the model's heaviest component with each on a representative input, keeps the
+fastest and logs the numbers (the engines it built stay in the engine cache,
+so the next start reuses them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import EngineError
+from .backend import backend_named, check_acceleration
+
+logger = logging.getLogger(__name__)
+
+AUTO_ORDER_CUDA = ("tensorrt", "compile", "onnxruntime")
+AUTO_ORDER_CPU = ("compile", "onnxruntime")
+AUTO_TIMING_CALLS = 5
+DEFAULT_BATCH_RANGE = (1, 8)
+
+
+def accelerate(
+    model: Any,
+    acceleration: str = "none",
+    *,
+    cache_dir: str | Path | None = None,
+    batch_range: tuple[int, int] = DEFAULT_BATCH_RANGE,
+    resolution_range: tuple[int, int] | None = None,
+) -> str:
+    """Apply ``acceleration`` to an ImageModel or VideoModel in place; returns the backend in force.
+
+    ``batch_range`` (rows) and ``resolution_range`` (pixels per side; None:
+    the model's native size up to twice it) bound the shapes engines are
+    built for: part of every engine's cache key.
+    """
+    check_acceleration(acceleration)
+    if acceleration == "none":
+        return "none"
+    cache = _engine_cache(cache_dir, batch_range, resolution_range or _native_range(model))
+    if acceleration == "auto":
+        return _auto(model, cache)
+    backend = backend_named(acceleration)
+    reason = backend.unavailable_reason(model.device)
+    if reason is not None:
+        raise EngineError(f"acceleration {acceleration!r} cannot run here: {reason}")
+    _install(backend, model, cache)
+    return acceleration
+
+
+def _install(backend: Any, model: Any, cache: Any) -> None:
+    if _is_video(model):
+        backend.accelerate_video(model, cache)
+    else:
+        backend.accelerate_image(model, cache)
+
+
+def _is_video(model: Any) -> bool:
+    return hasattr(model, "forward_chunks")
+
+
+def _engine_cache(cache_dir: str | Path | None, batch_range: tuple[int, int], resolution_range: tuple[int, int]) -> Any:
+    from .engine_cache import EngineCache, default_cache_dir  # noqa: PLC0415
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return EngineCache(root, batch_range=batch_range, resolution_range=resolution_range)
+
+
+def _native_range(model: Any) -> tuple[int, int]:
+    size = getattr(model, "default_size", None) or (256, 256)
+    return (min(size), 2 * max(size))
+
+
+# ---------------------------------------------------------------------- auto
+def _auto(model: Any, cache: Any) -> str:
+    device = model.device
+    order = AUTO_ORDER_CUDA if device.type == "cuda" else AUTO_ORDER_CPU
+    slots = _slots(model)
+    eager = {name: getattr(model, name) for name in slots}
+    probe = _timing_probe(model)
+    timings = {"none": _time(probe)}
+    reasons = {}
+    for name in order:
+        backend = backend_named(name)
+        reason = backend.unavailable_reason(device)
+        if reason is not None:
+            reasons[name] = reason
+            continue
+        try:
+            _install(backend, model, cache)
+            timings[name] = _time(probe)
+        except EngineError as error:
+            reasons[name] = str(error)
+        finally:
+            for slot, call in eager.items():
+                setattr(model, slot, call)
+    best = min(timings, key=timings.get)
+    summary = ", ".join(f"{n} {t * 1000:.2f} ms" for n, t in sorted(timings.items(), key=lambda kv: kv[1]))
+    skipped = "; ".join(f"{n}: {r}" for n, r in reasons.items())
+    logger.info("acceleration auto: chose %s (%s)%s", best, summary, f"; not used: {skipped}" if skipped else "")
+    if best != "none":
+        _install(backend_named(best), model, cache)
+    return best
+
+
+def _slots(model: Any) -> tuple[str, ...]:
+    if _is_video(model):
+        return ("forward_chunks",)
+    return tuple(n for n in ("unet_forward", "vae_encode_forward", "vae_decode_forward", "text_encode_forward") if hasattr(model, n))
+
+
+def _timing_probe(model: Any) -> Callable[[], Any]:
+    """One call of the model's heaviest component at its native size (the UNet / the DiT chunk)."""
+    if _is_video(model):
+        probe = getattr(model, "timing_probe", None)
+        if probe is None:
+            raise EngineError("this video model offers no timing probe for acceleration 'auto'; choose a backend explicitly")
+        return probe
+    width, height = model.default_size
+    h, w = model.latent_size(width, height)
+    latents = torch.randn(2, model.latent_channels, h, w, device=model.device, dtype=model.dtype)
+    timesteps = torch.tensor([999, 499], device=model.device)
+    hidden = model.encode_prompt("").hidden.expand(2, -1, -1)
+    added = None
+    if model.is_sdxl:
+        pooled = model.encode_prompt("").pooled
+        added = {"text_embeds": pooled.expand(2, -1), "time_ids": model.sdxl_time_ids(width, height).expand(2, -1)}
+    return lambda: model.predict_noise(latents, timesteps, hidden, added)
+
+
+def _time(probe: Callable[[], Any]) -> float:
+    probe()  # warm-up (lazy initialisation, graph capture)
+    _sync()
+    best = float("inf")
+    for _ in range(AUTO_TIMING_CALLS):
+        started = time.perf_counter()
+        probe()
+        _sync()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
