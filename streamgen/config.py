@@ -148,6 +148,9 @@ class ModelSpec:
     ``source`` is a preset name, a hub id, a local diffusers directory or a
     single ``.safetensors`` checkpoint. ``weights="dummy"`` builds the real
     architecture from configs shipped with streamgen, with random weights.
+    ``acceleration`` chooses how components run (:mod:`streamgen.runtime`):
+    ``none`` (torch eager), ``compile``, ``onnxruntime``, ``tensorrt`` or
+    ``auto`` (the fastest available here, measured).
     """
 
     source: str = "tiny"
@@ -158,6 +161,7 @@ class ModelSpec:
     lora: dict[str, float] = field(default_factory=dict)
     fuse_lora: bool = True
     seed: int = 0
+    acceleration: str = "none"
 
 
 def is_finite_number(value: Any) -> bool:

@@ -24,18 +24,31 @@ from .models import ImageModel, load_image_model
 from .params import parse_params, parse_stream_config, split_settings
 from .pipeline import ImagePipeline, ImageStreamState
 
-_SPEC_FIELDS = ("weights", "device", "dtype", "vae", "lora", "fuse_lora", "seed")
+_SPEC_FIELDS = ("weights", "device", "dtype", "vae", "lora", "fuse_lora", "seed", "acceleration")
 
 
 def load_pipeline(model: str | ModelSpec | ImageModel | ImagePipeline = "tiny", **spec: Any) -> ImagePipeline:
     """An :class:`ImagePipeline` for a preset name, hub id, local path, spec or loaded model."""
+    acceleration = spec.pop("acceleration", None)
     if isinstance(model, ImagePipeline):
-        return model
-    if isinstance(model, ImageModel):
-        return ImagePipeline(model)
-    if isinstance(model, str):
-        model = ModelSpec(source=model, **spec)
-    return ImagePipeline(load_image_model(model))
+        pipeline = model
+    elif isinstance(model, ImageModel):
+        pipeline = ImagePipeline(model)
+    else:
+        if isinstance(model, str):
+            model = ModelSpec(source=model, **spec)
+        acceleration = acceleration or model.acceleration
+        if acceleration and acceleration != "none":
+            from .models import resolve_device  # noqa: PLC0415
+            from .runtime import preflight  # noqa: PLC0415
+
+            preflight(acceleration, resolve_device(model.device))  # before any weights are loaded
+        pipeline = ImagePipeline(load_image_model(model))
+    if acceleration and acceleration != "none":
+        from .runtime import accelerate  # noqa: PLC0415
+
+        accelerate(pipeline.model, acceleration)
+    return pipeline
 
 
 def is_video_model(model: Any) -> bool:

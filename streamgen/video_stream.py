@@ -30,7 +30,7 @@ from .pipeline.video_params import VideoConfig, VideoParams
 from .pipeline.video_state import VideoState
 
 # Model options; ``seed`` is the stream's noise seed (a live parameter), ``model_seed`` seeds random weights.
-_SPEC_FIELDS = ("weights", "device", "dtype", "model_seed", "checkpoint", "checkpoint_key")
+_SPEC_FIELDS = ("weights", "device", "dtype", "model_seed", "checkpoint", "checkpoint_key", "acceleration")
 
 
 class VideoStream:

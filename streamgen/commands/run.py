@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--weights", choices=("pretrained", "dummy"), default="pretrained", help="dummy: the real architecture with random weights, no download (for benchmarks)")
     model.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
     model.add_argument("--dtype", default="auto", help="float16, bfloat16, float32 or auto (default)")
+    model.add_argument("--acceleration", default="none", choices=("auto", "none", "compile", "onnxruntime", "tensorrt"), help="how model components run: none (torch eager, default), compile, onnxruntime, tensorrt, or auto (the fastest available here)")
     model.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: $OMP_NUM_THREADS, else cores - 1, leaving a core for decoding and encoding)")
     add_stream_shape_options(parser)
     add_param_options(parser)
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(plan.input_spec, fps=args.fps, size=size)
     try:
         started = time.perf_counter()
-        pipeline = load_stream_pipeline(args.model, weights=args.weights, device=args.device, dtype=args.dtype)
+        pipeline = load_stream_pipeline(args.model, weights=args.weights, device=args.device, dtype=args.dtype, acceleration=args.acceleration)
         state = pipeline.create_state(plan.config, stream_params_for(pipeline, plan.config, plan.user_params))
         load_seconds = time.perf_counter() - started
         config = getattr(state, "config", plan.config)

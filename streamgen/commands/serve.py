@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--dtype", default="auto", help="float16, bfloat16, float32 or auto (default)")
     model.add_argument("--replicas", type=int, default=1, help="model copies, each with its own worker thread (default 1)")
     model.add_argument("--defaults", default=None, metavar="JSON", help=DEFAULTS_HELP)
+    model.add_argument("--acceleration", default="none", choices=("auto", "none", "compile", "onnxruntime", "tensorrt"), help="how model components run: none (torch eager, default), compile (torch.compile; CUDA graphs on GPUs), onnxruntime, tensorrt, or auto (the fastest available here, measured once; engines are cached under engines/)")
     model.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: $OMP_NUM_THREADS, else cores - 1, leaving a core for codecs and the event loop)")
     sched = parser.add_argument_group("scheduling (service-level objectives)")
     sched.add_argument("--slo-ms", type=float, default=500.0, metavar="MS", help="default per-frame latency deadline; frames that cannot meet it are dropped and admission control keeps it for every session (default 500)")
@@ -99,6 +100,7 @@ def build_config(args: argparse.Namespace):
         min_slo_ms=min_slo,
         max_slo_ms=max_slo,
         threads=args.threads,
+        acceleration=args.acceleration,
         max_width=max_width,
         max_height=max_height,
     )

@@ -8,7 +8,7 @@ here builds a faster callable for a slot and installs it; the algorithm
 never notices. :func:`accelerate` is the one entry point.
 """
 
-from .accelerate import accelerate
+from .accelerate import accelerate, preflight
 from .backend import ACCELERATIONS, Acceleration, backend_named, unavailable_reason
 
-__all__ = ["ACCELERATIONS", "Acceleration", "accelerate", "backend_named", "unavailable_reason"]
+__all__ = ["ACCELERATIONS", "Acceleration", "accelerate", "backend_named", "preflight", "unavailable_reason"]

@@ -57,6 +57,16 @@ def accelerate(
     return acceleration
 
 
+def preflight(acceleration: str, device: Any) -> None:
+    """Refuse an explicit backend that cannot run on ``device`` BEFORE any weights are loaded."""
+    check_acceleration(acceleration)
+    if acceleration in ("none", "auto"):
+        return
+    reason = backend_named(acceleration).unavailable_reason(torch.device(device))
+    if reason is not None:
+        raise EngineError(f"acceleration {acceleration!r} cannot run here: {reason}")
+
+
 def _install(backend: Any, model: Any, cache: Any) -> None:
     if _is_video(model):
         backend.accelerate_video(model, cache)

@@ -132,7 +132,7 @@ def run_server(config: ServerConfig) -> None:
 
     apply_thread_budget(config.threads)
     logger.info("loading %s (%d replica%s)...", config.model, config.replicas, "" if config.replicas == 1 else "s")
-    pipelines = [load_server_pipeline(config.model, config.device, config.dtype) for _ in range(config.replicas)]
+    pipelines = [load_server_pipeline(config.model, config.device, config.dtype, config.acceleration) for _ in range(config.replicas)]
     app = create_app(config, pipelines)
     workers = app[CONTEXT_KEY].workers
     url = f"http://{config.host}:{config.port}/"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..runtime.backend import ACCELERATIONS
 from ..sched import Slo, SloLimits
 
 VideoCodec = Literal["VP8", "H264"]
@@ -42,6 +43,7 @@ class ServerConfig:
     sessions (best effort above it); a client may ask for its own
     ``{"slo": {"deadline_ms", "fps", "min_fps"}}`` within
     ``[min_slo_ms, max_slo_ms]`` and ``max_fps``.
+    ``acceleration``: how model components run (see :mod:`streamgen.runtime`).
     ``threads``: the model's CPU threads (None: ``OMP_NUM_THREADS`` or cores − 1).
     ``max_width``/``max_height``: the largest stream a session may ask for
     (None: twice the model's native size).
@@ -74,6 +76,7 @@ class ServerConfig:
     min_slo_ms: float = 30.0
     max_slo_ms: float = 5000.0
     threads: int | None = None
+    acceleration: str = "none"
     max_width: int | None = None
     max_height: int | None = None
 
@@ -101,6 +104,8 @@ class ServerConfig:
             raise ConfigError(f"slo_ms ({self.slo_ms:g}) must be between min_slo_ms ({self.min_slo_ms:g}) and max_slo_ms ({self.max_slo_ms:g})")
         if self.min_fps > self.max_fps:
             raise ConfigError(f"min_fps ({self.min_fps:g}) must not be above max_fps ({self.max_fps:g})")
+        if self.acceleration not in ACCELERATIONS:
+            raise ConfigError(f"acceleration must be one of {', '.join(ACCELERATIONS)}, got {self.acceleration!r}")
         if self.threads is not None:
             _positive_int("threads", self.threads, high=1024)
         for name in ("max_width", "max_height"):

@@ -25,13 +25,13 @@ from .identity import IdentityPipeline
 IDENTITY_MODEL = "identity"
 
 
-def load_server_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Any:
+def load_server_pipeline(model: str, device: str = "auto", dtype: str = "auto", acceleration: str = "none") -> Any:
     """Load ``model`` for serving: ``identity``, an image preset/hub id/path, or a video preset."""
     if model == IDENTITY_MODEL:
         return IdentityPipeline()
     from .. import load_stream_pipeline  # noqa: PLC0415  (torch-heavy; only when serving a model)
 
-    return load_stream_pipeline(model, device=device, dtype=dtype)
+    return load_stream_pipeline(model, device=device, dtype=dtype, acceleration=acceleration)
 
 
 def model_name(pipeline: Any) -> str:

@@ -1,0 +1,184 @@
+"""``python -m bench.engines``: every acceleration backend against torch eager, in the same run.
+
+For the image model (``tiny`` by default, or ``--dummy MODEL`` for a real
+architecture with random weights) at each ``--sizes`` resolution, and for
+``tiny-video``, each backend available here is applied to a freshly loaded
+model and timed:
+
+- per component: UNet (``--rows`` rows), VAE encoder, VAE decoder (one frame);
+  for video the DiT chunk forward (``VideoModel.timing_probe``);
+- end to end: frames per second of a one-session img2img stream (stream
+  batch, ``--steps`` steps) through the real pipeline;
+
+and printed as milliseconds and as a ratio to eager measured in the same
+run (>1: faster than eager). Backends that cannot run here are listed with
+the reason. Build time (export/compile, first call) is reported separately:
+it is paid once, then the engine cache serves restarts.
+
+Prints a table and writes ``bench/out/engines.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .common import OUT_DIR, machine, measure, median, ms, table, write_json
+
+BACKENDS = ("none", "compile", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class EngineBenchSettings:
+    model: str = "tiny"
+    dummy: bool = False
+    sizes: tuple[int, ...] = (256, 512)
+    rows: int = 4
+    steps: int = 2
+    frames: int = 20
+    video: bool = True
+    backends: tuple[str, ...] = BACKENDS
+    device: str = "auto"
+    engine_dir: Path = OUT_DIR / "engines-cache"
+    out: Path = OUT_DIR / "engines.json"
+
+
+def image_rows(settings: EngineBenchSettings, size: int) -> list[dict[str, Any]]:
+    from streamgen import load_pipeline  # noqa: PLC0415
+    from streamgen.config import StreamConfig  # noqa: PLC0415
+    from streamgen.runtime import accelerate, unavailable_reason  # noqa: PLC0415
+
+    rows, eager = [], None
+    for backend in settings.backends:
+        weights = "dummy" if settings.dummy else "pretrained"
+        pipeline = load_pipeline(settings.model, weights=weights, device=settings.device)
+        model = pipeline.model
+        reason = unavailable_reason(backend, model.device) if backend != "none" else None
+        if reason is not None:
+            rows.append({"what": f"{settings.model} {size}", "backend": backend, "note": reason})
+            continue
+        started = time.perf_counter()
+        accelerate(model, backend, cache_dir=settings.engine_dir, resolution_range=(min(settings.sizes), max(settings.sizes)))
+        probes = _image_probes(model, size, settings.rows)
+        build = time.perf_counter() - started
+        for call in probes.values():
+            call()  # first call: compiles / captures
+        build = time.perf_counter() - started
+        result = {"what": f"{settings.model} {size}x{size}", "backend": backend, "build_s": round(build, 1)}
+        for name, call in probes.items():
+            result[f"{name}_ms"] = ms(median(measure(call, iterations=10, warmup=2, device=model.device)), 2)
+        state = pipeline.create_state(StreamConfig(width=size, height=size), {"num_inference_steps": settings.steps, "prompt": "a benchmark"})
+        frame = torch.randint(0, 256, (1, size, size, 3), dtype=torch.uint8)
+        step = lambda: pipeline.step([state], [frame])  # noqa: E731
+        samples = measure(step, iterations=settings.frames, warmup=3, device=model.device)
+        result["fps"] = round(1 / median(samples), 2)
+        if backend == "none":
+            eager = result
+        if eager is not None:
+            for key in ("unet_ms", "vae_encode_ms", "vae_decode_ms"):
+                result[key.replace("_ms", "_x")] = _ratio(eager.get(key), result.get(key))
+            result["fps_x"] = round(result["fps"] / eager["fps"], 2)
+        rows.append(result)
+    return rows
+
+
+def _image_probes(model: Any, size: int, rows: int) -> dict[str, Any]:
+    h, w = model.latent_size(size, size)
+    latents = torch.randn(rows, model.latent_channels, h, w, device=model.device, dtype=model.dtype)
+    timesteps = torch.full((rows,), 500, device=model.device)
+    hidden = model.encode_prompt("a benchmark").hidden.expand(rows, -1, -1)
+    images = torch.rand(1, 3, size, size, device=model.device, dtype=model.dtype) * 2 - 1
+    images = images.contiguous(memory_format=torch.channels_last)
+    one = torch.randn(1, model.latent_channels, h, w, device=model.device, dtype=model.dtype)
+    return {
+        "unet": lambda: model.predict_noise(latents, timesteps, hidden),
+        "vae_encode": lambda: model.encode_images(images),
+        "vae_decode": lambda: model.decode_latents(one),
+    }
+
+
+def video_rows(settings: EngineBenchSettings) -> list[dict[str, Any]]:
+    from streamgen.pipeline.video_loading import load_video_pipeline  # noqa: PLC0415
+    from streamgen.runtime import accelerate, unavailable_reason  # noqa: PLC0415
+
+    rows, eager = [], None
+    for backend in ("none", "compile"):
+        if backend not in settings.backends:
+            continue
+        model = load_video_pipeline("tiny-video", device=settings.device).model
+        reason = unavailable_reason(backend, model.device) if backend != "none" else None
+        if reason is not None:
+            rows.append({"what": "tiny-video chunk", "backend": backend, "note": reason})
+            continue
+        started = time.perf_counter()
+        accelerate(model, backend, cache_dir=settings.engine_dir)
+        probe = model.timing_probe
+        probe()
+        result = {"what": "tiny-video chunk", "backend": backend, "build_s": round(time.perf_counter() - started, 1)}
+        result["dit_chunk_ms"] = ms(median(measure(probe, iterations=10, warmup=2, device=model.device)), 2)
+        if backend == "none":
+            eager = result
+        elif eager is not None:
+            result["dit_chunk_x"] = _ratio(eager["dit_chunk_ms"], result["dit_chunk_ms"])
+        rows.append(result)
+    return rows
+
+
+def _ratio(eager: float | None, other: float | None) -> float | None:
+    return None if not eager or not other else round(eager / other, 2)
+
+
+COLUMNS = [
+    ("what", "what"), ("backend", "backend"), ("build_s", "build s"), ("unet_ms", "UNet ms"), ("unet_x", "x eager"),
+    ("vae_encode_ms", "VAE enc ms"), ("vae_encode_x", "x eager"), ("vae_decode_ms", "VAE dec ms"), ("vae_decode_x", "x eager"),
+    ("dit_chunk_ms", "DiT chunk ms"), ("dit_chunk_x", "x eager"), ("fps", "fps"), ("fps_x", "x eager"), ("note", "note"),
+]
+
+
+def parse_args(argv: list[str] | None) -> EngineBenchSettings:
+    parser = argparse.ArgumentParser(prog="python -m bench.engines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="image model (default tiny); with --dummy a preset's real architecture, random weights")
+    parser.add_argument("--dummy", action="store_true", help="random weights of the real architecture (no download)")
+    parser.add_argument("--sizes", default="256,512", help="square resolutions, comma-separated (default 256,512)")
+    parser.add_argument("--rows", type=int, default=4, help="UNet rows per timed call (default 4)")
+    parser.add_argument("--steps", type=int, default=2, help="denoising steps of the end-to-end stream (default 2)")
+    parser.add_argument("--frames", type=int, default=20, help="timed end-to-end steps (default 20)")
+    parser.add_argument("--no-video", action="store_true", help="skip tiny-video")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, eager first (default {','.join(BACKENDS)})")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--engine-dir", type=Path, default=OUT_DIR / "engines-cache", help="engine cache for this benchmark")
+    parser.add_argument("--out", type=Path, default=OUT_DIR / "engines.json")
+    args = parser.parse_args(argv)
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if backends[0] != "none":
+        backends = ("none", *backends)
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    return EngineBenchSettings(args.model, args.dummy, sizes, args.rows, args.steps, args.frames, not args.no_video, backends, args.device, args.engine_dir, args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    rows = []
+    for size in settings.sizes:
+        print(f"image {settings.model} {size}x{size} ...", flush=True)
+        rows += image_rows(settings, size)
+    if settings.video:
+        print("tiny-video ...", flush=True)
+        rows += video_rows(settings)
+    print(table(rows, COLUMNS))
+    info = machine()
+    print(f"torch threads: {torch.get_num_threads()}")
+    report = {"benchmark": "engines", "machine": info, "settings": {**asdict(settings), "engine_dir": str(settings.engine_dir), "out": str(settings.out)}, "results": rows}
+    write_json("engines", report, settings.out)
+    print(f"wrote {settings.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
