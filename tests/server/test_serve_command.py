@@ -34,6 +34,16 @@ def test_flags_map_onto_the_server_config():
     assert config.default_params == {"prompt": "a fox", "width": 512} and config.ice_servers == ("stun:example.org:3478",)
 
 
+def test_scheduling_engine_and_thread_flags_map_onto_the_server_config():
+    config = parse(
+        "--slo-ms", "250", "--min-fps", "5", "--slo-range", "50,2000", "--max-resolution", "768x512",
+        "--threads", "3", "--acceleration", "compile",
+    )
+    assert (config.slo_ms, config.min_fps, config.min_slo_ms, config.max_slo_ms) == (250.0, 5.0, 50.0, 2000.0)
+    assert (config.max_width, config.max_height, config.threads, config.acceleration) == (768, 512, 3, "compile")
+    assert config.default_slo.deadline_s == 0.25 and config.default_slo.min_fps == 5.0
+
+
 @pytest.mark.parametrize(
     "argv, word",
     [
@@ -42,6 +52,11 @@ def test_flags_map_onto_the_server_config():
         (["--defaults", "[1]"], "JSON object"),
         (["--bitrate", "9000", "--max-bitrate", "1000"], "max_bitrate"),
         (["--max-fps", "0"], "max_fps"),
+        (["--slo-ms", "10"], "slo_ms"),
+        (["--slo-range", "fast"], "slo-range"),
+        (["--max-resolution", "huge"], "max-resolution"),
+        (["--min-fps", "99"], "min_fps"),
+        (["--threads", "0"], "threads"),
     ],
 )
 def test_bad_flags_are_config_errors(argv, word):
