@@ -7,7 +7,7 @@ mkdir -p .whl
 fetch() {
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        --platform any -d .whl "$@"
+        -d .whl "$@"
 }
 # streamgen's imports that a CUDA machine image usually lacks (torch, transformers, numpy are there)
 fetch diffusers av aiortc aioice pylibsrtp pyee google-crc32c dnspython ifaddr cryptography cffi pycparser pyopenssl
