@@ -255,6 +255,8 @@ class ModelWorker:
                 "name": self.name,
                 "sessions": len(self._members),
                 "stepping": self._step_started is not None,
+                "step_in_flight_s": None if self._step_started is None else round(time.monotonic() - self._step_started, 3),
+                "predicted_step_ms": round(self._step_predicted * 1000, 2),
                 "step_ms_by_rows": buckets,
             }
 
