@@ -165,8 +165,13 @@ class ModelSpec:
 
 
 def is_finite_number(value: Any) -> bool:
-    """True for int/float values (not bools) that are finite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """True for int/float values (not bools) that are finite (a 400-digit integer is not: no float holds it)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def field_names(cls: type) -> tuple[str, ...]:

@@ -79,6 +79,10 @@ def _text(name: str, value: Any) -> str:
         raise ConfigError(f"{name} must be a string, got {_describe(value)}")
     if len(value) > MAX_PROMPT_CHARS:
         raise ConfigError(f"{name} is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ConfigError(f"{name} holds a character that is not valid text (a lone UTF-16 surrogate at position {error.start})") from None
     return value
 
 

@@ -141,6 +141,8 @@ def parse_message(raw: Any) -> dict[str, Any]:
         message = json.loads(raw, parse_constant=_reject_constant)
     except (json.JSONDecodeError, ValueError) as error:
         raise ControlError(f"message is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ControlError("message is nested too deeply") from None
     if not isinstance(message, dict):
         raise ControlError(f"a control message must be a JSON object, got {type(message).__name__}")
     message_id = message.get("id")

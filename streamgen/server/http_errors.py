@@ -101,7 +101,8 @@ def require_token(request: web.Request, token: str | None) -> None:
         return
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    given_bytes = given.strip().encode("utf-8", "replace")  # a header with bytes that are no text never matches
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, token.encode()):
         raise UnauthorizedError("this server needs a bearer token: send 'Authorization: Bearer <token>'")
 
 
@@ -139,6 +140,8 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
         value = json.loads(text, parse_constant=_reject_constant)
     except ValueError as error:
         raise InvalidBodyError(f"request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidBodyError("request body is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidBodyError(f"request body must be a JSON object, got {type(value).__name__}")
     return value

@@ -69,6 +69,8 @@ def validate_session_settings(pipeline: Any, settings: Mapping[str, Any]) -> Non
         config_fields, live_fields = split_settings(settings)
         config = parse_stream_config(config_fields)
         parse_params(live_fields, _model_defaults(pipeline, config.mode))
+        if config.mode == "txt2img" and "strength" in live_fields:
+            raise ConfigError("strength applies to img2img streams; txt2img streams start from pure noise")
         return
     validate = getattr(pipeline, "validate_settings", None)  # video pipelines check their own schema
     if callable(validate):

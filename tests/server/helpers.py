@@ -72,3 +72,16 @@ def tracebacks(records: list[logging.LogRecord]) -> list[str]:
 
 def mean_abs_diff(a: Any, b: Any) -> float:
     return float(abs(a.astype("float32") - b.astype("float32")).mean())
+
+
+async def real_offer_sdp() -> str:
+    """A real aiortc offer SDP with one video section (for tests of what the server checks after the SDP)."""
+    from aiortc import RTCPeerConnection  # noqa: PLC0415
+
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("video", direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        return pc.localDescription.sdp
+    finally:
+        await pc.close()

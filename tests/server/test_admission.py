@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import time
 
-from aiortc import RTCPeerConnection
-
 from streamgen.server.client import ServerError, connect_offer
 from streamgen.server.synthetic import MarkerVideoTrack
 
-from .helpers import running_server
+from .helpers import real_offer_sdp, running_server
 
 OVERSIZED = {"width": 2048, "height": 2048, "frame_buffer_size": 8, "t_index_list": list(range(0, 48, 3))}
 
@@ -85,12 +83,6 @@ async def test_session_slo_is_validated_and_reported(shared_tiny_pipeline):
 
 async def _post_offer(server, body):
     """POST /offer with a real (aiortc) offer SDP and ``body``'s other fields."""
-    pc = RTCPeerConnection()
-    try:
-        pc.addTransceiver("video", direction="sendrecv")
-        await pc.setLocalDescription(await pc.createOffer())
-        body = {**body, "sdp": pc.localDescription.sdp}
-        async with server.http.post(server.base_url + "/offer", json=body) as response:
-            return response.status, await response.json(content_type=None), response.headers
-    finally:
-        await pc.close()
+    body = {**body, "sdp": await real_offer_sdp()}
+    async with server.http.post(server.base_url + "/offer", json=body) as response:
+        return response.status, await response.json(content_type=None), response.headers

@@ -1,0 +1,65 @@
+"""Values built to break parsers get a 4xx that says what was wrong, never a traceback (HTTP and control channel)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from streamgen.config import is_finite_number
+from streamgen.errors import ConfigError
+from streamgen.params import parse_params
+from streamgen.server.control import ControlError, parse_message
+
+from .helpers import real_offer_sdp, running_server, tracebacks
+
+
+def test_huge_integers_are_not_finite_numbers():
+    assert not is_finite_number(10**400)
+    with pytest.raises(ConfigError, match="strength"):
+        parse_params({"strength": 10**400})
+
+
+def test_a_lone_surrogate_in_a_prompt_is_refused():
+    with pytest.raises(ConfigError, match="lone UTF-16 surrogate at position 1"):
+        parse_params({"prompt": "a\ud800b"})
+
+
+def test_control_channel_refuses_deep_nesting_and_huge_ids():
+    with pytest.raises(ControlError, match="nested too deeply"):
+        parse_message('{"type": "params", "params": ' + "[" * 5000 + "]" * 5000 + "}")
+    assert parse_message('{"type": "ping", "id": ' + "9" * 401 + "}")["id"] is None
+
+
+async def test_hostile_http_bodies_and_headers(identity_pipeline, caplog):
+    caplog.set_level(logging.INFO)
+    async with running_server(identity_pipeline, token="secret") as server:
+        auth = {"Authorization": "Bearer secret"}
+        deep = "[" * 5000 + "]" * 5000
+        sdp = await real_offer_sdp()
+        cases = [
+            ({"data": '{"sdp": "v=0", "type": "offer", "params": ' + deep + "}", "headers": {**auth, "Content-Type": "application/json"}}, 400, "nested too deeply"),
+            ({"json": {"sdp": "v=0", "type": "offer", "params": []}, "headers": auth}, 400, '"params" must be a JSON object'),
+            ({"json": {"sdp": sdp, "type": "offer", "params": {"strength": 10**400}}, "headers": auth}, 400, "strength"),
+            ({"json": {"sdp": sdp, "type": "offer", "params": {"mode": "txt2img", "strength": 0.5}}, "headers": auth}, 400, "strength applies to img2img"),
+        ]
+        for kwargs, status, words in cases:
+            got, body, _ = await server.request("POST", "/offer", **kwargs)
+            assert got == status, (got, body)
+            assert words in body["error"], body
+        status_line = await _raw_request(server.base_url, b"GET /api/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\xff\r\nConnection: close\r\n\r\n")
+        assert status_line.startswith(b"HTTP/1.1 401"), status_line
+        assert tracebacks(caplog.records) == []
+
+
+async def _raw_request(base_url: str, data: bytes) -> bytes:
+    """Send bytes no HTTP client library would (a header that is not text); return the status line."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await reader.readline()
+    finally:
+        writer.close()
