@@ -67,7 +67,7 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         return await handler(request)
     except StreamgenError as error:
         status = status_for(error)
-        logger.info("%s %s -> %d: %s", request.method, request.path, status, error)
+        logger.info("%s %s -> %d: %s", request.method, loggable(request.path), status, loggable(str(error)))
         headers = {"WWW-Authenticate": 'Bearer realm="streamgen"'} if status == 401 else None
         if status == 503:
             headers = {"Retry-After": "5"}
@@ -79,9 +79,18 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         if error.status < 400 or error.content_type == "application/json":
             raise
         message = _http_error_message(error)
-        logger.info("%s %s -> %d: %s", request.method, request.path, error.status, message)
+        logger.info("%s %s -> %d: %s", request.method, loggable(request.path), error.status, message)
         headers = {k: v for k, v in error.headers.items() if k.lower() in ("allow", "www-authenticate")}
         return json_error(error.status, message, headers)
+
+
+def loggable(text: str, limit: int = 200) -> str:
+    """Text from a client made safe for one log line: control characters (newlines, ANSI escapes) escaped, length capped.
+
+    A request path with ``%0a`` or ``\x1b[`` would otherwise forge log lines or repaint a terminal.
+    """
+    safe = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text)
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
 
 
 def _http_error_message(error: web.HTTPException) -> str:

@@ -50,8 +50,29 @@ def _page(filename: str):
     return handler
 
 
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """``/static/<name>``: a file of the client, or a JSON 404 (never a listing, never a path outside it).
+
+    aiohttp's own static route answers a missing file with an empty
+    ``application/octet-stream`` 404; every other error here is JSON.
+    """
+    web_dir = context(request).web_dir
+    name = request.match_info["name"]
+    if web_dir is None:
+        raise NotFoundError("the browser client is not installed with this server; see README, 'Server'")
+    root = web_dir.resolve()
+    path = (root / name).resolve()
+    if root not in path.parents or not path.is_file():
+        raise NotFoundError(f"no file /static/{_printable(name)}")
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def add_routes(app: web.Application, web_dir: Path | None) -> None:
     for path, filename in PAGES.items():
         app.router.add_get(path, _page(filename))
-    if web_dir is not None:
-        app.router.add_static("/static/", web_dir, show_index=False, append_version=False)
+    app.router.add_get("/static/{name:.+}", static_file)

@@ -63,3 +63,22 @@ async def _raw_request(base_url: str, data: bytes) -> bytes:
         return await reader.readline()
     finally:
         writer.close()
+
+
+async def test_static_misses_are_json_and_paths_stay_inside_the_client(identity_pipeline):
+    async with running_server(identity_pipeline) as server:
+        status, body, headers = await server.request("GET", "/static/nope.js")
+        assert status == 404 and body == {"error": "no file /static/nope.js"}
+        for path in ("/static/%2e%2e/README.md", "/static/..%2f..%2fpyproject.toml", "/static/"):
+            status, body, _ = await server.request("GET", path)
+            assert status == 404 and "error" in body, (path, status, body)
+
+
+async def test_a_path_cannot_forge_log_lines(identity_pipeline, caplog):
+    caplog.set_level(logging.INFO)
+    async with running_server(identity_pipeline) as server:
+        status, _, _ = await server.request("GET", "/api/sessions/x%0aFAKE%20LINE%1b[31m")
+        assert status == 404
+    lines = [r.getMessage() for r in caplog.records if "FAKE" in r.getMessage()]
+    assert lines and all("\n" not in line and "\x1b" not in line for line in lines)
+    assert any("\\x0aFAKE" in line for line in lines)
