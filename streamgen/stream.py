@@ -24,7 +24,8 @@ from .models import ImageModel, load_image_model
 from .params import parse_params, parse_stream_config, split_settings
 from .pipeline import ImagePipeline, ImageStreamState
 
-_SPEC_FIELDS = ("weights", "device", "dtype", "vae", "lora", "fuse_lora", "seed", "acceleration")
+# Model options. ``seed`` is the stream's noise seed (a live parameter, as everywhere); ``model_seed`` seeds random weights.
+_SPEC_FIELDS = ("weights", "device", "dtype", "vae", "lora", "fuse_lora", "model_seed", "acceleration")
 
 
 def load_pipeline(model: str | ModelSpec | ImageModel | ImagePipeline = "tiny", **spec: Any) -> ImagePipeline:
@@ -78,6 +79,8 @@ class ImageStream:
 
     def __init__(self, model: str | ModelSpec | ImageModel | ImagePipeline = "tiny", **settings: Any) -> None:
         spec = {k: settings.pop(k) for k in _SPEC_FIELDS if k in settings}
+        if "model_seed" in spec:
+            spec["seed"] = spec.pop("model_seed")
         self.pipeline = load_pipeline(model, **spec)
         config_values, live_values = split_settings(settings)
         config = parse_stream_config(config_values)

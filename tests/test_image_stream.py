@@ -119,3 +119,12 @@ def test_bad_settings_raise_config_errors(tiny_model):
 def test_unknown_model_name_is_a_model_load_error():
     with pytest.raises(ModelLoadError):
         streamgen.ImageStream("no-such-model-anywhere")
+
+
+def test_seed_is_the_streams_noise_seed_and_model_seed_the_weights(tiny_model):
+    stream = streamgen.ImageStream(tiny_model, width=64, height=64, seed=5)
+    assert stream.params.seed[0].seed == 5
+    a = streamgen.ImageStream("tiny", width=64, height=64, model_seed=1)
+    b = streamgen.ImageStream("tiny", width=64, height=64, model_seed=2)
+    first = next(a.pipeline.model.unet.parameters())
+    assert not torch.equal(first, next(b.pipeline.model.unet.parameters()))
