@@ -15,7 +15,7 @@ import sys
 
 from .errors import StreamgenError
 
-COMMANDS = ("serve", "run", "doctor")
+COMMANDS = ("serve", "run", "build_engines", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,9 @@
     streamgen doctor          # sections: Python, Platform, torch, CUDA devices, acceleration, media, libraries
     streamgen doctor --json   # the same facts as JSON
 
+The acceleration section ends with the engine cache: its directory and the
+engines in it (newest first), as ``streamgen build-engines`` left them.
+
 Each optional package is probed on its own and a failure reads as "not
 installed" or "import failed: ..." rather than a crash, so the command always
 exits 0 and is the first thing to run (and paste into a bug report) when
@@ -20,6 +23,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     sections = collect_report()
     if args.json:
-        print(json.dumps({title: dict(rows) for title, rows in sections}, indent=2))
+        print(json.dumps({title: {key.strip(): value for key, value in rows} for title, rows in sections}, indent=2))
     else:
         print(format_report(sections))
     return 0
@@ -154,7 +158,37 @@ def acceleration_rows() -> list[tuple[str, str]]:
         ("triton", _version_or_absent("triton")),
         ("onnxruntime", onnxruntime_status()),
         ("tensorrt", tensorrt_status()),
+        *engine_cache_rows(),
     ]
+
+
+MAX_ENGINE_ROWS = 20
+
+
+def engine_cache_rows() -> list[tuple[str, str]]:
+    """The engine cache directory, then one row per engine (file name → what it is), newest first."""
+    try:
+        from ..runtime.engine_cache import EngineCache, default_cache_dir  # noqa: PLC0415
+
+        root = default_cache_dir()
+        entries = EngineCache(root).entries()
+    except Exception as error:  # noqa: BLE001 - a report must survive an unreadable cache
+        return [("engine cache", f"unreadable: {type(error).__name__}: {error}")]
+    total = sum(e.size for e in entries)
+    rows = [("engine cache", f"{root} ({len(entries)} engine{'s' if len(entries) != 1 else ''}, {total / 1e6:.1f} MB)")]
+    for entry in entries[:MAX_ENGINE_ROWS]:
+        rows.append((f"  {entry.path.name}", describe_engine(entry)))
+    if len(entries) > MAX_ENGINE_ROWS:
+        rows.append(("  ...", f"{len(entries) - MAX_ENGINE_ROWS} older engines not shown"))
+    return rows
+
+
+def describe_engine(entry: Any) -> str:
+    key = entry.key
+    ranges = "any shape" if key.batch_range == (0, 0) else f"rows {key.batch_range[0]}-{key.batch_range[1]}, {key.resolution_range[0]}-{key.resolution_range[1]} px"
+    built = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.created))
+    text = f"{key.model_id} {key.component}, {key.backend} {key.backend_version}, {key.dtype}, {ranges}, {key.gpu_arch}, {entry.size / 1e6:.1f} MB, built {built} in {entry.build_seconds:.1f} s"
+    return text if entry.complete else text + " (INCOMPLETE: will be rebuilt)"
 
 
 def torch_compile_status() -> str:

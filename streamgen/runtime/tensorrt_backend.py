@@ -34,19 +34,11 @@ import torch
 from ..errors import EngineError
 from .backend import package_missing
 from .buckets import DEFAULT_BUCKETS, bucket_for
+from .onnx_export import InputRange
 
 logger = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 4 << 30
-
-
-@dataclass(frozen=True)
-class InputRange:
-    """min / opt / max shape of one engine input."""
-
-    minimum: tuple[int, ...]
-    optimum: tuple[int, ...]
-    maximum: tuple[int, ...]
 
 
 class TensorRTBackend:

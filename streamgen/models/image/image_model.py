@@ -5,8 +5,14 @@ exposes exactly four operations: encode a prompt, predict noise for a batch of
 rows, encode images to latents and decode latents to images. The pipeline
 never touches diffusers classes directly, so a runtime backend (torch.compile,
 ONNX Runtime, TensorRT) can replace :attr:`ImageModel.unet_forward`,
-:attr:`vae_encode_forward` or :attr:`vae_decode_forward` without the
-algorithm noticing.
+:attr:`vae_encode_forward`, :attr:`vae_decode_forward` or
+:attr:`text_encode_forward` without the algorithm noticing.
+
+The text slot is ONE callable for all encoders, ``(index, token ids) →
+(hidden states, pooled or None)``: SD models have one encoder (index 0),
+SDXL two (0: CLIP, 1: CLIP with projection, which gives the pooled vector).
+One attribute, not a list, so a backend replaces it (and ``auto`` restores
+it) by plain assignment, like the other slots.
 
 Nothing here is per-session; prompt embeddings are memoised by text because
 that is a pure function of the weights.
@@ -26,6 +32,7 @@ from ...config import PredictionType, X0Formula
 
 UnetForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None], torch.Tensor]
 ImageForward = Callable[[torch.Tensor], torch.Tensor]
+TextForward = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 PROMPT_CACHE_SIZE = 64
 
@@ -77,6 +84,7 @@ class ImageModel:
         self.unet_forward: UnetForward = self._eager_unet
         self.vae_encode_forward: ImageForward = self._eager_vae_encode
         self.vae_decode_forward: ImageForward = self._eager_vae_decode
+        self.text_encode_forward: TextForward = self._eager_text_encode
         self._prompt_cache: OrderedDict[str, PromptEmbedding] = OrderedDict()
         self._prompt_lock = threading.Lock()
 
@@ -129,7 +137,7 @@ class ImageModel:
         device = self.device
         hidden_parts: list[torch.Tensor] = []
         pooled: torch.Tensor | None = None
-        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
+        for index, (tokenizer, _) in enumerate(zip(self.tokenizers, self.text_encoders)):
             ids = tokenizer(
                 [text],
                 padding="max_length",
@@ -137,14 +145,23 @@ class ImageModel:
                 truncation=True,
                 return_tensors="pt",
             ).input_ids.to(device)
-            if self.is_sdxl:
-                out = encoder(ids, output_hidden_states=True)
-                hidden_parts.append(out.hidden_states[-2])
-                pooled = out[0] if out[0].ndim == 2 else pooled
-            else:
-                hidden_parts.append(encoder(ids)[0])
+            hidden_part, pooled_part = self.text_encode_forward(index, ids)
+            hidden_parts.append(hidden_part)
+            pooled = pooled_part if pooled_part is not None else pooled
         hidden = torch.cat(hidden_parts, dim=-1).to(self.dtype)
         return PromptEmbedding(hidden=hidden, pooled=None if pooled is None else pooled.to(self.dtype))
+
+    def _eager_text_encode(self, index: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids (1, L) → (the states the UNet attends to, the pooled vector or None) of encoder ``index``.
+
+        SDXL takes the penultimate hidden states, and its projection
+        encoder's first output is 2-D: that is the pooled vector.
+        """
+        encoder = self.text_encoders[index]
+        if self.is_sdxl:
+            out = encoder(ids, output_hidden_states=True)
+            return out.hidden_states[-2], (out[0] if out[0].ndim == 2 else None)
+        return encoder(ids)[0], None
 
     # ---- denoising --------------------------------------------------------
     def sdxl_time_ids(self, width: int, height: int) -> torch.Tensor:
