@@ -10,7 +10,9 @@ so the next start reuses them).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +93,55 @@ def _native_range(model: Any) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------- auto
+AUTO_CHOICES_FILE = "auto-choices.json"
+
+
 def _auto(model: Any, cache: Any) -> str:
+    """The fastest backend here: measured once per model, device and library versions, then remembered."""
+    key = _auto_key(model)
+    remembered = _read_choices(cache).get(key)
+    if remembered is not None and remembered.get("backend") in ("none", *AUTO_ORDER_CUDA):
+        backend = remembered["backend"]
+        logger.info("acceleration auto: %s (measured before: %s)", backend, remembered.get("timings_ms"))
+        if backend != "none":
+            _install(backend_named(backend), model, cache)
+        return backend
+    best, timings = _measure_backends(model, cache)
+    _remember_choice(cache, key, {"backend": best, "timings_ms": {n: round(t * 1000, 3) for n, t in timings.items()}})
+    return best
+
+
+def _auto_key(model: Any) -> str:
+    from .engine_cache import gpu_arch, weights_fingerprint  # noqa: PLC0415
+
+    heaviest = model.transformer if _is_video(model) else model.unet
+    return "|".join([str(getattr(model, "name", "model")), weights_fingerprint(heaviest), str(model.dtype), gpu_arch(model.device), torch.__version__])
+
+
+def _read_choices(cache: Any) -> dict[str, Any]:
+    path = Path(cache.root) / AUTO_CHOICES_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remember_choice(cache: Any, key: str, choice: dict[str, Any]) -> None:
+    """Write the choice atomically (temporary file, then rename): readers never see half a file."""
+    root = Path(cache.root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        data = _read_choices(cache)
+        data[key] = choice
+        temporary = root / f".{AUTO_CHOICES_FILE}.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(temporary, root / AUTO_CHOICES_FILE)
+    except OSError as error:  # a read-only cache only costs a new measurement next time
+        logger.warning("could not remember the auto acceleration choice in %s: %s", root, error)
+
+
+def _measure_backends(model: Any, cache: Any) -> tuple[str, dict[str, float]]:
     device = model.device
     order = AUTO_ORDER_CUDA if device.type == "cuda" else AUTO_ORDER_CPU
     slots = _slots(model)
@@ -119,7 +169,7 @@ def _auto(model: Any, cache: Any) -> str:
     logger.info("acceleration auto: chose %s (%s)%s", best, summary, f"; not used: {skipped}" if skipped else "")
     if best != "none":
         _install(backend_named(best), model, cache)
-    return best
+    return best, timings
 
 
 def _slots(model: Any) -> tuple[str, ...]:
