@@ -168,12 +168,11 @@ async def connect_client(base: str, index: int, settings: BenchSettings, http: a
     return record
 
 
-async def learn_first_output_pts(http: aiohttp.ClientSession, base: str, record: ClientRecord, timeout: float = 30.0) -> None:
+async def learn_first_output_pts(record: ClientRecord, timeout: float = 30.0) -> None:
     """The server's pts of the session's first output frame: the origin of the client's output timestamps."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        async with http.get(f"{base}/api/sessions/{record.peer.session_id}") as response:
-            stats = (await response.json())["stats"]
+        stats = (await record.peer.describe())["stats"]  # the peer sends its session's secret
         if stats["first_output_pts"] is not None and record.first_frame_at is not None:
             record.first_output_pts = stats["first_output_pts"]
             return
@@ -209,7 +208,7 @@ async def run_model(model: str, settings: BenchSettings, threads: str = "budget"
             refused = len(connected) - len(records)
             if not records:
                 raise RuntimeError("admission control refused every client")
-            await asyncio.gather(*(learn_first_output_pts(http, base, r) for r in records))
+            await asyncio.gather(*(learn_first_output_pts(r) for r in records))
             await asyncio.sleep(settings.warmup)
             window_start, cpu_start = time.monotonic(), cpu_seconds(process.pid)
             sent_start = [r.track.frames_sent for r in records]
@@ -218,8 +217,7 @@ async def run_model(model: str, settings: BenchSettings, threads: str = "budget"
             sent_end = [r.track.frames_sent for r in records]
             server_stats = []
             for r in records:
-                async with http.get(f"{base}/api/sessions/{r.peer.session_id}") as response:
-                    server_stats.append((await response.json())["stats"])
+                server_stats.append((await r.peer.describe())["stats"])
             for r in records:
                 await r.peer.close()
     finally:

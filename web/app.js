@@ -4,7 +4,9 @@
 // back on the same connection (POST /offer), and a data channel named "control" carries
 // parameter changes ({type: "params", id, params}) that the server acknowledges
 // ({type: "ack", id, ok, error}) plus the server's periodic {type: "stats"} messages.
-import { authHeaders, errorFrom, localOffer, savedToken, saveToken } from "./signaling.js";
+// The /offer answer carries the session's own secret: the page sends it (not the admin token)
+// to end the session, and puts it after the "#" of the watch link, which browsers never send.
+import { authHeaders, errorFrom, localOffer, savedToken, saveToken, watchUrl } from "./signaling.js";
 
 const $ = (id) => document.getElementById(id);
 const SLIDERS = ["strength", "guidance_scale", "delta", "noise_scale"];
@@ -18,6 +20,7 @@ const session = {
   stream: null,
   fileUrl: null,
   id: null,
+  secret: null,
   nextMessageId: 1,
   pendingAcks: new Map(),
   pendingParams: {},
@@ -135,9 +138,10 @@ async function start() {
     if (!response.ok) throw await errorFrom(response);
     const answer = await response.json();
     session.id = answer.session_id;
+    session.secret = answer.session_secret || null;
     window.streamgen.sessionId = answer.session_id;
     await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
-    showWatchLink(answer.session_id);
+    showWatchLink(answer.session_id, session.secret);
     session.statsTimer = setInterval(updateRtt, 1000);
     setStatus("Connecting…");
   } catch (error) {
@@ -147,15 +151,15 @@ async function start() {
 }
 
 async function stop() {
-  const { pc, id } = session;
+  const { pc, id, secret } = session;
   clearInterval(session.statsTimer);
   clearTimeout(session.paramTimer);
   session.pc = null;
   session.channel = null;
-  session.id = null;
+  session.id = session.secret = null;
   if (id) {
     // Tell the server right away instead of letting it notice the closed peer.
-    fetch(`/api/sessions/${id}`, { method: "DELETE", keepalive: true, headers: authHeaders($("token").value.trim()) }).catch(() => {});
+    fetch(`/api/sessions/${encodeURIComponent(id)}`, { method: "DELETE", keepalive: true, headers: authHeaders(secret) }).catch(() => {});
   }
   if (pc) pc.close();
   if (session.stream) session.stream.getTracks().forEach((t) => t.stop());
@@ -199,15 +203,18 @@ function countPresentedFrames(video) {
   }
 }
 
-function showWatchLink(id) {
+// The link carries the session's secret after "#" (see watchUrl); the text shown hides it, since
+// this page may be screen-shared: copy the link's address to use it.
+function showWatchLink(id, secret) {
   const link = $("watch-link");
-  const url = `${location.origin}/watch?session=${encodeURIComponent(id)}`;
   link.innerHTML = "";
-  link.append("Watch this output elsewhere (WHEP, e.g. an OBS browser source): ");
+  link.append("Watch this output elsewhere (WHEP, e.g. an OBS browser source; copy the link's address): ");
   const anchor = document.createElement("a");
-  anchor.href = url;
+  anchor.id = "watch-url";
+  anchor.href = watchUrl(location.origin, id, secret);
   anchor.target = "_blank";
-  anchor.textContent = url;
+  anchor.rel = "noopener noreferrer";
+  anchor.textContent = watchUrl(location.origin, id) + (secret ? "#secret=…" : "");
   link.append(anchor);
   link.hidden = false;
 }

@@ -1,5 +1,6 @@
-// Talking to the streamgen server: HTTP with the optional bearer token, JSON errors,
-// and offers that carry all ICE candidates (the server does not take trickled ones).
+// Talking to the streamgen server: HTTP with a bearer credential (the admin token, or a session's
+// own secret), JSON errors, and offers that carry all ICE candidates (the server does not take
+// trickled ones). Credentials never go in a URL the server sees: links carry them after "#".
 
 const TOKEN_KEY = "streamgen.token";
 
@@ -12,8 +13,20 @@ export function saveToken(token) {
   else localStorage.removeItem(TOKEN_KEY);
 }
 
-export function authHeaders(token, extra = {}) {
-  return token ? { ...extra, Authorization: `Bearer ${token}` } : { ...extra };
+export function authHeaders(credential, extra = {}) {
+  return credential ? { ...extra, Authorization: `Bearer ${credential}` } : { ...extra };
+}
+
+// The watch page of a session; with its secret in the fragment, which browsers never send.
+export function watchUrl(origin, id, secret = null) {
+  const url = `${origin}/watch?session=${encodeURIComponent(id)}`;
+  return secret ? `${url}#secret=${encodeURIComponent(secret)}` : url;
+}
+
+// {secret, token} from a URL fragment such as "#secret=..." or "#token=..." (missing ones are "").
+export function fragmentCredentials(hash) {
+  const fields = new URLSearchParams(hash.startsWith("#") ? hash.slice(1) : hash);
+  return { secret: fields.get("secret") || "", token: fields.get("token") || "" };
 }
 
 // The server answers every error as JSON {error: "..."}; turn it into an Error with that text.

@@ -1,13 +1,29 @@
-// WHEP viewer: /watch?session=<id>[&token=...] plays that session's output; without a
-// session it lists the open ones. Retries every few seconds while the session is not there
-// yet (an OBS browser source may load before the stream starts).
-import { authHeaders, errorFrom, localOffer, savedToken } from "./signaling.js";
+// WHEP viewer: /watch?session=<id>#secret=<the session's secret> plays that session's output
+// (#token=<admin token> works for any session); /watch#token=<admin token> lists the open ones.
+// Credentials come after "#": a browser never sends the fragment to the server, so they stay out of
+// its requests and logs. The page then drops the fragment from the address bar (and the history
+// entry) and keeps the credential in this tab's sessionStorage, so a reload still works.
+// Retries every few seconds while the session is not there yet (an OBS browser source may load
+// before the stream starts).
+import { authHeaders, errorFrom, fragmentCredentials, localOffer, savedToken } from "./signaling.js";
 
 const query = new URLSearchParams(location.search);
 const sessionId = query.get("session");
-const token = query.get("token") || savedToken();
+const STORAGE_KEY = `streamgen.watch.${sessionId || "list"}`;
+const fromUrl = takeFragmentCredential();
+const credential = fromUrl || savedToken();
 const RETRY_MS = 3000;
 let resource = null;
+
+function takeFragmentCredential() {
+  const { secret, token } = fragmentCredentials(location.hash);
+  const given = secret || token;
+  if (given) {
+    sessionStorage.setItem(STORAGE_KEY, given);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return given || sessionStorage.getItem(STORAGE_KEY) || "";
+}
 
 function showError(message) {
   const box = document.getElementById("error");
@@ -16,7 +32,7 @@ function showError(message) {
 }
 
 async function listSessions() {
-  const response = await fetch("/api/sessions", { headers: authHeaders(token) });
+  const response = await fetch("/api/sessions", { headers: authHeaders(credential) });
   if (!response.ok) throw await errorFrom(response);
   const { sessions } = await response.json();
   const pick = document.getElementById("pick");
@@ -24,7 +40,7 @@ async function listSessions() {
   pick.textContent = sessions.length ? "Open sessions:" : "No open sessions yet.";
   for (const s of sessions) {
     const link = document.createElement("a");
-    link.href = `?session=${encodeURIComponent(s.id)}${query.get("token") ? `&token=${encodeURIComponent(token)}` : ""}`;
+    link.href = `?session=${encodeURIComponent(s.id)}${fromUrl ? `#token=${encodeURIComponent(fromUrl)}` : ""}`;
     link.textContent = `${s.id} (${s.kind})`;
     pick.append(link);
   }
@@ -45,7 +61,7 @@ async function watch() {
   try {
     const response = await fetch(`/whep/${encodeURIComponent(sessionId)}`, {
       method: "POST",
-      headers: authHeaders(token, { "Content-Type": "application/sdp" }),
+      headers: authHeaders(credential, { "Content-Type": "application/sdp" }),
       body: await localOffer(pc),
     });
     if (!response.ok) throw await errorFrom(response);
@@ -64,7 +80,12 @@ function start() {
 }
 
 window.addEventListener("beforeunload", () => {
-  if (resource) fetch(resource, { method: "DELETE", keepalive: true, headers: authHeaders(token) });
+  if (resource) fetch(resource, { method: "DELETE", keepalive: true, headers: authHeaders(credential) });
 });
 
-start();
+if (query.has("token") || query.has("secret")) {
+  // a credential in the query string went to the server with the page request: it is not used
+  showError('Put the token or secret after "#" (/watch?session=ID#secret=...): in the query string it is sent to the server.');
+} else {
+  start();
+}

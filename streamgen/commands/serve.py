@@ -3,6 +3,7 @@
     streamgen serve --model tiny                        # page at http://127.0.0.1:8000/
     streamgen serve --model identity                    # no model: measures the transport
     streamgen serve --host 0.0.0.0 --token SECRET --codec h264 --bitrate 4000
+    streamgen serve --host 0.0.0.0 --token SECRET --allowed-hosts studio.lan
 
 Flags map one to one onto :class:`streamgen.server.config.ServerConfig`.
 """
@@ -21,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)")
     net.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    net.add_argument("--token", default=os.environ.get("STREAMGEN_TOKEN"), help="require 'Authorization: Bearer TOKEN' on /offer, WHIP, WHEP and /api (default: $STREAMGEN_TOKEN, else none)")
+    net.add_argument("--token", default=os.environ.get("STREAMGEN_TOKEN"), help="the admin token: creating a session (/offer, WHIP) needs 'Authorization: Bearer TOKEN', and it reads, steers, watches and ends every session and lists them; each session also has its own secret (default: $STREAMGEN_TOKEN, else none)")
+    net.add_argument("--allowed-hosts", default="", metavar="NAMES", help="comma-separated Host names answered besides the bound ones, e.g. studio.lan,example.org:8443 (loopback names are always answered on a loopback bind; on 0.0.0.0 also IP addresses); '*' turns the check off, which is unsafe (DNS rebinding)")
+    net.add_argument("--cors-origins", default="", metavar="ORIGINS", help="comma-separated web origins whose pages may call this server, e.g. https://studio.example.org (default none: same-origin only; '*' for any)")
+    net.add_argument("--metrics-sessions", action="store_true", help="label /metrics series with session ids (default: server-wide totals only)")
     net.add_argument("--stun", action="append", default=[], metavar="URL", help="ICE server for the server's candidates, e.g. stun:stun.l.google.com:19302 (repeatable; default none)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="tiny", help="preset, hub id or local path; 'identity' returns the input unchanged (default tiny)")
@@ -56,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def build_config(args: argparse.Namespace):
     """Flags → :class:`~streamgen.server.config.ServerConfig` (raises ConfigError on bad values)."""
     from ..errors import ConfigError  # noqa: PLC0415
-    from ..server.config import ServerConfig, parse_codecs, parse_default_params  # noqa: PLC0415
+    from ..server.config import ServerConfig, parse_codecs, parse_default_params, parse_names  # noqa: PLC0415
 
     width, sep, height = args.max_input.lower().partition("x")
     if not sep or not width.isdigit() or not height.isdigit():
@@ -103,6 +107,9 @@ def build_config(args: argparse.Namespace):
         acceleration=args.acceleration,
         max_width=max_width,
         max_height=max_height,
+        allowed_hosts=parse_names(args.allowed_hosts),
+        cors_origins=parse_names(args.cors_origins),
+        metrics_session_labels=args.metrics_sessions,
     )
 
 

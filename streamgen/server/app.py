@@ -14,6 +14,10 @@ initialisation, bad ``--defaults`` fail at start, not at the first client,
 and the scheduler's latency model starts from two measured batch sizes
 instead of a guess. At shutdown it closes every session and stops the
 workers without waiting for a step in flight.
+
+Every request passes, outermost first: the ``Host`` check
+(:mod:`~streamgen.server.host_check`), CORS (:mod:`~streamgen.server.cors`)
+and the JSON error answers (:mod:`~streamgen.server.http_errors`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from aiohttp import web
 from .aiortc_patches import configure_video_encoders, install_marker_jitter_buffer
 from .config import ServerConfig
 from .context import CONTEXT_KEY, ServerContext
+from .cors import CorsPolicy, cors
+from .host_check import EVERY_INTERFACE, HostRules, host_check
 from .http_errors import json_errors
 from .metrics import ServerMetrics
 from .pipelines import (
@@ -66,7 +72,8 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     workers = [ModelWorker(p, f"replica-{i}", metrics) for i, p in enumerate(pipelines)]
     manager = SessionManager(config, workers, metrics)
     web_dir = find_web_dir(config.web_dir)
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    middlewares = [host_check(HostRules.for_server(config.host, config.allowed_hosts)), cors(CorsPolicy(config.cors_origins)), json_errors]
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONTEXT_KEY] = ServerContext(
         config, manager, metrics, workers, model_name(pipelines[0]), web_dir, model_kind(pipelines[0]), live_param_names(pipelines[0])
     )
@@ -135,9 +142,24 @@ def run_server(config: ServerConfig) -> None:
     pipelines = [load_server_pipeline(config.model, config.device, config.dtype, config.acceleration) for _ in range(config.replicas)]
     app = create_app(config, pipelines)
     workers = app[CONTEXT_KEY].workers
-    url = f"http://{config.host}:{config.port}/"
-    web.run_app(app, host=config.host, port=config.port, print=lambda _: logger.info("streamgen is serving %s at %s", config.model, url), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
+    web.run_app(app, host=config.host, port=config.port, print=lambda _: log_where_to_go(config), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
     exit_without_waiting_for_a_step(workers)
+
+
+def log_where_to_go(config: ServerConfig) -> None:
+    """The page's address, where OBS's browser source points, and what the exposure settings mean (no secret is logged)."""
+    every_interface = config.host in EVERY_INTERFACE
+    host = "127.0.0.1" if every_interface else config.host
+    base = f"http://{f'[{host}]' if ':' in host else host}:{config.port}"
+    logger.info("streamgen is serving %s at %s/", config.model, base)
+    if config.token is None:
+        logger.info("no --token: anyone who reaches this port may create sessions; each session is steered, watched and ended with its own secret")
+    else:
+        logger.info("watch page (WHEP, e.g. an OBS browser source): %s/watch?session=ID#token=<--token> (after '#', the token never reaches the server)", base)
+    if every_interface:
+        logger.info("answering Host localhost and IP addresses; add the names you reach this server by with --allowed-hosts")
+    if "*" in config.allowed_hosts:
+        logger.warning("--allowed-hosts '*': the Host check is off, so any web page a user of this server visits can reach it (DNS rebinding)")
 
 
 def exit_without_waiting_for_a_step(workers: Sequence[ModelWorker], grace: float = STEP_GRACE_SECONDS) -> None:

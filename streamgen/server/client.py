@@ -8,7 +8,12 @@
 
 Each returns a :class:`ClientPeer` that collects the received frames (with
 the marker read from each, see :mod:`streamgen.server.markers`) and answers
-``await peer.control({...})`` with the server's ack. The client installs the
+``await peer.control({...})`` with the server's ack. A publishing peer keeps
+its session's secret (``peer.secret``, from ``/offer``'s ``session_secret``
+or WHIP's ``X-Session-Secret``) and sends it on its own calls
+(:meth:`ClientPeer.describe`, :meth:`ClientPeer.update`,
+:meth:`ClientPeer.end`, the WHIP ``DELETE``); give it to :func:`whep_view`
+as ``secret=`` to watch that session. The client installs the
 jitter-buffer fix of :mod:`streamgen.server.aiortc_patches` before it
 connects, so its receiver does not add a frame interval of latency either.
 """
@@ -29,6 +34,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from .access import SESSION_SECRET_HEADER
 from .aiortc_patches import install_marker_jitter_buffer
 from .markers import read_marker
 from .peer import video_codec_preferences
@@ -63,9 +69,11 @@ class ClientPeer:
     pc: RTCPeerConnection
     http: aiohttp.ClientSession
     owns_http: bool
+    base_url: str = ""
     session_id: str | None = None
+    secret: str | None = None
     resource: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # the Authorization of this peer's own calls
     keep_images: int = 0
     frames: list[ReceivedFrame] = field(default_factory=list)
     images: deque = field(default_factory=deque)
@@ -142,6 +150,27 @@ class ClientPeer:
         await self.wait_until(lambda: self.channel.readyState == "open", timeout, "the control channel to open")
         self.channel.send(data)
 
+    # ------------------------------------------------------------- session API
+    async def describe(self) -> dict[str, Any]:
+        """``GET /api/sessions/{id}``: the session's parameters and counters (sent with the session's secret)."""
+        async with self.http.get(self._session_url(), headers=self.headers) as response:
+            return await _read_json(response)
+
+    async def update(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``PATCH /api/sessions/{id}/params`` (the HTTP twin of ``control({"type": "params", ...})``)."""
+        async with self.http.patch(self._session_url() + "/params", json=dict(params), headers=self.headers) as response:
+            return await _read_json(response)
+
+    async def end(self) -> None:
+        """``DELETE /api/sessions/{id}``: end the session on the server (the peer closes when the server says so)."""
+        async with self.http.delete(self._session_url(), headers=self.headers) as response:
+            await _read_json(response)
+
+    def _session_url(self) -> str:
+        if self.session_id is None:
+            raise RuntimeError("this peer has no session")
+        return f"{self.base_url}/api/sessions/{self.session_id}"
+
     # ------------------------------------------------------------------- close
     async def close(self, delete: bool = True) -> None:
         """Close the peer; with ``delete``, also DELETE the WHIP/WHEP resource."""
@@ -155,8 +184,9 @@ class ClientPeer:
             await self.http.close()
 
 
-def _auth(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
+def _auth(credential: str | None) -> dict[str, str]:
+    """``Authorization`` for the admin token or a session's secret."""
+    return {"Authorization": f"Bearer {credential}"} if credential else {}
 
 
 def strip_candidates(sdp: str) -> str:
@@ -170,7 +200,7 @@ async def _new_peer(base_url: str, http: aiohttp.ClientSession | None, token: st
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     owns = http is None
     session = http or aiohttp.ClientSession()
-    peer = ClientPeer(pc=pc, http=session, owns_http=owns, headers=_auth(token), keep_images=keep_images)
+    peer = ClientPeer(pc=pc, http=session, owns_http=owns, base_url=base_url, headers=_auth(token), keep_images=keep_images)
 
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
@@ -201,7 +231,9 @@ async def connect_offer(
 
     ``slo`` (optional): ``{"deadline_ms", "fps", "min_fps"}``, what this
     stream needs; the server refuses it (503, with its reasons) if it cannot
-    give that without breaking the sessions it already serves.
+    give that without breaking the sessions it already serves. ``token``: the
+    server's admin token, if it has one (needed to create a session); the
+    peer's own calls afterwards use the session's secret.
     """
     peer = await _new_peer(base_url, http, token, keep_images)
     try:
@@ -217,6 +249,8 @@ async def connect_offer(
         async with peer.http.post(f"{base_url}/offer", json=body, headers=peer.headers) as response:
             answer = await _read_json(response)
         peer.session_id = answer["session_id"]
+        peer.secret = answer.get("session_secret")
+        peer.headers = _auth(peer.secret or token)
         await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
     except BaseException:
         await peer.close(delete=False)
@@ -233,7 +267,7 @@ async def whip_publish(
     without_candidates: bool = True,
     http: aiohttp.ClientSession | None = None,
 ) -> ClientPeer:
-    """Publish ``track`` with WHIP; the returned peer's ``resource`` is the session URL."""
+    """Publish ``track`` with WHIP; the returned peer's ``resource`` is the session URL, ``secret`` the session's secret."""
     peer = await _new_peer(base_url, http, token, 0)
     try:
         transceiver = peer.pc.addTransceiver(track, direction="sendonly")
@@ -241,9 +275,11 @@ async def whip_publish(
         offer = await _local_offer(peer.pc)
         if without_candidates:
             offer = strip_candidates(offer)
-        answer, location = await _post_sdp(peer, f"{base_url}/whip", offer)
+        answer, location, headers = await _post_sdp(peer, f"{base_url}/whip", offer)
         peer.resource = f"{base_url}{location}" if location.startswith("/") else location
         peer.session_id = location.rstrip("/").rsplit("/", 1)[-1]
+        peer.secret = headers.get(SESSION_SECRET_HEADER)
+        peer.headers = _auth(peer.secret or token)
         await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     except BaseException:
         await peer.close(delete=False)
@@ -255,14 +291,15 @@ async def whep_view(
     base_url: str,
     session_id: str,
     *,
+    secret: str | None = None,
     token: str | None = None,
     codecs: Sequence[str] | None = None,
     without_candidates: bool = True,
     keep_images: int = 0,
     http: aiohttp.ClientSession | None = None,
 ) -> ClientPeer:
-    """Watch ``session_id``'s output with WHEP."""
-    peer = await _new_peer(base_url, http, token, keep_images)
+    """Watch ``session_id``'s output with WHEP, with the session's ``secret`` (or the admin ``token``)."""
+    peer = await _new_peer(base_url, http, secret or token, keep_images)
     try:
         transceiver = peer.pc.addTransceiver("video", direction="recvonly")
         if codecs:
@@ -270,9 +307,10 @@ async def whep_view(
         offer = await _local_offer(peer.pc)
         if without_candidates:
             offer = strip_candidates(offer)
-        answer, location = await _post_sdp(peer, f"{base_url}/whep/{session_id}", offer)
+        answer, location, _ = await _post_sdp(peer, f"{base_url}/whep/{session_id}", offer)
         peer.resource = f"{base_url}{location}" if location.startswith("/") else location
         peer.session_id = session_id
+        peer.secret = secret
         await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     except BaseException:
         await peer.close(delete=False)
@@ -280,12 +318,13 @@ async def whep_view(
     return peer
 
 
-async def _post_sdp(peer: ClientPeer, url: str, offer: str) -> tuple[str, str]:
+async def _post_sdp(peer: ClientPeer, url: str, offer: str) -> tuple[str, str, Mapping[str, str]]:
+    """(answer SDP, Location, response headers) of a WHIP/WHEP offer."""
     headers = {**peer.headers, "Content-Type": "application/sdp"}
     async with peer.http.post(url, data=offer.encode(), headers=headers) as response:
         if response.status != 201:
             raise ServerError(response.status, await _body(response))
-        return await response.text(), response.headers["Location"]
+        return await response.text(), response.headers["Location"], response.headers
 
 
 async def _read_json(response: aiohttp.ClientResponse) -> dict[str, Any]:

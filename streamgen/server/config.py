@@ -14,6 +14,8 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from ..runtime.backend import ACCELERATIONS
 from ..sched import Slo, SloLimits
+from .cors import parse_origins
+from .host_check import HostRules, parse_allowed_hosts
 
 VideoCodec = Literal["VP8", "H264"]
 CODEC_CHOICES: dict[str, tuple[VideoCodec, ...]] = {
@@ -34,8 +36,18 @@ class ServerConfig:
     ``bitrate`` is the encoder's starting bitrate and ``max_bitrate`` the
     ceiling receiver feedback (REMB) may raise it to, in bits per second.
     ``max_fps`` caps the frames per second a session feeds the model.
-    ``token``, when set, is required as ``Authorization: Bearer <token>`` on
-    every endpoint that creates, watches or changes sessions.
+    ``token``: the admin token. When set, creating a session needs it as
+    ``Authorization: Bearer <token>``; it also reads, changes, watches and
+    ends any session and lists them all (see :mod:`streamgen.server.access`;
+    each session has its own secret besides).
+    ``allowed_hosts``: ``Host`` names answered besides those the server is
+    bound to (``name`` or ``name:port``; ``"*"``: no check, unsafe; see
+    :mod:`streamgen.server.host_check`).
+    ``cors_origins``: web origins (``https://example.org``) whose pages may
+    call the server (``"*"``: any); none by default (see
+    :mod:`streamgen.server.cors`).
+    ``metrics_session_labels``: per-session series, labelled with session
+    ids, on ``/metrics`` (off: server-wide totals only).
     ``default_params`` are the settings of a session whose client sent none
     (WHIP/OBS), in the same schema as the ``params`` of ``POST /offer``.
     ``slo_ms`` is a session's default per-frame latency deadline and
@@ -79,6 +91,9 @@ class ServerConfig:
     acceleration: str = "none"
     max_width: int | None = None
     max_height: int | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    metrics_session_labels: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("port", self.port, allow_zero=True, high=65535)
@@ -117,6 +132,25 @@ class ServerConfig:
             raise ConfigError("token must not be empty; leave it unset to disable authentication")
         if not isinstance(self.default_params, dict):
             raise ConfigError("default_params must be a JSON object")
+        self._check_exposure()
+
+    def _check_exposure(self) -> None:
+        """Host names, origins and the metrics flag (lists are stored as tuples)."""
+        for name in ("allowed_hosts", "cors_origins"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise ConfigError(f"host must be an address or name to listen on, got {self.host!r}")
+        try:
+            HostRules.for_server(self.host, ())
+        except ValueError as error:
+            raise ConfigError(f"host: {error}") from None
+        parse_allowed_hosts(self.allowed_hosts)
+        parse_origins(self.cors_origins)
+        if not isinstance(self.metrics_session_labels, bool):
+            raise ConfigError(f"metrics_session_labels must be true or false, got {self.metrics_session_labels!r}")
 
     @property
     def default_slo(self) -> Slo:
@@ -151,6 +185,11 @@ def parse_default_params(text: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError("--defaults must be a JSON object, e.g. '{\"prompt\": \"a watercolor\"}'")
     return value
+
+
+def parse_names(text: str | None) -> tuple[str, ...]:
+    """A comma-separated flag (``--allowed-hosts``, ``--cors-origins``) → its entries, blanks dropped."""
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
 
 
 def _positive_int(name: str, value: Any, *, allow_zero: bool = False, high: int) -> None:

@@ -2,7 +2,8 @@
 
 User mistakes are :class:`~streamgen.errors.StreamgenError` subclasses and are
 answered without a logged traceback: 400 for bad parameters or SDP, 401 for
-a missing/wrong token, 404 for an unknown session, 413 for an oversized
+a missing/wrong credential (see :mod:`streamgen.server.access`), 403 for
+what no credential allows, 404 for an unknown session, 413 for an oversized
 body, 415 for a wrong content type, 503 when the server is full
 (:class:`~streamgen.errors.CapacityError`). aiohttp's own HTTP errors (404 of
 an unknown route, 405, 413 from ``client_max_size``) are rewritten as JSON
@@ -11,7 +12,6 @@ too. Anything else is a bug: aiohttp logs it and answers 500.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,7 +29,18 @@ class NotFoundError(StreamgenError):
 
 
 class UnauthorizedError(StreamgenError):
-    """The request lacks the server's bearer token."""
+    """The request lacks the credential it needs (the admin token or a session's secret).
+
+    ``invalid``: a credential was sent but is not the right one (``error="invalid_token"``, RFC 6750).
+    """
+
+    def __init__(self, message: str, *, invalid: bool = False) -> None:
+        super().__init__(message)
+        self.invalid = invalid
+
+
+class ForbiddenError(StreamgenError):
+    """No credential the caller could send would be enough (listing sessions on a server without an admin token)."""
 
 
 class UnsupportedMediaTypeError(StreamgenError):
@@ -44,6 +55,7 @@ STATUS_BY_ERROR: tuple[tuple[type[StreamgenError], int], ...] = (
     (CapacityError, 503),
     (NotFoundError, 404),
     (UnauthorizedError, 401),
+    (ForbiddenError, 403),
     (UnsupportedMediaTypeError, 415),
     (BodyTooLargeError, 413),
 )
@@ -68,7 +80,7 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
     except StreamgenError as error:
         status = status_for(error)
         logger.info("%s %s -> %d: %s", request.method, loggable(request.path), status, loggable(str(error)))
-        headers = {"WWW-Authenticate": 'Bearer realm="streamgen"'} if status == 401 else None
+        headers = {"WWW-Authenticate": www_authenticate(error)} if isinstance(error, UnauthorizedError) else None
         if status == 503:
             headers = {"Retry-After": "5"}
         details = getattr(error, "details", None)
@@ -82,6 +94,10 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         logger.info("%s %s -> %d: %s", request.method, loggable(request.path), error.status, message)
         headers = {k: v for k, v in error.headers.items() if k.lower() in ("allow", "www-authenticate")}
         return json_error(error.status, message, headers)
+
+
+def www_authenticate(error: UnauthorizedError) -> str:
+    return 'Bearer realm="streamgen", error="invalid_token"' if error.invalid else 'Bearer realm="streamgen"'
 
 
 def loggable(text: str, limit: int = 200) -> str:
@@ -102,17 +118,6 @@ def _http_error_message(error: web.HTTPException) -> str:
         allowed = error.headers.get("Allow", "")
         return f"method not allowed (allowed: {allowed})" if allowed else "method not allowed"
     return error.reason or f"HTTP {error.status}"
-
-
-def require_token(request: web.Request, token: str | None) -> None:
-    """Raise :class:`UnauthorizedError` unless the request carries ``Authorization: Bearer <token>``."""
-    if token is None:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    given_bytes = given.strip().encode("utf-8", "replace")  # a header with bytes that are no text never matches
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, token.encode()):
-        raise UnauthorizedError("this server needs a bearer token: send 'Authorization: Bearer <token>'")
 
 
 def require_content_type(request: web.Request, expected: str) -> None:

@@ -7,48 +7,53 @@
   same schema as the ``control`` data channel's ``params`` messages; it is
   validated at once (400 with the reason) and applied at the next step.
 - ``DELETE /api/sessions/{id}`` ends a session.
-- ``GET /health`` (always open) and ``GET /metrics`` (Prometheus text).
+- ``GET /health`` and ``GET /metrics`` (Prometheus text): open to anyone
+  who reaches the server; ``/metrics`` names sessions only when the operator
+  asks (``--metrics-sessions``).
 
-The session endpoints need the bearer token when the server has one.
+Listing needs the admin token; one session's endpoints need its secret or
+the admin token (see :mod:`streamgen.server.access`).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from .access import authorize_session, require_admin
 from .context import context
-from .http_errors import read_json_object, require_token
+from .http_errors import read_json_object
 from .metrics import render_metrics
 from .pipelines import params_to_json
+from .session import Session
 
 
 async def list_sessions(request: web.Request) -> web.Response:
     ctx = context(request)
-    require_token(request, ctx.config.token)
+    require_admin(request, ctx.config.token, "listing sessions")
     return web.json_response({"sessions": ctx.manager.describe_all()})
 
 
 async def get_session(request: web.Request) -> web.Response:
-    ctx = context(request)
-    require_token(request, ctx.config.token)
-    return web.json_response(ctx.manager.get(request.match_info["session_id"]).describe())
+    return web.json_response(_authorized(request).describe())
 
 
 async def patch_params(request: web.Request) -> web.Response:
     ctx = context(request)
-    require_token(request, ctx.config.token)
-    session = ctx.manager.get(request.match_info["session_id"])
+    session = _authorized(request)
     changes = await read_json_object(request, ctx.config.max_body_bytes)
     params = await session.update_params(changes)
     return web.json_response({"id": session.id, "params": params_to_json(params)})
 
 
 async def delete_session(request: web.Request) -> web.Response:
+    session = _authorized(request)
+    await session.close("ended through the API (DELETE)")
+    return web.json_response({"id": session.id, "closed": True})
+
+
+def _authorized(request: web.Request) -> Session:
     ctx = context(request)
-    require_token(request, ctx.config.token)
-    session_id = request.match_info["session_id"]
-    await ctx.manager.close(session_id, "ended through the API (DELETE)")
-    return web.json_response({"id": session_id, "closed": True})
+    return authorize_session(request, ctx.manager, ctx.config.token, request.match_info["session_id"])
 
 
 async def health(request: web.Request) -> web.Response:
@@ -78,7 +83,7 @@ async def health(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     ctx = context(request)
     samples = [s.sample() for s in ctx.manager.sessions.values()]
-    text = render_metrics(ctx.metrics, samples, ctx.model_name)
+    text = render_metrics(ctx.metrics, samples, ctx.model_name, session_labels=ctx.config.metrics_session_labels)
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

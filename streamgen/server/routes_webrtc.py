@@ -1,19 +1,22 @@
 """Signalling endpoints: ``POST /offer`` (browser), WHIP ingest and WHEP playback.
 
 - ``POST /offer``: JSON ``{sdp, type: "offer", params, slo}`` → JSON
-  ``{sdp, type: "answer", session_id}``; the processed video returns on the
-  same peer connection. ``slo`` (optional) is
+  ``{sdp, type: "answer", session_id, session_secret}``; the processed video
+  returns on the same peer connection. ``slo`` (optional) is
   ``{"deadline_ms", "fps", "min_fps"}`` within the server's limits; a
   session admission control cannot fit is refused with 503 and an
   ``admission`` object giving the numbers.
 - ``POST /whip`` (RFC 9725): ``application/sdp`` offer → ``201 Created``,
-  the SDP answer (with the server's candidates) and ``Location:
-  /whip/{id}``; ``DELETE /whip/{id}`` ends the session. The server does not
+  the SDP answer (with the server's candidates), ``Location: /whip/{id}``
+  and the session's secret in ``X-Session-Secret``; ``DELETE /whip/{id}``
+  ends the session. The server does not
   take trickled candidates, so ``PATCH`` answers 405.
 - ``POST /whep/{id}``: a viewer's ``application/sdp`` offer → ``201``,
   answer, ``Location: /whep/{id}/{viewer}``; ``DELETE`` on it stops watching.
 
-All of them need ``Authorization: Bearer <token>`` when the server has one.
+Creating a session (``/offer``, ``/whip``) needs ``Authorization: Bearer
+<token>`` when the server has an admin token; ending it and watching it
+need that session's secret or the admin token (:mod:`streamgen.server.access`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from ..errors import InputError
+from .access import SESSION_SECRET_HEADER, authorize_session, require_token
 from .context import context
-from .http_errors import NotFoundError, read_json_object, read_text, require_content_type, require_token
+from .http_errors import NotFoundError, read_json_object, read_text, require_content_type
 
 OFFER_FIELDS = ("sdp", "type", "params", "slo")
 
@@ -44,7 +48,7 @@ async def post_offer(request: web.Request) -> web.Response:
     if not isinstance(params, Mapping):
         raise InputError('"params" must be a JSON object of stream settings and parameters')
     session, answer = await ctx.manager.open("webrtc", body.get("sdp"), params, send_output=True, slo=body.get("slo"))
-    return web.json_response({"sdp": answer, "type": "answer", "session_id": session.id})
+    return web.json_response({"sdp": answer, "type": "answer", "session_id": session.id, "session_secret": session.secret})
 
 
 async def post_whip(request: web.Request) -> web.Response:
@@ -53,42 +57,36 @@ async def post_whip(request: web.Request) -> web.Response:
     require_content_type(request, "application/sdp")
     offer = await read_text(request, ctx.config.max_body_bytes)
     session, answer = await ctx.manager.open("whip", offer, {}, send_output=False)
-    return _created(answer, f"/whip/{session.id}")
+    return _created(answer, f"/whip/{session.id}", {SESSION_SECRET_HEADER: session.secret})
 
 
 async def delete_whip(request: web.Request) -> web.Response:
     ctx = context(request)
-    require_token(request, ctx.config.token)
-    await ctx.manager.close(request.match_info["session_id"], "ended by the publisher (WHIP DELETE)")
+    session = authorize_session(request, ctx.manager, ctx.config.token, request.match_info["session_id"])
+    await session.close("ended by the publisher (WHIP DELETE)")
     return web.Response(status=200)
 
 
 async def post_whep(request: web.Request) -> web.Response:
     ctx = context(request)
-    require_token(request, ctx.config.token)
+    session = authorize_session(request, ctx.manager, ctx.config.token, request.match_info["session_id"])
     require_content_type(request, "application/sdp")
     offer = await read_text(request, ctx.config.max_body_bytes)
-    session_id = request.match_info["session_id"]
-    viewer, answer = await ctx.manager.add_viewer(session_id, offer)
-    return _created(answer, f"/whep/{session_id}/{viewer.viewer_id}")
+    viewer, answer = await ctx.manager.add_viewer(session.id, offer)
+    return _created(answer, f"/whep/{session.id}/{viewer.viewer_id}")
 
 
 async def delete_whep(request: web.Request) -> web.Response:
     ctx = context(request)
-    require_token(request, ctx.config.token)
-    session = ctx.manager.get(request.match_info["session_id"])
+    session = authorize_session(request, ctx.manager, ctx.config.token, request.match_info["session_id"])
     if not await session.remove_viewer(request.match_info["viewer_id"]):
         raise NotFoundError(f"session {session.id} has no viewer {request.match_info['viewer_id']!r}")
     return web.Response(status=200)
 
 
-def _created(answer: str, location: str) -> web.Response:
-    return web.Response(
-        status=201,
-        text=answer,
-        content_type="application/sdp",
-        headers={"Location": location, "Access-Control-Expose-Headers": "Location"},
-    )
+def _created(answer: str, location: str, headers: dict[str, str] | None = None) -> web.Response:
+    """``201 Created`` with the SDP answer (cross-origin pages read ``Location`` through :mod:`streamgen.server.cors`)."""
+    return web.Response(status=201, text=answer, content_type="application/sdp", headers={"Location": location, **(headers or {})})
 
 
 def add_routes(app: web.Application) -> None:

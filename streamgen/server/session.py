@@ -66,8 +66,11 @@ class Session:
         on_closed: Callable[["Session"], None],
         slo: Slo | None = None,
         caps: ServerCaps | None = None,
+        *,
+        secret: str,
     ) -> None:
         self.id = session_id
+        self.secret = secret  # only for its creator: never described, listed or logged
         self.kind = kind
         self.pc = pc
         self.worker = worker

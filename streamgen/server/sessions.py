@@ -4,7 +4,9 @@ Opening a session is the same for ``/offer`` and WHIP: check the offer and
 the settings (cheap, on the loop), take a place under ``max_sessions``
 (503 when there is none), build the pipeline state on the model worker, then
 answer the offer. If anything fails on the way the place is given back and
-the half-built peer closed. WHEP viewers attach to an existing session.
+the half-built peer closed. Each session gets its own secret, which only
+the answer that created it carries (see :mod:`streamgen.server.access`).
+WHEP viewers attach to an existing session.
 
 A sweeper closes sessions whose peer never connected within
 ``connect_timeout``, and sessions that sent no frame and no control message
@@ -22,6 +24,7 @@ from typing import Any
 
 from ..errors import CapacityError, InputError
 from ..sched import Slo, choose_video_mode
+from .access import EndedSessions, new_session_secret
 from .config import ServerConfig
 from .http_errors import NotFoundError
 from .metrics import ServerMetrics
@@ -52,6 +55,7 @@ class SessionManager:
         self.caps = ServerCaps.for_pipeline(pipeline, self.kind, config.max_width, config.max_height)
         self._opening = 0
         self._sweeper: asyncio.Task | None = None
+        self._ended = EndedSessions()
 
     # --------------------------------------------------------------- lookups
     def get(self, session_id: str) -> Session:
@@ -59,6 +63,10 @@ class SessionManager:
         if session is None:
             raise NotFoundError(f"no session {session_id!r}; it may have ended (GET /api/sessions lists the open ones)")
         return session
+
+    def ended_with_secret(self, session_id: str, given: str) -> str | None:
+        """Why ``session_id`` ended, if it ended lately and ``given`` is its secret (its owner gets 404, not 401)."""
+        return self._ended.reason_for(session_id, given)
 
     def describe_all(self) -> list[dict[str, Any]]:
         return [s.describe() for s in self.sessions.values()]
@@ -98,7 +106,7 @@ class SessionManager:
                 raise
             state = await asyncio.wrap_future(worker.submit(create_session_state, worker.pipeline, merged))
             pc = new_peer_connection(self.config.ice_servers)
-            session = Session(new_id(), kind, pc, worker, state, self.config, self.metrics, self._forget, session_slo, self.caps)
+            session = Session(new_id(), kind, pc, worker, state, self.config, self.metrics, self._forget, session_slo, self.caps, secret=new_session_secret())
             output = OutputTrack() if send_output else None
             session.output = output
             transceiver = add_transceivers(pc, shape, "sendrecv" if send_output else "recvonly", output, self.config.codecs)
@@ -170,7 +178,9 @@ class SessionManager:
         await asyncio.gather(*(s.close(reason) for s in list(self.sessions.values())), return_exceptions=True)
 
     def _forget(self, session: Session) -> None:
-        self.sessions.pop(session.id, None)
+        if self.sessions.pop(session.id, None) is not None:
+            self._ended.remember(session.id, session.secret, session.close_reason or "closed")
+            self.metrics.retire(session.sample())
 
     # --------------------------------------------------------------- sweeper
     def start_sweeper(self) -> None:

@@ -16,6 +16,13 @@ from aiohttp import web
 from streamgen.server import ServerConfig, create_app
 from streamgen.server.context import CONTEXT_KEY, ServerContext
 
+ADMIN_TOKEN = "admin-t0ken"  # the --token of tests that run a server with one
+
+
+def bearer(credential: str | None) -> dict[str, str]:
+    """``Authorization`` for the admin token or a session's secret (none for None)."""
+    return {"Authorization": f"Bearer {credential}"} if credential is not None else {}
+
 
 @dataclass
 class RunningServer:

@@ -13,7 +13,7 @@ import time
 from streamgen.server.client import ServerError, connect_offer
 from streamgen.server.synthetic import MarkerVideoTrack
 
-from .helpers import real_offer_sdp, running_server
+from .helpers import bearer, real_offer_sdp, running_server
 
 OVERSIZED = {"width": 2048, "height": 2048, "frame_buffer_size": 8, "t_index_list": list(range(0, 48, 3))}
 
@@ -37,7 +37,9 @@ async def test_oversized_offer_is_refused_quickly_and_a_bystander_keeps_streamin
                 except ServerError as error:
                     assert error.status == 400 and words in str(error), error
                 assert time.monotonic() - started < 5
-            status, _, _ = await server.request("PATCH", f"/api/sessions/{bystander.session_id}/params", json={"t_index_list": list(range(0, 48, 3))})
+            status, _, _ = await server.request(
+                "PATCH", f"/api/sessions/{bystander.session_id}/params", json={"t_index_list": list(range(0, 48, 3))}, headers=bearer(bystander.secret)
+            )
             assert status == 400, "a live update cannot get round the caps"
             seen = len(bystander.frames)
             await bystander.wait_for_frames(seen + 3, timeout=30)
@@ -66,13 +68,13 @@ async def test_admission_refuses_what_would_miss_its_deadline_with_the_numbers(s
 
 
 async def test_session_slo_is_validated_and_reported(shared_tiny_pipeline):
-    async with running_server(shared_tiny_pipeline) as server:
+    async with running_server(shared_tiny_pipeline, metrics_session_labels=True) as server:
         status, answer, _ = await _post_offer(server, {"type": "offer", "sdp": "v=0", "slo": {"deadline_ms": 5}})
         assert status == 400 and "slo.deadline_ms must be a number between 30 and 5000" in answer["error"]
         peer = await connect_offer(server.base_url, MarkerVideoTrack(), {"width": 64, "height": 64}, slo={"deadline_ms": 800, "fps": 10, "min_fps": 2})
         try:
             await peer.wait_for_frames(2, timeout=30)
-            status, described, _ = await server.request("GET", f"/api/sessions/{peer.session_id}")
+            described = await peer.describe()
             assert described["slo"] == {"deadline_ms": 800.0, "fps": 10.0, "min_fps": 2.0}
             assert "deadline_misses" in described["stats"]
             status, metrics, _ = await server.request("GET", "/metrics")

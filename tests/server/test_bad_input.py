@@ -12,7 +12,7 @@ from streamgen.server.client import connect_offer
 from streamgen.server.peer import video_codec_preferences
 from streamgen.server.synthetic import MarkerVideoTrack
 
-from .helpers import running_server, tracebacks
+from .helpers import ADMIN_TOKEN, bearer, running_server, tracebacks
 
 MAX_BODY = 32 * 1024
 
@@ -104,14 +104,16 @@ CONTROL_GARBAGE = [
 
 
 async def test_bad_requests_get_4xx_json_while_another_session_streams(identity_pipeline, caplog):
+    """Every request carries the admin token, so what is checked is the request itself (credentials: test_ownership.py)."""
     caplog.set_level(logging.INFO)
     offer, audio_offer, h264_offer = await make_offer(), await make_offer("audio"), await make_offer(codecs=["H264"])
-    async with running_server(identity_pipeline, max_sessions=1, max_body_bytes=MAX_BODY, codecs=("VP8",)) as server:
+    async with running_server(identity_pipeline, max_sessions=1, max_body_bytes=MAX_BODY, codecs=("VP8",), token=ADMIN_TOKEN) as server:
         track = MarkerVideoTrack()
-        peer = await connect_offer(server.base_url, track)
+        peer = await connect_offer(server.base_url, track, token=ADMIN_TOKEN)
         try:
             await peer.wait_for_frames(3)
             for name, method, path, kwargs, expected, word in http_cases(offer, audio_offer, h264_offer, peer.session_id):
+                kwargs = {**kwargs, "headers": {**bearer(ADMIN_TOKEN), **kwargs.get("headers", {})}}
                 status, body, headers = await server.request(method, path, **kwargs)
                 assert status == expected, f"{name}: got {status} {body}"
                 assert headers["Content-Type"].startswith("application/json"), name

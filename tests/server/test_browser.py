@@ -61,13 +61,32 @@ async def test_browser_session_streams_and_takes_live_parameters(shared_tiny_pip
             session = server.context.manager.get(session_id)
             assert session.stats.frames_output > 5
 
+            # the page's watch link carries the session's secret after "#" (never sent), and does not show it
+            watch_url = await page.get_attribute("#watch-url", "href")
+            assert watch_url == f"{server.base_url}/watch?session={session_id}#secret={session.secret}"
+            assert session.secret not in await page.text_content("#watch-link")
+
             # the WHEP player page (an OBS browser source) shows the same session's output
             watcher = await browser.new_page()
-            await watcher.goto(f"{server.base_url}/watch?session={session_id}")
+            sent_urls: list[str] = []
+            watcher.on("request", lambda request: sent_urls.append(request.url))
+            await watcher.goto(watch_url)
             presented_by_watcher = await asyncio.wait_for(watcher.evaluate(COUNT_PRESENTED_FRAMES, 5), 60)
             assert presented_by_watcher == 5 and len(session.viewers) == 1
+            assert watcher.url == f"{server.base_url}/watch?session={session_id}", "the page drops the secret from the address bar"
+            await watcher.reload()  # the secret is kept for the tab (sessionStorage), not in the URL
+            assert await asyncio.wait_for(watcher.evaluate(COUNT_PRESENTED_FRAMES, 2), 60) == 2
+            await poll(lambda: len(session.viewers) == 1, 20, "the reloaded page to replace its viewer")
+            assert sent_urls and not [url for url in sent_urls if session.secret in url or "#" in url]
             await watcher.close(run_before_unload=True)  # as a browser tab does when closed
             await poll(lambda: not session.viewers, 20, "the watch page's viewer to leave")
+
+            # a credential in the query string (sent to the server with the page) is refused, not used
+            old_style = await browser.new_page()
+            await old_style.goto(f"{server.base_url}/watch?session={session_id}&secret={session.secret}")
+            await old_style.wait_for_selector("#error:not([hidden])")
+            assert 'after "#"' in await old_style.text_content("#error") and not session.viewers
+            await old_style.close()
 
             await page.fill("#seed", "777")
             await page.dispatch_event("#seed", "change")
@@ -77,8 +96,13 @@ async def test_browser_session_streams_and_takes_live_parameters(shared_tiny_pip
             await page.screenshot(path=str(ARTIFACTS / "browser-session.png"))
             assert await page.is_hidden("#error"), await page.text_content("#error")
 
-            await page.click("#stop")
+            async with page.expect_request(lambda r: r.method == "DELETE" and f"/api/sessions/{session_id}" in r.url) as deleting:
+                await page.click("#stop")
+            delete = await deleting.value
+            assert delete.headers.get("authorization") == f"Bearer {session.secret}", "Stop ends the session with its secret"
+            assert (await delete.response()).status in (200, 404), "accepted (404: the closed peer ended it first)"
             await poll(lambda: not server.context.manager.sessions, 20, "Stop to end the session on the server")
             assert not [line for line in console if line.startswith("error")], console
         finally:
             await browser.close()
+

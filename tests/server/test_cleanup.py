@@ -9,16 +9,16 @@ import weakref
 from streamgen.server.client import connect_offer
 from streamgen.server.synthetic import MarkerVideoTrack
 
-from .helpers import poll, running_server
+from .helpers import ADMIN_TOKEN, bearer, poll, running_server
 
 
 async def test_client_close_frees_the_session(shared_tiny_pipeline):
-    async with running_server(shared_tiny_pipeline) as server:
-        status, before, _ = await server.request("GET", "/api/sessions")
+    async with running_server(shared_tiny_pipeline, token=ADMIN_TOKEN) as server:
+        status, before, _ = await server.request("GET", "/api/sessions", headers=bearer(ADMIN_TOKEN))
         assert status == 200 and before == {"sessions": []}
         decoders_before = _decoder_threads()
 
-        peer = await connect_offer(server.base_url, MarkerVideoTrack())
+        peer = await connect_offer(server.base_url, MarkerVideoTrack(), token=ADMIN_TOKEN)
         await peer.wait_for_frames(2, timeout=30)
         session = server.context.manager.get(peer.session_id)
         session_ref, state_ref, pc_ref = weakref.ref(session), weakref.ref(session.state), weakref.ref(session.pc)
@@ -27,7 +27,7 @@ async def test_client_close_frees_the_session(shared_tiny_pipeline):
 
         await peer.close()
         await poll(lambda: not server.context.manager.sessions, 10, "the server to notice the closed peer")
-        status, after, _ = await server.request("GET", "/api/sessions")
+        status, after, _ = await server.request("GET", "/api/sessions", headers=bearer(ADMIN_TOKEN))
         assert after == before
         assert worker.load == 0
 

@@ -12,7 +12,7 @@ from streamgen.errors import ConfigError
 from streamgen.params import parse_params
 from streamgen.server.control import ControlError, parse_message
 
-from .helpers import real_offer_sdp, running_server, tracebacks
+from .helpers import ADMIN_TOKEN, bearer, real_offer_sdp, running_server, tracebacks
 
 
 def test_huge_integers_are_not_finite_numbers():
@@ -48,7 +48,8 @@ async def test_hostile_http_bodies_and_headers(identity_pipeline, caplog):
             got, body, _ = await server.request("POST", "/offer", **kwargs)
             assert got == status, (got, body)
             assert words in body["error"], body
-        status_line = await _raw_request(server.base_url, b"GET /api/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\xff\r\nConnection: close\r\n\r\n")
+        host = server.base_url.removeprefix("http://").encode()
+        status_line = await _raw_request(server.base_url, b"GET /api/sessions HTTP/1.1\r\nHost: " + host + b"\r\nAuthorization: Bearer secret\xff\r\nConnection: close\r\n\r\n")
         assert status_line.startswith(b"HTTP/1.1 401"), status_line
         assert tracebacks(caplog.records) == []
 
@@ -76,8 +77,8 @@ async def test_static_misses_are_json_and_paths_stay_inside_the_client(identity_
 
 async def test_a_path_cannot_forge_log_lines(identity_pipeline, caplog):
     caplog.set_level(logging.INFO)
-    async with running_server(identity_pipeline) as server:
-        status, _, _ = await server.request("GET", "/api/sessions/x%0aFAKE%20LINE%1b[31m")
+    async with running_server(identity_pipeline, token=ADMIN_TOKEN) as server:
+        status, _, _ = await server.request("GET", "/api/sessions/x%0aFAKE%20LINE%1b[31m", headers=bearer(ADMIN_TOKEN))
         assert status == 404
     lines = [r.getMessage() for r in caplog.records if "FAKE" in r.getMessage()]
     assert lines and all("\n" not in line and "\x1b" not in line for line in lines)

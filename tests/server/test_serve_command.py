@@ -44,6 +44,15 @@ def test_scheduling_engine_and_thread_flags_map_onto_the_server_config():
     assert config.default_slo.deadline_s == 0.25 and config.default_slo.min_fps == 5.0
 
 
+def test_exposure_flags_map_onto_the_server_config():
+    config = parse("--allowed-hosts", "studio.lan, example.org:8443,[::1]", "--cors-origins", "https://studio.example.org,http://localhost:3000", "--metrics-sessions")
+    assert config.allowed_hosts == ("studio.lan", "example.org:8443", "[::1]")
+    assert config.cors_origins == ("https://studio.example.org", "http://localhost:3000")
+    assert config.metrics_session_labels is True
+    default = parse()
+    assert (default.allowed_hosts, default.cors_origins, default.metrics_session_labels) == ((), (), False)
+
+
 @pytest.mark.parametrize(
     "argv, word",
     [
@@ -57,6 +66,10 @@ def test_scheduling_engine_and_thread_flags_map_onto_the_server_config():
         (["--max-resolution", "huge"], "max-resolution"),
         (["--min-fps", "99"], "min_fps"),
         (["--threads", "0"], "threads"),
+        (["--allowed-hosts", "http://example.org"], "allowed_hosts"),
+        (["--allowed-hosts", "example.org:99999"], "allowed_hosts"),
+        (["--cors-origins", "example.org"], "cors_origins"),
+        (["--cors-origins", "https://example.org/app"], "cors_origins"),
     ],
 )
 def test_bad_flags_are_config_errors(argv, word):

@@ -9,7 +9,7 @@ from streamgen.pipeline.video_params import VIDEO_PARAM_NAMES
 from streamgen.server.client import connect_offer
 from streamgen.server.synthetic import MarkerVideoTrack
 
-from .helpers import running_server
+from .helpers import bearer, running_server
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ async def test_video_session_streams_chunks_and_takes_video_parameters(tiny_vide
             assert ack == {"type": "ack", "id": 5, "ok": True, "error": None}
             bad = await peer.control({"type": "params", "id": 6, "params": {"guidance_scale": 2}})
             assert bad["ok"] is False and "guidance_scale" in bad["error"]
-            status, body, _ = await server.request("PATCH", f"/api/sessions/{peer.session_id}/params", json={"strength": 0.5})
+            status, body, _ = await server.request("PATCH", f"/api/sessions/{peer.session_id}/params", json={"strength": 0.5}, headers=bearer(peer.secret))
             assert status == 400 and "strength" in body["error"], "an image-only parameter is refused by name"
             await peer.wait_for_frames(4, timeout=60)
             params = server.context.manager.get(peer.session_id).describe()["params"]

@@ -7,7 +7,7 @@ import pytest
 from streamgen.server.client import ServerError, strip_candidates, whep_view, whip_publish
 from streamgen.server.synthetic import MarkerVideoTrack
 
-from .helpers import poll, running_server
+from .helpers import ADMIN_TOKEN, bearer, poll, running_server
 
 
 @pytest.mark.parametrize("token", [None, "s3cret-token"])
@@ -19,10 +19,11 @@ async def test_whip_publish_and_whep_watch_round_trip(identity_pipeline, token):
         try:
             assert publisher.resource == f"{server.base_url}/whip/{publisher.session_id}"
             session = server.context.manager.get(publisher.session_id)
+            assert publisher.secret == session.secret and len(publisher.secret) >= 32, "the 201 carries the session's secret"
             assert session.kind == "whip"
             await poll(lambda: session.stats.frames_received >= 3, 20, "the server to receive WHIP frames")
 
-            viewer = await whep_view(server.base_url, publisher.session_id, token=token)
+            viewer = await whep_view(server.base_url, publisher.session_id, secret=publisher.secret)
             frames = await viewer.wait_for_frames(10)
             assert all(f.marker is not None and 7000 <= f.marker < 7000 + track.frames_sent for f in frames)
             assert list(session.viewers) == [viewer.resource.rsplit("/", 1)[-1]]
@@ -33,8 +34,9 @@ async def test_whip_publish_and_whep_watch_round_trip(identity_pipeline, token):
         finally:
             if viewer is not None:
                 await viewer.close()
-            await publisher.close()  # DELETE /whip/{session}
+            await publisher.close()  # DELETE /whip/{session}, with the session's secret
         assert publisher.session_id not in server.context.manager.sessions
+        assert session.close_reason == "ended by the publisher (WHIP DELETE)"
 
 
 async def test_whip_answer_is_h264_and_carries_candidates(identity_pipeline):
@@ -50,18 +52,21 @@ async def test_whip_answer_is_h264_and_carries_candidates(identity_pipeline):
 
 
 async def test_whip_and_whep_need_the_token_when_the_server_has_one(identity_pipeline):
-    async with running_server(identity_pipeline, token="right") as server:
+    async with running_server(identity_pipeline, token=ADMIN_TOKEN) as server:
         for token in (None, "wrong"):
             with pytest.raises(ServerError) as error:
                 await whip_publish(server.base_url, MarkerVideoTrack(), token=token)
             assert error.value.status == 401 and "bearer token" in error.value.body["error"]
-        publisher = await whip_publish(server.base_url, MarkerVideoTrack(), token="right")
+        publisher = await whip_publish(server.base_url, MarkerVideoTrack(), token=ADMIN_TOKEN)
         try:
             with pytest.raises(ServerError) as error:
                 await whep_view(server.base_url, publisher.session_id, token="wrong")
             assert error.value.status == 401
             status, body, headers = await server.request("DELETE", f"/whip/{publisher.session_id}")
             assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer")
+            viewer = await whep_view(server.base_url, publisher.session_id, token=ADMIN_TOKEN)  # the operator watches any session
+            await viewer.wait_for_frames(2)
+            await viewer.close()
         finally:
             await publisher.close()
 
@@ -71,7 +76,10 @@ async def test_whip_does_not_take_trickled_candidates(identity_pipeline):
         publisher = await whip_publish(server.base_url, MarkerVideoTrack())
         try:
             status, body, _ = await server.request(
-                "PATCH", f"/whip/{publisher.session_id}", data=b"a=candidate:1 1 udp 1 127.0.0.1 9 typ host", headers={"Content-Type": "application/trickle-ice-sdpfrag"}
+                "PATCH",
+                f"/whip/{publisher.session_id}",
+                data=b"a=candidate:1 1 udp 1 127.0.0.1 9 typ host",
+                headers={"Content-Type": "application/trickle-ice-sdpfrag", **bearer(publisher.secret)},
             )
             assert status == 405 and "error" in body
         finally:
