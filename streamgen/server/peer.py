@@ -75,9 +75,30 @@ def parse_offer(text: object) -> OfferShape:
             raise InputError("malformed SDP offer: a media section lacks ICE credentials (a=ice-ufrag / a=ice-pwd)")
         if media.kind in ("audio", "video", "application") and (media.dtls is None or not media.dtls.fingerprints):
             raise InputError("malformed SDP offer: a media section lacks a DTLS fingerprint (a=fingerprint)")
+    _check_media_ids(description)
     video = next((m for m in description.media if m.kind == "video"), None)
+    if video is not None and video.port == 0:
+        raise InputError("the offer's video section is disabled (port 0 on its m= line); offer an active video section")
     codecs = tuple(dict.fromkeys(c.name.upper() for c in video.rtp.codecs)) if video is not None else ()
     return OfferShape(kinds, codecs)
+
+
+def _check_media_ids(description: "aiortc_sdp.SessionDescription") -> None:
+    """Media ids must be unique and a BUNDLE group may name only media of the offer, each once."""
+    mids = [m.rtp.muxId for m in description.media if m.rtp.muxId]
+    duplicates = sorted({mid for mid in mids if mids.count(mid) > 1})
+    if duplicates:
+        raise InputError(f"malformed SDP offer: media id(s) {', '.join(map(repr, duplicates))} appear in more than one section (a=mid)")
+    for group in description.group:
+        if group.semantic != "BUNDLE":
+            continue
+        items = list(group.items)
+        repeated = sorted({i for i in items if items.count(i) > 1})
+        unknown = sorted(set(items) - set(mids))
+        if repeated:
+            raise InputError(f"malformed SDP offer: the BUNDLE group names {', '.join(map(repr, repeated))} twice")
+        if unknown:
+            raise InputError(f"malformed SDP offer: the BUNDLE group names media id(s) {', '.join(map(repr, unknown))} that no section has")
 
 
 def new_peer_connection(ice_servers: Sequence[str]) -> RTCPeerConnection:

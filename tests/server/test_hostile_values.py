@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 import pytest
 
@@ -83,3 +84,31 @@ async def test_a_path_cannot_forge_log_lines(identity_pipeline, caplog):
     lines = [r.getMessage() for r in caplog.records if "FAKE" in r.getMessage()]
     assert lines and all("\n" not in line and "\x1b" not in line for line in lines)
     assert any("\\x0aFAKE" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda sdp: re.sub(r"^m=video \d+ ", "m=video 0 ", sdp, flags=re.M), "port 0"),
+        (lambda sdp: sdp.replace("a=mid:1", "a=mid:0"), "appear in more than one section"),
+        (lambda sdp: sdp.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 0 1"), "names '0' twice"),
+        (lambda sdp: sdp.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 7"), "'7' that no section has"),
+    ],
+)
+async def test_offers_with_disabled_video_or_inconsistent_media_ids_are_refused(change, words):
+    from aiortc import RTCPeerConnection
+
+    from streamgen.errors import InputError
+    from streamgen.server.peer import parse_offer
+
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("video")
+        pc.addTransceiver("audio")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+    finally:
+        await pc.close()
+    parse_offer(sdp)
+    with pytest.raises(InputError, match=words):
+        parse_offer(change(sdp))
