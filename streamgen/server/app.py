@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from aiohttp import web
 
+from .aiohttp_patches import install_json_parse_errors
 from .aiortc_patches import configure_video_encoders, install_marker_jitter_buffer
 from .config import ServerConfig
 from .context import CONTEXT_KEY, ServerContext
@@ -83,6 +84,7 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
 
     async def on_startup(app: web.Application) -> None:
         install_marker_jitter_buffer()
+        install_json_parse_errors()
         configure_video_encoders(config.bitrate, config.max_bitrate, config.max_fps)
         loop = asyncio.get_running_loop()
         for worker in workers:

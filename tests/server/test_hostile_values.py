@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 
@@ -112,3 +113,29 @@ async def test_offers_with_disabled_video_or_inconsistent_media_ids_are_refused(
     parse_offer(sdp)
     with pytest.raises(InputError, match=words):
         parse_offer(change(sdp))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"BREW / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"b" * 9000 + b"\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n",  # TLS on the HTTP port
+    ],
+)
+async def test_malformed_http_gets_json_and_no_traceback(identity_pipeline, caplog, data):
+    caplog.set_level(logging.DEBUG)
+    async with running_server(identity_pipeline) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(data)
+            await writer.drain()
+            answer = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b" 400 " in head.split(b"\r\n")[0] and b"application/json" in head, head
+    assert json.loads(body)["error"].startswith("bad HTTP request")
+    assert tracebacks(caplog.records) == []
