@@ -20,8 +20,10 @@ What a step changes, and how the checkpoint puts it back:
 - the noise generator: ``get_state()`` / ``set_state()``;
 - the VAE encode/decode caches: the list of entries (diffusers replaces
   entries, never writes into them) and the frame counters;
-- the KV cache: ``frames_written`` (cloned), the cache object itself (a
-  change of ``num_inference_steps`` replaces it), and a
+- the KV cache: ``frames_written`` (cloned) and its host-side lower bound
+  ``frames_at_least`` (which decides when attention may drop its mask),
+  the cache object itself (a change of ``num_inference_steps`` replaces
+  it), and a
   :class:`~streamgen.models.video.kv_cache.CommitJournal` that records, before
   every commit of the step, what that commit overwrites. Commits cannot be
   deferred to the end of the step: a stream fed several chunks' worth of
@@ -71,6 +73,7 @@ class VideoCheckpoint:
     base_timesteps: torch.Tensor
     cache: RollingKVCache
     frames_written: torch.Tensor
+    frames_at_least: tuple[int, ...]
     encoder: EncodeState
     decoder: DecodeState
     journal: CommitJournal
@@ -98,6 +101,7 @@ def take_checkpoint(state: VideoState) -> VideoCheckpoint:
         base_timesteps=state.base_timesteps,
         cache=state.cache,
         frames_written=state.cache.frames_written.clone(),
+        frames_at_least=state.cache.frames_at_least,
         encoder=state.encoder.copy(),
         decoder=state.decoder.copy(),
         journal=journal,
@@ -137,7 +141,7 @@ def settle_checkpoint(state: VideoState) -> None:
 
 def _restore_cache(state: VideoState, checkpoint: VideoCheckpoint) -> None:
     state.cache = checkpoint.cache
-    state.cache.frames_written.copy_(checkpoint.frames_written)
+    state.cache.restore_counters(checkpoint.frames_written, checkpoint.frames_at_least)
     state.cache.journal = checkpoint.journal  # keeps recording: the checkpoint may be restored again
     state.base_timesteps = checkpoint.base_timesteps
 

@@ -174,7 +174,7 @@ def _measure_backends(model: Any, cache: Any) -> tuple[str, dict[str, float]]:
 
 def _slots(model: Any) -> tuple[str, ...]:
     if _is_video(model):
-        return ("forward_chunks",)
+        return tuple(n for n in ("forward_chunks", "forward_chunk") if hasattr(model, n))
     return tuple(n for n in ("unet_forward", "vae_encode_forward", "vae_decode_forward", "text_encode_forward") if hasattr(model, n))
 
 

@@ -26,10 +26,25 @@ computed once per frame and broadcast over its tokens (diffusers' per-token
 path would run the time MLP once per token). Cross-attention K/V come from
 :meth:`encode_context`, once per prompt.
 
-The per-chunk path has no ``.item()``, no ``.tolist()`` and no Python
-branch on tensor values: masks and positions are built on the device, so
-the call can be captured in a CUDA graph. It is an inference path: cached
-keys are stored detached.
+A chunk forward is three parts, so that a runtime can compile the middle one
+(:mod:`streamgen.runtime.compile_backend`):
+
+1. *plan* (host + a few small device ops): check shapes, ask every cache for
+   its :class:`~streamgen.models.video.kv_cache.ChunkLayout` and gather what
+   the layers need into a :class:`PlannedChunk` of plain tensors and ints;
+2. :meth:`CausalWanTransformer.chunk_core`: every layer, from those tensors
+   only (no cache object, no Python state that changes between chunks). It
+   has no ``.item()``, no ``.tolist()`` and no Python branch on tensor
+   values, so torch.compile traces it as ONE graph and a CUDA graph can
+   capture it;
+3. *commit* each cache (after the whole forward ran).
+
+RoPE: queries and the chunk's keys are rotated at their absolute frame index
+and stored rotated; the cache keeps its sinks advanced to the window-relative
+positions (see :mod:`streamgen.models.video.kv_cache`, "How the keys are
+stored"), so attention reads each layer's K buffer as it is. Once a cache's
+window is full, attention runs without a mask. It is an inference path:
+cached keys are stored detached.
 """
 
 from __future__ import annotations
@@ -41,12 +56,14 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError, InputError
-from .kv_cache import ChunkLayout, RollingKVCache
+from .kv_cache import RollingKVCache
 from .wan_context import CrossAttentionContext
 from .wan_rope import WanRope, apply_rope
 
 # (q, k, v) of one block, each (B, N, heads, head_dim) before RoPE -> attention output (B, heads, N, head_dim)
 SelfAttention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# chunk_core(latents, timesteps, context, planned) -> flow prediction: the part a runtime may compile
+ChunkCore = Callable[[torch.Tensor, torch.Tensor, CrossAttentionContext, "PlannedChunk"], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -68,21 +85,43 @@ class CacheSegment:
 
 
 @dataclass(frozen=True)
-class _SegmentAttention:
-    """One segment's plan for a forward: its rows in the batch, its chunk layout and its key RoPE tables."""
+class SegmentBuffers:
+    """One segment's part of a planned chunk: the K/V buffers its rows attend to, where the chunk goes, its mask.
 
-    rows: slice
-    cache: RollingKVCache
-    layout: ChunkLayout
-    key_cos: torch.Tensor
-    key_sin: torch.Tensor
+    ``keys``/``values`` are the cache's ``(L, rows, capacity_tokens, H, D)``
+    buffers (views for a row view); the segment's row count is their dim 1.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    scratch_start: int
+    mask: torch.Tensor | None  # (rows, 1, 1, capacity_tokens) bool while the window fills; None once it is full
+
+    @property
+    def rows(self) -> int:
+        return self.keys.shape[1]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``q`` (rows, heads, N, D) already rotated; ``k``/``v`` (rows, N, heads, D) pre-RoPE → (rows, heads, N, D)."""
-        self.cache.store(layer, self.layout, k, v)
-        keys = apply_rope(self.cache.keys(layer), self.key_cos, self.key_sin).to(q.dtype).transpose(1, 2)
-        values = self.cache.values(layer).to(q.dtype).transpose(1, 2)
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.layout.attention_mask)
+        """``q`` (rows, heads, N, D) and ``k`` (rows, N, heads, D) rotated, ``v`` (rows, N, heads, D) → (rows, heads, N, D)."""
+        end = self.scratch_start + k.shape[1]
+        self.keys[layer, :, self.scratch_start : end].copy_(k.detach())
+        self.values[layer, :, self.scratch_start : end].copy_(v.detach())
+        keys = self.keys[layer].to(q.dtype).transpose(1, 2)
+        values = self.values[layer].to(q.dtype).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask)
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    """Everything :meth:`CausalWanTransformer.chunk_core` needs besides latents, timesteps and context: tensors and ints.
+
+    ``query_frames`` ``(B, T')`` is the absolute frame index of every row's
+    chunk frames (what queries and the chunk's keys are rotated at);
+    ``segments`` cover the batch rows in order.
+    """
+
+    query_frames: torch.Tensor
+    segments: tuple[SegmentBuffers, ...]
 
 
 class CausalWanTransformer(torch.nn.Module):
@@ -158,7 +197,7 @@ class CausalWanTransformer(torch.nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> RollingKVCache:
-        """An empty cache for one stream of ``rows`` rows at this latent size."""
+        """An empty cache for one stream of ``rows`` rows at this latent size (storing keys rotated: see kv_cache)."""
         if sink_frames + ring_frames + chunk_frames > self.rope.max_positions:
             raise ConfigError(
                 f"cache window of {sink_frames + ring_frames + chunk_frames} frames exceeds the RoPE table "
@@ -176,6 +215,7 @@ class CausalWanTransformer(torch.nn.Module):
             device=self.device if device is None else device,
             dtype=self.dtype if dtype is None else dtype,
             adaptive_sink_threshold=adaptive_sink_threshold,
+            rotation=self.rope.key_rotation(latent_h // self.patch_size[1], latent_w // self.patch_size[2]),
         )
 
     def fuse_projections(self) -> None:
@@ -215,10 +255,7 @@ class CausalWanTransformer(torch.nn.Module):
         ``timesteps`` is ``(R, T')`` in 0..1000. Afterwards the chunk's K/V
         are committed to the rows where ``write`` (default: all) is set.
         """
-        rows = latents.shape[0] if latents.ndim == 5 else None
-        if rows is not None and cache.rows != rows:
-            raise InputError(f"latents have {rows} rows but the KV cache has {cache.rows}")
-        return self.forward_chunks(latents, timesteps, [CacheSegment(cache, write)], context)
+        return self.run_chunk(self.chunk_core, latents, timesteps, cache, context, write=write)
 
     def forward_chunks(
         self,
@@ -237,30 +274,82 @@ class CausalWanTransformer(torch.nn.Module):
         cache is committed (none is if any layer raised).
 
         Why one SDPA call per segment instead of one over gathered caches:
-        the keys must be rotated with each segment's own positions anyway,
         segments may differ in capacity (sink/ring sizes) and mask, and
-        gathering the values into one batch would copy every stream's whole
-        V cache in every layer. The per-segment calls still carry all rows
-        of their stream and all heads; the extra cost is one kernel launch
-        per segment and layer, while every matmul outside attention (the
-        bulk of the FLOPs for short chunks) runs once over all rows.
+        gathering the caches into one batch would copy every stream's whole
+        K/V cache in every layer. The per-segment calls still carry all rows
+        of their stream and all heads, and read the cache buffers in place;
+        the extra cost is one kernel launch per segment and layer, while
+        every matmul outside attention (the bulk of the FLOPs for short
+        chunks) runs once over all rows.
         """
+        return self.run_chunks(self.chunk_core, latents, timesteps, segments, context)
+
+    def run_chunk(
+        self,
+        core: ChunkCore,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        cache: RollingKVCache,
+        context: CrossAttentionContext,
+        *,
+        write: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward_chunk` with the layers run by ``core`` (:meth:`chunk_core` or a compiled version of it)."""
+        rows = latents.shape[0] if latents.ndim == 5 else None
+        if rows is not None and cache.rows != rows:
+            raise InputError(f"latents have {rows} rows but the KV cache has {cache.rows}")
+        return self.run_chunks(core, latents, timesteps, [CacheSegment(cache, write)], context)
+
+    def run_chunks(
+        self,
+        core: ChunkCore,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        segments: Sequence[CacheSegment | RollingKVCache],
+        context: CrossAttentionContext,
+    ) -> torch.Tensor:
+        """:meth:`forward_chunks` with the layers run by ``core``: plan, ``core``, commit (see module docstring)."""
         rows, _, frames, height, width = self._check_latents(latents, timesteps)
         segments = [s if isinstance(s, CacheSegment) else CacheSegment(s) for s in segments]
         self._check_segments(segments, rows, height, width)
         context = self._context_rows(context, rows)
-        grid_h, grid_w = height // self.patch_size[1], width // self.patch_size[2]
-        plans, query_cos, query_sin = self._plan_segments(segments, frames, grid_h, grid_w)
+        layouts = [segment.cache.plan(frames, segment.write) for segment in segments]
+        # One mask decision per forward: every segment gets its mask while any needs one (an all-True mask costs
+        # nothing in correctness), so a compiled core sees 2 mask patterns, not one per subset of warming streams.
+        masked = any(layout.needs_mask for layout in layouts)
+        planned = PlannedChunk(
+            query_frames=layouts[0].query_frames if len(layouts) == 1 else torch.cat([l.query_frames for l in layouts]),
+            segments=tuple(
+                SegmentBuffers(s.cache.k, s.cache.v, s.cache.geometry.scratch_start, layout.attention_mask if masked else None)
+                for s, layout in zip(segments, layouts)
+            ),
+        )
+        out = core(latents, timesteps, context, planned)
+        for segment, layout in zip(segments, layouts):
+            segment.cache.commit(layout)
+        return out
+
+    def chunk_core(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, context: CrossAttentionContext, planned: PlannedChunk
+    ) -> torch.Tensor:
+        """Every layer of a planned chunk forward: stores the chunk's K/V into the caches' scratch slots; commits nothing.
+
+        Only tensors and shapes: what torch.compile captures as one graph.
+        """
+        grid_h, grid_w = latents.shape[-2] // self.patch_size[1], latents.shape[-1] // self.patch_size[2]
+        cos, sin = self.rope.tables(planned.query_frames, grid_h, grid_w)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            q = apply_rope(q, query_cos, query_sin).transpose(1, 2)
-            outs = [plan.attend(layer, q[plan.rows], k[plan.rows], v[plan.rows]) for plan in plans]
+            q = apply_rope(q, cos, sin).transpose(1, 2)
+            k = apply_rope(k, cos, sin)
+            outs, start = [], 0
+            for segment in planned.segments:
+                stop = start + segment.rows
+                outs.append(segment.attend(layer, q[start:stop], k[start:stop], v[start:stop]))
+                start = stop
             return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-        out = self._forward(latents, timesteps, context, attend)
-        for plan in plans:
-            plan.cache.commit(plan.layout)
-        return out
+        return self._forward(latents, timesteps, context, attend)
 
     def forward_block_causal(
         self,
@@ -316,23 +405,6 @@ class CausalWanTransformer(torch.nn.Module):
                     f"latent size {height}x{width} gives {tokens} tokens per frame; "
                     f"the KV cache was made for {segment.cache.tokens_per_frame}"
                 )
-
-    def _plan_segments(
-        self, segments: list[CacheSegment], frames: int, grid_h: int, grid_w: int
-    ) -> tuple[list[_SegmentAttention], torch.Tensor, torch.Tensor]:
-        """Each segment's layout and key tables, and the query tables of all rows (one RoPE pass over every query)."""
-        plans, query_cos, query_sin, start = [], [], [], 0
-        for segment in segments:
-            layout = segment.cache.plan(frames, segment.write)
-            key_cos, key_sin = self.rope.tables(layout.key_positions, grid_h, grid_w)
-            cos, sin = self.rope.tables(layout.query_positions, grid_h, grid_w)
-            query_cos.append(cos)
-            query_sin.append(sin)
-            plans.append(_SegmentAttention(slice(start, start + segment.rows), segment.cache, layout, key_cos, key_sin))
-            start += segment.rows
-        if len(plans) == 1:
-            return plans, query_cos[0], query_sin[0]
-        return plans, torch.cat(query_cos), torch.cat(query_sin)
 
     def _context_rows(self, context: CrossAttentionContext, rows: int) -> CrossAttentionContext:
         if context.num_layers != self.num_layers:

@@ -17,9 +17,9 @@ by frame slot::
 
 ``capacity_tokens = (S + W + C) * tokens_per_frame`` with ``C = chunk_frames``
 (the largest chunk). A chunk's own K/V go to the scratch slots, so every layer
-runs ONE attention call over the whole buffer with a key mask (empty slots
-and unused scratch slots masked out) instead of concatenating history and
-chunk. :meth:`RollingKVCache.commit` then copies the scratch into its
+runs ONE attention call over the whole buffer (with a key mask masking out
+empty slots and unused scratch slots while the window fills, with none once
+it is full) instead of concatenating history and chunk. :meth:`RollingKVCache.commit` then copies the scratch into its
 destination slot (sink ``f`` while ``f < S``, else ring ``(f - S) mod W``) for
 the rows whose ``write`` flag is set. Rows with ``write=False`` keep their
 history exactly. Nothing is ever shifted or concatenated.
@@ -37,9 +37,8 @@ The reference stores keys *after* RoPE at absolute frame positions and resets
 its time offset after 50 frames, so cached keys keep phases that no longer
 match the query's: attention to the history drifts in long streams.
 
-Here keys are stored *before* rotation and rotated when read, with
-window-relative time positions computed from the row's counter ``n`` (frames
-before this chunk) on the device:
+Here every chunk sees *window-relative* time positions, computed from the
+row's counter ``n`` (frames before this chunk) on the device:
 
 * sink ``s`` has position ``s``;
 * every other frame ``f`` (ring entries and the chunk's own frames) has
@@ -51,9 +50,49 @@ block-causal forward exactly. Once the window is full the ring frames get
 positions ``S .. S+W-1`` by recency and the chunk ``S+W .. S+W+T-1``: the
 current chunk's position stops growing, relative distances inside the ring
 are the true ones, and the sinks sit right before the oldest ring frame (as
-attention sinks do in StreamingLLM). Every position stays below
-``S + W + C``, far inside the RoPE table, and the attention pattern of chunk
-100 is the same as that of chunk 100000.
+attention sinks do in StreamingLLM). The attention pattern of chunk 100 is
+the same as that of chunk 100000. :meth:`plan` reports these positions
+(``key_positions``, ``query_positions``).
+
+How the keys are stored (rotated, so attention reads the buffer as it is)
+-------------------------------------------------------------------------
+RoPE scores depend only on the *difference* of the query's and the key's
+positions. Ring and chunk frames all carry the same ``- shift``, so rotating
+them, and the queries, at their *absolute* frame index gives exactly the
+scores of the window-relative positions. Only the sinks move relative to the
+rest: in absolute terms sink ``s`` sits at ``s + shift``. So a cache made
+with a ``rotation`` (what :class:`~streamgen.models.video.causal_wan.CausalWanTransformer`
+makes) holds:
+
+* ring and scratch slots: keys rotated at their absolute frame index, written
+  once and never touched again until overwritten;
+* ``sink_keys``: the sinks' history, rotated at their own position ``s``;
+* the sink slots of ``k``: those sinks advanced by the row's current
+  ``shift`` (:meth:`KeyRotation.shift_time`, time channels only),
+  recomputed by every commit for the next chunk.
+
+Each layer's attention therefore reads ``k`` directly, with no per-layer
+rotation of the window: the per-chunk RoPE work is the chunk's own
+queries/keys plus one time-rotation of the ``S`` sink frames, instead of
+re-rotating all ``S + W + C`` frames in every layer. The price is the
+``sink_keys`` copy (``S`` frames of K). Time angles are computed in float64
+from the frame index (:mod:`streamgen.models.video.wan_rope`), so absolute
+indices of any size are exact. Without a rotation (``rotation=None``) the
+cache stores keys exactly as given and ``sink_keys`` is None.
+
+Steady state: no mask
+---------------------
+Once every row has written at least ``S + W`` frames and a chunk fills the
+whole scratch, every slot is valid and attention needs no mask
+(:attr:`ChunkLayout.needs_mask` False), so a GPU can use its flash kernels.
+Deciding that must not read device tensors, so the cache keeps, on the host,
+a *lower bound* of each row's ``frames_written`` (:attr:`frames_at_least`),
+shared by row views: a commit for all rows adds the chunk's frames, a
+commit with a ``write`` mask adds nothing (the host cannot know which rows
+wrote without a sync), a reset clears the rows it names (all the view's rows
+for a device mask). A low bound only costs a mask; it never drops one that
+is needed. The journal and :meth:`restore_counters` restore it with the
+device counter.
 
 Adaptive sinks
 --------------
@@ -72,11 +111,13 @@ next one can attend to it, so commits cannot wait for the end of the step.
 Instead a :class:`CommitJournal` attached to a cache (``cache.journal``;
 row views share it) saves, before each commit, exactly what that commit
 overwrites: the K/V of the destination slots (one chunk's worth per row,
-the same size as the scratch), the sink slots when adaptive sinks may
-replace one, and ``frames_written``. :meth:`CommitJournal.undo` writes them
-back newest first. The scratch slots are never saved: their content is
-dead between chunks (every chunk stores its own K/V there before any layer
-reads them). Without a journal (the default) a commit costs nothing extra.
+the same size as the scratch), the sinks when the commit may change them
+(adaptive sinks, or a row still filling its sinks), ``frames_written`` and
+the host bound. :meth:`CommitJournal.undo` writes them back newest first and
+recomputes the shifted sink slots. The scratch slots are never saved: their
+content is dead between chunks (every chunk stores its own K/V there before
+any layer reads them). Without a journal (the default) a commit costs
+nothing extra.
 """
 
 from __future__ import annotations
@@ -84,6 +125,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -137,21 +179,55 @@ class CacheGeometry:
         return self.window_frames + self.chunk_frames - 1
 
 
+
+class KeyRotation(Protocol):
+    """How the keys a cache stores are rotated (implemented by :class:`~streamgen.models.video.wan_rope.KeyRotation`)."""
+
+    time_dim: int  # keys[..., :time_dim] carry the time rotation; the other channels do not depend on the frame
+
+    def shift_time(self, keys: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """``keys (..., tokens, heads, head_dim)`` with their time rotation advanced by ``frames`` (broadcast over ``...``)."""
+        ...
+
+    def shifted_time_channels(self, keys: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Only the ``time_dim`` channels of :meth:`shift_time`."""
+        ...
+
+    def unrotate(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Raw keys of whole frames ``(B, F*tokens, heads, head_dim)`` that were rotated at frame ``positions (B, F)``."""
+        ...
+
+
 @dataclass(frozen=True)
 class ChunkLayout:
     """Where one chunk's keys sit and what positions they get; computed once per chunk, shared by all layers.
 
-    All tensors live on the cache's device; ``frames`` is a Python int (a shape).
+    All tensors live on the cache's device; ``frames``, ``needs_mask`` and
+    ``writes_all`` are Python values, decided on the host without a sync.
     """
 
     frames: int
     write: torch.Tensor  # (R,) bool
-    key_positions: torch.Tensor  # (R, slots) int64, time position of each slot
+    key_positions: torch.Tensor  # (R, slots) int64, window-relative time position of each slot
     key_valid: torch.Tensor  # (R, slots) bool
     attention_mask: torch.Tensor  # (R, 1, 1, capacity_tokens) bool, True = attend
-    query_positions: torch.Tensor  # (R, frames) int64
-    query_frames: torch.Tensor  # (R, frames) int64, absolute frame index in the stream
+    query_positions: torch.Tensor  # (R, frames) int64, window-relative
+    query_frames: torch.Tensor  # (R, frames) int64, absolute frame index in the stream (what keys are rotated at)
     destination_tokens: torch.Tensor  # (R, frames * tokens_per_frame) int64, where commit puts the chunk
+    needs_mask: bool = True  # False: every slot is valid (window full, scratch = the chunk), attend without a mask
+    writes_all: bool = False  # every row commits (no write mask): the host bound of frames_written grows
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The attention mask to pass to SDPA: None in the steady state."""
+        return self.attention_mask if self.needs_mask else None
+
+
+class _HostFill:
+    """Per-row lower bounds of ``frames_written``, on the host; one list shared by a cache and its row views."""
+
+    def __init__(self, rows: int) -> None:
+        self.values = [0] * rows
 
 
 class RollingKVCache:
@@ -164,12 +240,21 @@ class RollingKVCache:
         v: torch.Tensor,
         frames_written: torch.Tensor,
         journal: CommitJournal | None = None,
+        *,
+        rotation: KeyRotation | None = None,
+        sink_keys: torch.Tensor | None = None,
+        host_fill: _HostFill | None = None,
+        first_row: int = 0,
     ) -> None:
         self.geometry = geometry
         self.k = k
         self.v = v
         self.frames_written = frames_written
         self.journal = journal  # when set, every commit first saves what it overwrites (see module docstring)
+        self.rotation = rotation  # None: keys are stored as given (see "How the keys are stored")
+        self.sink_keys = sink_keys  # (L, R, S*tpf, H, D) the sinks' history when keys are rotated, else None
+        self._host_fill = host_fill if host_fill is not None else _HostFill(geometry.rows)
+        self._first_row = first_row  # this cache's rows in the shared host bound list
 
     @classmethod
     def allocate(
@@ -186,6 +271,7 @@ class RollingKVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         adaptive_sink_threshold: float | None = None,
+        rotation: KeyRotation | None = None,
     ) -> RollingKVCache:
         geometry = CacheGeometry(
             num_layers, rows, tokens_per_frame, heads, head_dim, sink_frames, ring_frames, chunk_frames,
@@ -196,7 +282,10 @@ class RollingKVCache:
         k = torch.zeros(shape, device=device, dtype=dtype)
         v = torch.zeros(shape, device=device, dtype=dtype)
         frames_written = torch.zeros(rows, device=device, dtype=torch.int64)
-        return cls(geometry, k, v, frames_written)
+        sink_keys = None
+        if rotation is not None and sink_frames:
+            sink_keys = torch.zeros((num_layers, rows, sink_frames * tokens_per_frame, heads, head_dim), device=device, dtype=dtype)
+        return cls(geometry, k, v, frames_written, rotation=rotation, sink_keys=sink_keys)
 
     # ----------------------------------------------------------------- sizes
     @property
@@ -229,12 +318,14 @@ class RollingKVCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + self.frames_written.nbytes
+        extra = self.sink_keys.nbytes if self.sink_keys is not None else 0
+        return self.k.nbytes + self.v.nbytes + self.frames_written.nbytes + extra
 
     def row_view(self, start: int, stop: int) -> RollingKVCache:
         """Rows ``start:stop`` as a cache of their own: views, so stores and commits land in this cache.
 
-        The view shares this cache's journal, so its commits can be undone too.
+        The view shares this cache's journal (so its commits can be undone
+        too) and its host bounds of ``frames_written``.
         """
         if not 0 <= start < stop <= self.rows:
             raise InputError(f"row view {start}:{stop} is outside the cache's {self.rows} rows")
@@ -242,27 +333,69 @@ class RollingKVCache:
             return self
         geometry = dataclasses.replace(self.geometry, rows=stop - start)
         return RollingKVCache(
-            geometry, self.k[:, start:stop], self.v[:, start:stop], self.frames_written[start:stop], self.journal
+            geometry,
+            self.k[:, start:stop],
+            self.v[:, start:stop],
+            self.frames_written[start:stop],
+            self.journal,
+            rotation=self.rotation,
+            sink_keys=None if self.sink_keys is None else self.sink_keys[:, start:stop],
+            host_fill=self._host_fill,
+            first_row=self._first_row + start,
         )
+
+    # ------------------------------------------------------------ host bound
+    @property
+    def frames_at_least(self) -> tuple[int, ...]:
+        """A lower bound of ``frames_written`` per row, known on the host (see "Steady state")."""
+        first = self._first_row
+        return tuple(self._host_fill.values[first : first + self.rows])
+
+    def _set_frames_at_least(self, values: Sequence[int]) -> None:
+        first = self._first_row
+        self._host_fill.values[first : first + self.rows] = [int(v) for v in values]
+
+    def restore_counters(self, frames_written: torch.Tensor, frames_at_least: Sequence[int]) -> None:
+        """Put the frame counters back (device and host) and recompute what depends on them (a checkpoint restore)."""
+        self.frames_written.copy_(frames_written)
+        self._set_frames_at_least(frames_at_least)
+        self._refresh_sinks(time_only=False)
 
     # ----------------------------------------------------------------- state
     def reset(self, rows: torch.Tensor | Sequence[int] | None = None) -> None:
         """Forget the history of all rows, of a bool row mask ``(R,)``, or of a list of row indices."""
         if rows is None:
             self.frames_written.zero_()
+            self._set_frames_at_least([0] * self.rows)
         elif isinstance(rows, torch.Tensor) and rows.dtype == torch.bool:
             if rows.shape != (self.rows,):
                 raise InputError(f"reset mask must have shape ({self.rows},), got {tuple(rows.shape)}")
             self.frames_written.masked_fill_(rows.to(self.device), 0)
+            self._set_frames_at_least([0] * self.rows)  # which rows is on the device: assume all
         else:
-            self.frames_written[torch.as_tensor(rows, device=self.device, dtype=torch.long)] = 0
+            index = torch.as_tensor(rows, device=self.device, dtype=torch.long)
+            self.frames_written[index] = 0
+            bound = list(self.frames_at_least)
+            for row in torch.as_tensor(rows, dtype=torch.long).tolist():
+                bound[row] = 0
+            self._set_frames_at_least(bound)
 
     def keys(self, layer: int) -> torch.Tensor:
-        """Pre-RoPE keys of one layer, ``(R, capacity_tokens, heads, head_dim)`` (a view)."""
+        """Keys of one layer as attention reads them, ``(R, capacity_tokens, heads, head_dim)`` (a view).
+
+        Without a rotation these are the keys as stored (pre-RoPE); with one,
+        rotated (see "How the keys are stored").
+        """
         return self.k[layer]
 
     def values(self, layer: int) -> torch.Tensor:
         return self.v[layer]
+
+    def _sink_history(self) -> torch.Tensor:
+        """The sinks' keys as history ``(L, R, S*tpf, H, D)``: ``sink_keys`` when keys are rotated, else the sink slots."""
+        if self.sink_keys is not None:
+            return self.sink_keys
+        return self.k[:, :, : self.geometry.sink_frames * self.tokens_per_frame]
 
     # ------------------------------------------------------------- per chunk
     def plan(self, frames: int, write: torch.Tensor | None = None) -> ChunkLayout:
@@ -271,6 +404,7 @@ class RollingKVCache:
         if not 1 <= frames <= g.chunk_frames:
             raise InputError(f"a chunk has 1..{g.chunk_frames} frames for this cache (chunk_frames), got {frames}")
         device = self.device
+        writes_all = write is None
         if write is None:
             write = torch.ones(self.rows, device=device, dtype=torch.bool)
         elif write.shape != (self.rows,):
@@ -312,10 +446,15 @@ class RollingKVCache:
             query_positions=query_frames - shift,
             query_frames=query_frames,
             destination_tokens=tokens.reshape(self.rows, frames * tpf),
+            needs_mask=not (frames == C and min(self.frames_at_least) >= S + W),
+            writes_all=writes_all,
         )
 
     def store(self, layer: int, layout: ChunkLayout, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Put a chunk's pre-RoPE K/V ``(R, frames*tokens_per_frame, heads, head_dim)`` into the scratch slots."""
+        """Put a chunk's K/V ``(R, frames*tokens_per_frame, heads, head_dim)`` into the scratch slots.
+
+        With a rotation, ``k`` must already be rotated at ``layout.query_frames``.
+        """
         start = self.geometry.scratch_start
         end = start + layout.frames * self.tokens_per_frame
         self.k[layer, :, start:end].copy_(k.detach())
@@ -332,10 +471,16 @@ class RollingKVCache:
             self.journal.save_before_commit(self, rows, destination)
         for buffer in (self.k, self.v):
             buffer[:, rows, destination] = buffer[:, :, start : start + count].clone()
-        if g.adaptive_sink_threshold is not None:
+        if self.sink_keys is not None:
+            self._keep_written_sinks(layout)
+        adaptive = g.adaptive_sink_threshold is not None
+        if adaptive:
             for j in range(layout.frames):
                 self._maybe_replace_sink(layout, j)
         self.frames_written.add_(layout.write.to(torch.int64) * layout.frames)
+        if layout.writes_all:
+            self._set_frames_at_least([n + layout.frames for n in self.frames_at_least])
+        self._refresh_sinks(time_only=not adaptive)
 
     def _commit_destination(self, layout: ChunkLayout) -> torch.Tensor:
         """``(R, frames * tokens_per_frame)`` token slots a commit writes, per row.
@@ -347,25 +492,71 @@ class RollingKVCache:
         scratch_tokens = torch.arange(start, start + layout.frames * g.tokens_per_frame, device=self.device)[None, :]
         return torch.where(layout.write[:, None], layout.destination_tokens, scratch_tokens)
 
+    def _keep_written_sinks(self, layout: ChunkLayout) -> None:
+        """Copy the sink slots this commit wrote (a row's first ``S`` frames) into ``sink_keys``."""
+        g = self.geometry
+        S, tpf = g.sink_frames, g.tokens_per_frame
+        sinks = torch.arange(S, device=self.device)
+        written = layout.write[:, None] & (layout.query_frames[:, :, None] == sinks).any(dim=1)  # (R, S)
+        slots = self.k[:, :, : S * tpf].unflatten(2, (S, tpf))
+        history = self.sink_keys.unflatten(2, (S, tpf))
+        history.copy_(torch.where(written[None, :, :, None, None, None], slots, history))
+
+    def _refresh_sinks(self, time_only: bool) -> None:
+        """Sink slots := the sinks' history advanced by each row's shift (rotated keys only; see module docstring).
+
+        ``time_only``: rewrite only the time channels, valid when the other
+        channels of the slots already equal the history's (every commit
+        keeps them equal unless an adaptive sink replaced one).
+        """
+        if self.sink_keys is None:
+            return
+        g = self.geometry
+        shift = (self.frames_written - g.sink_frames - g.ring_frames).clamp(min=0)[None, :]  # (1, R): per row
+        slots = self.k[:, :, : g.sink_frames * g.tokens_per_frame]
+        if time_only:
+            slots[..., : self.rotation.time_dim] = self.rotation.shifted_time_channels(self.sink_keys, shift)
+        else:
+            slots.copy_(self.rotation.shift_time(self.sink_keys, shift))
+
     def _maybe_replace_sink(self, layout: ChunkLayout, frame: int) -> None:
-        """Replace, per layer and row, the least similar sink by frame ``frame`` of the chunk if no sink is similar."""
+        """Replace, per layer and row, the least similar sink by frame ``frame`` of the chunk if no sink is similar.
+
+        Similarity is measured on raw (pre-RoPE) keys, so a frame's time
+        position does not count; a replacing frame's keys are re-rotated to
+        the sink's position.
+        """
         g = self.geometry
         S, tpf = g.sink_frames, g.tokens_per_frame
         start = g.scratch_start + frame * tpf
         eligible = layout.write & (layout.query_frames[:, frame] >= S)  # (R,)
         new_k = self.k[:, :, start : start + tpf]  # (L, R, tpf, H, D)
         new_v = self.v[:, :, start : start + tpf]
-        sink_k = self.k[:, :, : S * tpf].unflatten(2, (S, tpf))  # (L, R, S, tpf, H, D)
+        sink_k = self._sink_history().unflatten(2, (S, tpf))  # (L, R, S, tpf, H, D)
         sink_v = self.v[:, :, : S * tpf].unflatten(2, (S, tpf))
-        new_mean = new_k.float().mean(dim=2).flatten(-2)  # (L, R, H*D)
-        sink_mean = sink_k.float().mean(dim=3).flatten(-2)  # (L, R, S, H*D)
+        raw_new = self._raw_keys(new_k, layout.query_frames[:, frame : frame + 1])
+        sink_positions = torch.arange(S, device=self.device).expand(self.rows, S)
+        raw_sink = self._raw_keys(sink_k.flatten(2, 3), sink_positions).unflatten(2, (S, tpf))
+        new_mean = raw_new.float().mean(dim=2).flatten(-2)  # (L, R, H*D)
+        sink_mean = raw_sink.float().mean(dim=3).flatten(-2)  # (L, R, S, H*D)
         similarity = torch.nn.functional.cosine_similarity(sink_mean, new_mean[:, :, None], dim=-1)  # (L, R, S)
         replace = eligible[None, :] & (similarity.amax(dim=-1) < g.adaptive_sink_threshold)  # (L, R)
         target = similarity.argmin(dim=-1)  # (L, R)
         chosen = replace[..., None] & (torch.arange(S, device=self.device) == target[..., None])  # (L, R, S)
         chosen = chosen[..., None, None, None]
-        sink_k.copy_(torch.where(chosen, new_k[:, :, None], sink_k))
+        replacement = new_k
+        if self.rotation is not None:  # rotated at the frame's index; a sink's keys are rotated at its slot
+            replacement = self.rotation.shift_time(new_k, target - layout.query_frames[None, :, frame])
+        sink_k.copy_(torch.where(chosen, replacement[:, :, None], sink_k))
         sink_v.copy_(torch.where(chosen, new_v[:, :, None], sink_v))
+
+    def _raw_keys(self, keys: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``keys (L, R, F*tpf, H, D)`` rotated at frame ``positions (R, F)`` → pre-RoPE keys (as given without a rotation)."""
+        if self.rotation is None:
+            return keys
+        layers = keys.shape[0]
+        flat = self.rotation.unrotate(keys.flatten(0, 1), positions.repeat(layers, 1))
+        return flat.unflatten(0, (layers, self.rows))
 
 
 @dataclass(frozen=True)
@@ -377,27 +568,29 @@ class _CommitUndo:
     tokens: torch.Tensor  # (R, count) token slots the commit wrote
     keys: torch.Tensor  # (L, R, count, H, D) their previous content
     values: torch.Tensor
-    sink_keys: torch.Tensor | None  # (L, R, S*tpf, H, D) when adaptive sinks may replace a sink
-    sink_values: torch.Tensor | None
+    sink_keys: torch.Tensor | None  # (L, R, S*tpf, H, D) the sinks' key history, when the commit may change it
+    sink_values: torch.Tensor | None  # (L, R, S*tpf, H, D) with adaptive sinks
     frames_written: torch.Tensor  # (R,)
+    frames_at_least: tuple[int, ...]
 
     def apply(self) -> None:
         cache = self.cache
         cache.k[:, self.rows, self.tokens] = self.keys
         cache.v[:, self.rows, self.tokens] = self.values
         if self.sink_keys is not None:
-            sink_tokens = self.sink_keys.shape[2]
-            cache.k[:, :, :sink_tokens] = self.sink_keys
-            cache.v[:, :, :sink_tokens] = self.sink_values
-        cache.frames_written.copy_(self.frames_written)
+            cache._sink_history().copy_(self.sink_keys)
+        if self.sink_values is not None:
+            cache.v[:, :, : self.sink_values.shape[2]] = self.sink_values
+        cache.restore_counters(self.frames_written, self.frames_at_least)
 
 
 class CommitJournal:
     """Undo log of the commits made to one cache (and its row views) since the journal was attached.
 
     Cost per commit: one chunk's K/V per row (plus the sinks with adaptive
-    sinks), gathered on the device; never a copy of the whole cache.
-    A journal is *open* until :meth:`close`; a closed journal refuses to undo.
+    sinks or while a row fills its sinks), gathered on the device; never a
+    copy of the whole cache. A journal is *open* until :meth:`close`; a
+    closed journal refuses to undo.
     """
 
     def __init__(self) -> None:
@@ -411,8 +604,10 @@ class CommitJournal:
         """Called by :meth:`RollingKVCache.commit` before it writes ``tokens`` of ``rows``."""
         if self.closed:
             return
-        adaptive = cache.geometry.adaptive_sink_threshold is not None
-        sink_tokens = cache.geometry.sink_frames * cache.tokens_per_frame
+        geometry = cache.geometry
+        adaptive = geometry.adaptive_sink_threshold is not None
+        filling_sinks = cache.sink_keys is not None and min(cache.frames_at_least) < geometry.sink_frames
+        sink_tokens = geometry.sink_frames * cache.tokens_per_frame
         self._records.append(
             _CommitUndo(
                 cache=cache,
@@ -420,9 +615,10 @@ class CommitJournal:
                 tokens=tokens,
                 keys=cache.k[:, rows, tokens],  # advanced indexing: a copy
                 values=cache.v[:, rows, tokens],
-                sink_keys=cache.k[:, :, :sink_tokens].clone() if adaptive else None,
+                sink_keys=cache._sink_history().clone() if adaptive or filling_sinks else None,
                 sink_values=cache.v[:, :, :sink_tokens].clone() if adaptive else None,
                 frames_written=cache.frames_written.clone(),
+                frames_at_least=cache.frames_at_least,
             )
         )
 

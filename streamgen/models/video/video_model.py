@@ -7,8 +7,10 @@ through :meth:`encode_prompt`, :meth:`encode_context`,
 :attr:`forward_chunks` (one chunk for rows of several streams' caches) and
 the VAE's batched encode/decode, so a runtime backend may replace
 :attr:`forward_chunks` (torch.compile, CUDA graphs) without the algorithm
-noticing. :attr:`forward_chunk` (one cache) stays for single-stream callers. Nothing here is per-session; prompt embeddings are
-memoised by text because they are a pure function of the weights.
+noticing. :attr:`forward_chunk` (one cache) stays for single-stream callers.
+:attr:`timing_probe` gives ``accelerate(..., "auto")`` one representative
+call of that slot to time. Nothing here is per-session; prompt embeddings
+are memoised by text because they are a pure function of the weights.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from typing import Any
 
 import torch
 
-from .causal_wan import CausalWanTransformer
+from .causal_wan import CacheSegment, CausalWanTransformer
 from .stream_vae import StreamingWanVAE
 from .wan_context import CrossAttentionContext
 
 PROMPT_CACHE_SIZE = 64
 FLOW_SHIFT = 8.0
+# the stream defaults (pipeline.video_params): a timing probe runs what a default stream runs
+PROBE_STEPS = 2  # rows: one per denoising step (stream batch)
+PROBE_CACHE = {"sink_frames": 3, "ring_frames": 3, "chunk_frames": 1}
 
 
 @dataclass(eq=False)
@@ -109,3 +114,36 @@ class VideoModel:
     def encode_context(self, embeds: torch.Tensor) -> CrossAttentionContext:
         """Per-block cross-attention K/V for text embeddings (once per prompt, reused by every chunk)."""
         return self.transformer.encode_context(embeds)
+
+    # ----------------------------------------------------------------- timing
+    @property
+    def timing_probe(self) -> Callable[[], torch.Tensor]:
+        """A zero-argument callable: ONE chunk forward through :attr:`forward_chunks` at the native size.
+
+        It runs what a default stream runs in its steady state: one row per
+        step (``num_inference_steps`` of :attr:`default_params`, else 2),
+        one latent frame, a full 3 + 3 frame window (so attention runs
+        without a mask). The cache is made once per probe and marked full;
+        every call writes nothing into it (``write`` all False), so all
+        calls do identical work. The slot is looked up at each call, so the
+        probe times whatever backend is installed then.
+        """
+        rows = int(self.default_params.get("num_inference_steps", PROBE_STEPS))
+        width, height = self.default_size
+        latent_h, latent_w = self.latent_size(width, height)
+        cache = self.transformer.new_cache(rows, latent_h, latent_w, **PROBE_CACHE)
+        full = PROBE_CACHE["sink_frames"] + PROBE_CACHE["ring_frames"]
+        cache.restore_counters(torch.full((rows,), full, device=self.device), [full] * rows)
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        latents = torch.randn(rows, self.latent_channels, 1, latent_h, latent_w, generator=generator)
+        latents = latents.to(self.device, self.dtype)
+        timesteps = torch.linspace(1000.0, 250.0, rows, device=self.device)[:, None]
+        with torch.inference_mode():
+            context = self.encode_context(torch.zeros(1, self.text_length, self.transformer.text_dim, device=self.device))
+        segment = CacheSegment(cache, torch.zeros(rows, dtype=torch.bool, device=self.device))
+
+        @torch.inference_mode()
+        def probe() -> torch.Tensor:
+            return self.forward_chunks(latents, timesteps, [segment], context)
+
+        return probe
