@@ -4,8 +4,10 @@
 #   scripts/test.sh            # the whole suite
 #   scripts/test.sh -k stream  # extra arguments go to pytest
 #
-# torch is pinned to 2.13.0: on a machine without a GPU pip takes the CPU
-# wheel instead of a multi-GB CUDA build. The browser test drives Debian's
+# torch is pinned to 2.13.0, the version the suite is checked with. A torch
+# 2.13.0 already installed in .venv (e.g. the CPU build from PyTorch's CPU
+# wheel index) is kept; otherwise pip takes PyPI's, which on Linux x86-64 is
+# the multi-GB CUDA build (see README, "Quick start"). The browser test drives Debian's
 # chromium (no browser download); it is installed with apt-get when we are
 # root, otherwise that one test is skipped with a message saying why.
 set -euo pipefail

@@ -2,8 +2,10 @@
 
 Each command module defines ``register(subparsers)`` which adds its parser
 and sets ``func`` to a callable taking the parsed namespace and returning an
-exit code. Modules are imported only when the CLI starts, so a command's heavy
-imports (torch, aiortc) do not slow the others' ``--help``.
+exit code. Command modules keep their heavy imports (torch, diffusers, aiortc,
+PyAV) inside the functions that run the command, and ``import streamgen`` is
+lazy, so ``--help``, ``--version`` and argument errors answer at once, without
+loading torch (tests/cli/test_cli_startup.py checks it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import importlib
 import logging
 import sys
 
+from . import __version__
+from .commands.help_text import rest_to_text
 from .errors import StreamgenError
 
 COMMANDS = ("serve", "run", "build_engines", "doctor")
@@ -21,6 +25,7 @@ COMMANDS = ("serve", "run", "build_engines", "doctor")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamgen", description="Real-time streaming diffusion.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"streamgen {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -30,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    for command in subparsers.choices.values():  # descriptions are reST module docstrings
+        command.description = rest_to_text(command.description)
+        command.epilog = rest_to_text(command.epilog)
     return parser
 
 

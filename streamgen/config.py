@@ -15,6 +15,7 @@ Three kinds of settings, kept apart because they change at different times:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -162,6 +163,24 @@ class ModelSpec:
     fuse_lora: bool = True
     seed: int = 0
     acceleration: str = "none"
+
+
+def check_no_model_options(spec: Mapping[str, Any], what: str) -> None:
+    """Refuse model options (``dtype=``, ``device=``, ...) that ask for something when the model is already loaded.
+
+    They could only be dropped silently: a loaded model or pipeline keeps its
+    device, dtype and weights. Values equal to :class:`ModelSpec`'s defaults ask
+    for nothing and pass. Raises ConfigError.
+    """
+    from .errors import ConfigError  # noqa: PLC0415
+
+    defaults = ModelSpec()
+    asked = [f"{name}={value!r}" for name, value in sorted(spec.items()) if value != getattr(defaults, name, None)]
+    if asked:
+        raise ConfigError(
+            f"model option(s) {', '.join(asked)} cannot apply to {what}, which is already loaded; "
+            "pass a preset name, path or ModelSpec to load a model with them"
+        )
 
 
 def is_finite_number(value: Any) -> bool:

@@ -13,12 +13,13 @@ each keeps its own state.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
 
-from .config import ModelSpec, StreamConfig, StreamParams
-from .errors import InputError
+from .config import ModelSpec, StreamConfig, StreamParams, check_no_model_options, field_names
+from .errors import ConfigError, InputError
 from .frames import frames_to_uint8, uint8_to_user
 from .models import ImageModel, load_image_model
 from .params import parse_params, parse_stream_config, split_settings
@@ -31,6 +32,11 @@ _SPEC_FIELDS = ("weights", "device", "dtype", "vae", "lora", "fuse_lora", "model
 def load_pipeline(model: str | ModelSpec | ImageModel | ImagePipeline = "tiny", **spec: Any) -> ImagePipeline:
     """An :class:`ImagePipeline` for a preset name, hub id, local path, spec or loaded model."""
     acceleration = spec.pop("acceleration", None)
+    if isinstance(model, (ImagePipeline, ImageModel)):
+        check_no_model_options(spec, f"this {type(model).__name__}")
+    unknown = sorted(set(spec) - set(field_names(ModelSpec)))
+    if unknown:
+        raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(f for f in field_names(ModelSpec) if f != 'source')}")
     if isinstance(model, ImagePipeline):
         pipeline = model
     elif isinstance(model, ImageModel):
@@ -38,6 +44,8 @@ def load_pipeline(model: str | ModelSpec | ImageModel | ImagePipeline = "tiny", 
     else:
         if isinstance(model, str):
             model = ModelSpec(source=model, **spec)
+        elif isinstance(model, ModelSpec) and spec:
+            model = dataclasses.replace(model, **spec)  # keywords win over the spec's own values
         acceleration = acceleration or model.acceleration
         if acceleration and acceleration != "none":
             from .models import resolve_device  # noqa: PLC0415

@@ -81,9 +81,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if args.bitrate is not None and args.bitrate < 1:
         raise ConfigError(f"--bitrate must be at least 1 kbit/s, got {args.bitrate}")
     output = Path(args.output)
-    check_output_path(output)
+    codec = pick_codec(args.codec)
+    check_output_path(output, codec)
     _check_input_is_not_output(args.input, output)
-    return RunPlan(config, live_values, args.input, output, pick_codec(args.codec))
+    return RunPlan(config, live_values, args.input, output, codec)
 
 
 def _is_video_model(model: str) -> bool:
@@ -138,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
                     runner.feed(frame)
                     progress.update(1)
                     progress.set_postfix(out=writer.frames_written, refresh=False)
-                runner.finish()
+                runner.finish()  # the frames still inside the pipeline come out here
+                progress.set_postfix(out=writer.frames_written, refresh=False)  # drawn as the bar closes
         finally:
             writer.close()
         run_seconds = time.perf_counter() - started

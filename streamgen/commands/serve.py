@@ -11,8 +11,10 @@ Flags map one to one onto :class:`streamgen.server.config.ServerConfig`.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 
 DEFAULTS_HELP = 'settings for sessions whose client sends none (WHIP/OBS), as JSON, e.g. \'{"prompt": "a watercolor", "width": 512, "height": 512}\''
 
@@ -114,11 +116,65 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    config = build_config(args)
-    for noisy in ("aioice", "aiortc"):  # per-candidate ICE chatter at INFO
-        if not args.verbose:
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    from ..server import run_server  # noqa: PLC0415  (aiortc, torch: only when serving)
+    # The port is taken first (before torch and the model load, for seconds) and handed
+    # to aiohttp: a port in use is one line at once, and nothing can take it in between.
+    sockets = open_listening_sockets(args.host, args.port)
+    try:
+        config = build_config(args)
+        for noisy in ("aioice", "aiortc"):  # per-candidate ICE chatter at INFO
+            if not args.verbose:
+                logging.getLogger(noisy).setLevel(logging.WARNING)
+        from ..server import run_server  # noqa: PLC0415  (aiortc, torch: only when serving)
 
-    run_server(config)
+        run_server(config, sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0
+
+
+def open_listening_sockets(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+    """Listening TCP sockets for every address ``host`` names, bound as asyncio/aiohttp would bind them.
+
+    Like ``loop.create_server``: SO_REUSEADDR on POSIX (a restart need not wait
+    for TIME_WAIT; a port another server listens on is still refused), and
+    IPv6 sockets only take IPv6 so that ``localhost``'s two addresses do not
+    clash. Raises ConfigError (one line) when the port cannot be had.
+    """
+    from ..errors import ConfigError  # noqa: PLC0415
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise ConfigError(f"--host {host!r}: cannot resolve it ({error.strerror})") from None
+    sockets: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            if os.name == "posix":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            if port == 0:  # one ephemeral port for every address
+                port = sock.getsockname()[1]
+    except OSError as error:
+        for sock in sockets:
+            sock.close()
+        where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        if error.errno == errno.EADDRINUSE:
+            raise ConfigError(f"cannot listen on {where}: the port is already in use (another streamgen serve?); pick another with --port") from None
+        if error.errno == errno.EACCES:
+            raise ConfigError(f"cannot listen on {where}: permission denied (ports below 1024 need privileges); pick another with --port") from None
+        if error.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"cannot listen on {where}: no interface of this machine has that address; check --host") from None
+        raise ConfigError(f"cannot listen on {where}: {error.strerror or error}") from None
+    return sockets

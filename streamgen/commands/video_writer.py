@@ -9,6 +9,7 @@ twice while its buffer fills) is not written twice; it is counted instead.
 
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,6 +24,8 @@ CODEC_ALIASES = {"h264": "libx264"}
 MPEG4_MAX_TIME_BASE_DENOMINATOR = 65535  # the MPEG-4 part 2 standard's limit
 DEFAULT_BITRATE_KBPS = 4000  # for encoders without a constant-quality mode set here
 X264_OPTIONS = {"crf": "20", "preset": "veryfast"}
+# The containers offered when an --output extension cannot hold the video (each is checked against the encoder).
+VIDEO_CONTAINERS = (".mp4", ".mkv", ".mov", ".avi", ".webm")
 
 
 def encoder_available(name: str) -> bool:
@@ -46,14 +49,50 @@ def pick_codec(requested: str) -> str:
     return name
 
 
-def check_output_path(path: Path) -> None:
-    """Fail before any work when the output cannot be created."""
+def check_output_path(path: Path, codec: str | None = None) -> None:
+    """Fail before any work when the output cannot be created (or, given ``codec``, cannot hold that video)."""
     if path.is_dir():
         raise ConfigError(f"--output {str(path)!r} is a folder; give a file name such as out.mp4")
     if not path.parent.exists():
         raise ConfigError(f"--output {str(path)!r}: folder {str(path.parent)!r} does not exist")
     if not path.suffix:
         raise ConfigError(f"--output {str(path)!r} needs a file extension that names the container, e.g. .mp4 or .mkv")
+    if codec is not None and not container_takes(path.name, codec):
+        accepted = ", ".join(suffix for suffix in VIDEO_CONTAINERS if container_takes(f"out{suffix}", codec))
+        raise ConfigError(f"--output {str(path)!r}: PyAV cannot write {codec} video to a {path.suffix} file; use one of {accepted or 'none found (try another --codec)'}")
+
+
+def container_takes(name: str, codec: str) -> bool:
+    """Whether FFmpeg picks a muxer for a file called ``name`` that accepts ``codec`` video.
+
+    Asks PyAV as the writer will (``av.open(name, "w")``, the format guessed from
+    the extension), in memory: nothing is created on disk.
+    """
+    try:
+        container = av.open(io.BytesIO(), mode="w", format=_guess_format(name))
+    except (av.FFmpegError, ValueError):
+        return False
+    try:
+        container.add_stream(codec, rate=30)
+    except (av.FFmpegError, ValueError):
+        return False
+    finally:
+        container.close()
+    return not _is_image_muxer(container.format.name)
+
+
+def _guess_format(name: str) -> str:
+    """The muxer FFmpeg guesses from a file name (ValueError when none: "Could not determine output format")."""
+    container = av.open(name, mode="w")  # guesses only: PyAV opens the file when the first packet is written
+    try:
+        return container.format.name
+    finally:
+        container.close()
+
+
+def _is_image_muxer(format_name: str) -> bool:
+    """Image muxers (image2, *_pipe) and raw pipes (yuv4mpegpipe) accept a codec here but cannot write it as video."""
+    return format_name == "image2" or format_name.endswith("pipe") or format_name in {"apng", "gif", "webp"}
 
 
 class VideoWriter:
@@ -102,7 +141,7 @@ class VideoWriter:
     def _open(self, width: int, height: int) -> None:
         try:
             container = av.open(str(self.path), mode="w")
-        except (av.FFmpegError, OSError) as error:
+        except (av.FFmpegError, OSError, ValueError) as error:
             raise ConfigError(f"cannot create {str(self.path)!r}: {getattr(error, 'strerror', None) or error}") from None
         try:
             stream = container.add_stream(self.codec, rate=self.rate)

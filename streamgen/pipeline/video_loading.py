@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ModelSpec
+from ..config import ModelSpec, check_no_model_options
 from ..models.loading.video_presets import load_video_model
 from ..models.video.video_model import VideoModel
 from ..models.loading.device import resolve_device
@@ -26,6 +26,8 @@ def load_video_pipeline(model: Any = "tiny-video", **spec: Any):
     ``lora`` must be empty (not supported for video).
     """
     acceleration = spec.pop("acceleration", None)
+    if isinstance(model, (VideoPipeline, VideoModel)):
+        check_no_model_options(spec, f"this {type(model).__name__}")
     if isinstance(model, VideoPipeline):
         pipeline = model
     elif isinstance(model, VideoModel):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -135,8 +136,13 @@ async def warm_up_worker(worker: ModelWorker, settings: dict[str, Any], kind: st
             worker.learn(shapes, seconds)
 
 
-def run_server(config: ServerConfig) -> None:
-    """Load the model and serve until interrupted (``streamgen serve``)."""
+def run_server(config: ServerConfig, sockets: Sequence[socket.socket] | None = None) -> None:
+    """Load the model and serve until interrupted (``streamgen serve``).
+
+    ``sockets``: listening sockets opened before the model loads (``streamgen
+    serve`` takes the port first, so a port in use fails at once); without
+    them aiohttp binds ``config.host``:``config.port`` itself.
+    """
     from ..threads import apply_thread_budget  # noqa: PLC0415
 
     apply_thread_budget(config.threads)
@@ -144,15 +150,20 @@ def run_server(config: ServerConfig) -> None:
     pipelines = [load_server_pipeline(config.model, config.device, config.dtype, config.acceleration) for _ in range(config.replicas)]
     app = create_app(config, pipelines)
     workers = app[CONTEXT_KEY].workers
-    web.run_app(app, host=config.host, port=config.port, print=lambda _: log_where_to_go(config), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
+    if sockets:
+        port = sockets[0].getsockname()[1]  # the bound one, when --port 0 asked for any
+        where: dict[str, Any] = {"sock": list(sockets)}
+    else:
+        port, where = config.port, {"host": config.host, "port": config.port}
+    web.run_app(app, **where, print=lambda _: log_where_to_go(config, port), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
     exit_without_waiting_for_a_step(workers)
 
 
-def log_where_to_go(config: ServerConfig) -> None:
+def log_where_to_go(config: ServerConfig, port: int | None = None) -> None:
     """The page's address, where OBS's browser source points, and what the exposure settings mean (no secret is logged)."""
     every_interface = config.host in EVERY_INTERFACE
     host = "127.0.0.1" if every_interface else config.host
-    base = f"http://{f'[{host}]' if ':' in host else host}:{config.port}"
+    base = f"http://{f'[{host}]' if ':' in host else host}:{config.port if port is None else port}"
     logger.info("streamgen is serving %s at %s/", config.model, base)
     if config.token is None:
         logger.info("no --token: anyone who reaches this port may create sessions; each session is steered, watched and ended with its own secret")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -88,6 +89,15 @@ def test_progress_bar_goes_to_stderr(cli, tmp_path):
     code, _, err = cli("run", "-i", "synthetic:3", "-o", str(tmp_path / "out.mp4"), "--width", "64", "--height", "64")
     assert code == 0
     assert "3/3" in err
+
+
+@pytest.mark.parametrize("extra", [[], ["--frame-buffer-size", "2"], ["--num-inference-steps", "3"]])
+def test_progress_bar_ends_with_every_output_frame(cli, tmp_path, extra):
+    """Stream batch holds frames back until the end; the bar's last out= must count them too."""
+    code, out, err = cli("run", "-i", "synthetic:5", "-o", str(tmp_path / "out.mp4"), "--width", "64", "--height", "64", *extra)
+    assert code == 0, err
+    assert "5 in, 5 out" in out
+    assert re.findall(r"out=(\d+)", err)[-1] == "5", err
 
 
 def test_entry_point_as_a_subprocess(tmp_path):

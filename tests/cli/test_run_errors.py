@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .media import write_clip
@@ -89,3 +91,29 @@ def test_argparse_usage_errors_exit_2(cli, tmp_path):
     assert code == 2 and "invalid choice" in err and "Traceback" not in err
     code, _, err = cli("run", "-o", str(tmp_path / "o.mp4"))
     assert code == 2 and "--input" in err
+
+
+@pytest.mark.parametrize(("output", "accepted"), [("out.txt", ".mp4, .mkv, .mov, .avi"), ("out.wav", ".mp4"), ("out.png", ".mkv"), ("out.webm", ".mp4")])
+def test_an_output_format_that_cannot_hold_the_video_fails_before_the_model_loads(cli, tmp_path, monkeypatch, output, accepted):
+    import streamgen.stream
+
+    monkeypatch.setattr(streamgen.stream, "load_stream_pipeline", lambda *a, **k: pytest.fail("the model must not load"))
+    err = _fails_clearly(cli, "run", "-i", "synthetic:2", "-o", str(tmp_path / output), "--codec", "mpeg4")
+    assert err.startswith("streamgen: error:") and err.count("\n") == 1
+    assert f"to a {Path(output).suffix} file" in err and accepted in err
+    assert not (tmp_path / output).exists()
+
+
+def test_an_encoder_the_container_takes_is_accepted(cli, tmp_path):
+    from streamgen.commands.video_writer import check_output_path, container_takes
+
+    assert container_takes("out.mkv", "mpeg4") and container_takes("out.MP4", "mpeg4")
+    assert not container_takes("out.txt", "mpeg4") and not container_takes("out.y4m", "mpeg4")
+    check_output_path(tmp_path / "out.mov", "mpeg4")
+    assert not (tmp_path / "out.mov").exists()
+
+
+def test_unknown_model_lists_image_and_video_presets(cli, tmp_path):
+    err = _fails_clearly(cli, "run", "-i", "synthetic:2", "-o", str(tmp_path / "out.mp4"), "--model", "no-such-model", "--device", "cpu")
+    for preset in ("tiny", "sd-turbo", "tiny-video", "wan-causal-1.3b"):
+        assert preset in err

@@ -167,6 +167,6 @@ def _offline_message(what: str, repo: str, cached: Path | None, missing: Callabl
 
 
 def _presets_hint() -> str:
-    from .presets import IMAGE_PRESETS  # noqa: PLC0415
+    from .presets import presets_hint  # noqa: PLC0415
 
-    return f"Built-in presets: {', '.join(IMAGE_PRESETS)}."
+    return f"Built-in presets: {presets_hint()}."

@@ -5,7 +5,7 @@ name wins, then anything that exists on disk, then strings that can only be
 paths (which then do not exist, a clear error), then hub ids
 (``owner/name``, or ``owner/name/file.safetensors`` for one checkpoint file
 of a repository). Anything else is an unknown model, and the error lists
-the presets.
+the presets, image and video.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from ...errors import ModelLoadError
-from .presets import IMAGE_PRESETS, ImagePreset, get_image_preset
+from .presets import IMAGE_PRESETS, ImagePreset, get_image_preset, presets_hint
 from .single_file import is_single_file
 
 SourceKind = Literal["preset", "directory", "single_file", "hub", "hub_file"]
@@ -65,10 +65,7 @@ def preset_for_repo(repo: str) -> ImagePreset | None:
 
 
 def choices() -> str:
-    return (
-        f"Presets: {', '.join(IMAGE_PRESETS)}; or pass a hub id (owner/name), a local diffusers directory, "
-        "or a single .safetensors checkpoint."
-    )
+    return f"{presets_hint()}; or pass a hub id (owner/name), a local diffusers directory, or a single .safetensors checkpoint."
 
 
 def _only_a_path(source: str) -> bool:

@@ -127,7 +127,9 @@ def _video_spec(model: str | ModelSpec, spec: Mapping[str, Any]) -> VideoSpec:
         model = model.source
     preset = VIDEO_PRESETS.get(model) if isinstance(model, str) else None
     if preset is None:
-        raise ConfigError(f"unknown video model {model!r}; video presets: {', '.join(VIDEO_PRESETS)}")
+        from .presets import presets_hint  # noqa: PLC0415
+
+        raise ConfigError(f"unknown video model {model!r}. {presets_hint()}")
     weights = values.get("weights", "pretrained")
     if weights not in WEIGHT_KINDS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHT_KINDS)}; got {weights!r}")
