@@ -106,13 +106,21 @@ class Session:
             self._spawn(self._pump(track))
 
     def add_viewer(self, viewer: Viewer) -> None:
+        """Attach a WHEP viewer; one that has not connected within the connect timeout is dropped (it holds a slot)."""
         self.viewers[viewer.viewer_id] = viewer
 
         async def on_state() -> None:
             if viewer.pc.connectionState in ("failed", "closed"):
                 await self.remove_viewer(viewer.viewer_id)
 
+        async def reap_if_never_connected() -> None:
+            await asyncio.sleep(self._config.connect_timeout)
+            if self.viewers.get(viewer.viewer_id) is viewer and viewer.pc.connectionState != "connected":
+                logger.info("session %s: viewer %s did not connect within %g s; dropped", self.id, viewer.viewer_id, self._config.connect_timeout)
+                await self.remove_viewer(viewer.viewer_id)
+
         viewer.pc.on("connectionstatechange", on_state)
+        self._spawn(reap_if_never_connected())
 
     async def remove_viewer(self, viewer_id: str) -> bool:
         viewer = self.viewers.pop(viewer_id, None)

@@ -89,3 +89,33 @@ async def test_whip_does_not_take_trickled_candidates(identity_pipeline):
 def test_strip_candidates_removes_only_candidate_lines():
     sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=candidate:1 1 udp 1 10.0.0.1 5000 typ host\r\na=end-of-candidates\r\na=mid:0\r\n"
     assert strip_candidates(sdp) == "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n"
+
+
+async def test_whep_viewers_that_never_connect_are_reaped(identity_pipeline):
+    """Ghost viewers (offer sent, ICE never finished) would hold every viewer slot; they are dropped after the connect timeout."""
+    from aiortc import RTCPeerConnection
+
+    async with running_server(identity_pipeline, connect_timeout=1.0, max_viewers_per_session=2) as server:
+        publisher = await whip_publish(server.base_url, MarkerVideoTrack(), codecs=["H264"])
+        ghosts = []
+        try:
+            session = server.context.manager.get(publisher.session_id)
+            for _ in range(2):
+                pc = RTCPeerConnection()  # posts an offer, never applies the answer: ICE never completes
+                ghosts.append(pc)
+                pc.addTransceiver("video", direction="recvonly")
+                await pc.setLocalDescription(await pc.createOffer())
+                status, _, _ = await server.request(
+                    "POST", f"/whep/{publisher.session_id}", data=pc.localDescription.sdp,
+                    headers={"Content-Type": "application/sdp", **bearer(publisher.secret)},
+                )
+                assert status == 201
+            assert len(session.viewers) == 2
+            await poll(lambda: not session.viewers, 10, "the ghost viewers to be dropped")
+            viewer = await whep_view(server.base_url, publisher.session_id, secret=publisher.secret)
+            await viewer.wait_for_frames(3)
+            await viewer.close()
+        finally:
+            for pc in ghosts:
+                await pc.close()
+            await publisher.close()
