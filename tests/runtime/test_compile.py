@@ -38,14 +38,6 @@ needs_compile = pytest.mark.skipif(
 pytestmark = needs_compile
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and idle OpenMP threads spin when the CPU is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # ---------------------------------------------------------------------- image
 @pytest.fixture(scope="module")

@@ -23,14 +23,6 @@ ATOL = 1e-4
 SMALL_WINDOW = {"sink_frames": 1, "ring_frames": 2}  # 3 frames of history: the streams below run far past it
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads, and idle OpenMP threads spin when the CPU is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def pipeline():

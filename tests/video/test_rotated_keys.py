@@ -11,13 +11,6 @@ from streamgen.models.video.wan_rope import apply_rope
 H = W = 8  # latent size -> a 4x4 token grid
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def model():

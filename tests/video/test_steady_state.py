@@ -16,13 +16,6 @@ ATOL = 1e-5
 WINDOW = {"sink_frames": 1, "ring_frames": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def model():
