@@ -6,6 +6,7 @@
 // ({type: "ack", id, ok, error}) plus the server's periodic {type: "stats"} messages.
 // The /offer answer carries the session's own secret: the page sends it (not the admin token)
 // to end the session, and puts it after the "#" of the watch link, which browsers never send.
+import { FrameRate, fpsOutText, PLACEHOLDER } from "./overlay.js";
 import { authHeaders, errorFrom, localOffer, savedToken, saveToken, watchUrl } from "./signaling.js";
 
 const $ = (id) => document.getElementById(id);
@@ -13,6 +14,10 @@ const SLIDERS = ["strength", "guidance_scale", "delta", "noise_scale"];
 // the live parameters the server's model takes (from /health): image and video models differ
 let accepted = null;
 const PARAM_DELAY_MS = 120;
+const APPLIED_SHOWN_MS = 1500;
+const STAT_IDS = ["stat-fps-in", "stat-fps-out", "stat-latency", "stat-rtt", "stat-dropped", "stat-shown"];
+const presentedRate = new FrameRate();
+let appliedTimer = null;
 
 const session = {
   pc: null,
@@ -29,7 +34,7 @@ const session = {
 };
 
 // Counters the page exposes for tests and curious users (see tests/server/test_browser.py).
-window.streamgen = { outputFrames: 0, state: "idle", sessionId: null, lastError: null };
+window.streamgen = { outputFrames: 0, paramsApplied: 0, state: "idle", sessionId: null, lastError: null };
 
 // ------------------------------------------------------------------ UI helpers
 function setStatus(text) {
@@ -46,6 +51,21 @@ function showError(message) {
 function clearError() {
   $("error").hidden = true;
   $("error").textContent = "";
+}
+
+// A brief "applied" next to the status when the server acknowledged a parameter change.
+function showApplied() {
+  window.streamgen.paramsApplied += 1;
+  $("applied").hidden = false;
+  clearTimeout(appliedTimer);
+  appliedTimer = setTimeout(() => ($("applied").hidden = true), APPLIED_SHOWN_MS);
+}
+
+function clearOverlay() {
+  for (const id of STAT_IDS) $(id).textContent = PLACEHOLDER;
+  presentedRate.clear();
+  clearTimeout(appliedTimer);
+  $("applied").hidden = true;
 }
 
 function setRunning(running) {
@@ -171,6 +191,7 @@ async function stop() {
   $("input").srcObject = null;
   $("output").srcObject = null;
   $("watch-link").hidden = true;
+  clearOverlay();
   setRunning(false);
   setStatus("Stopped.");
 }
@@ -186,15 +207,18 @@ function showOutput(track) {
 function countPresentedFrames(video) {
   if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
     const onFrame = () => {
+      if (!video.srcObject) return; // stopped: a late callback must not write into the cleared overlay
       window.streamgen.outputFrames += 1;
       $("stat-shown").textContent = window.streamgen.outputFrames;
-      if (video.srcObject) video.requestVideoFrameCallback(onFrame);
+      video.requestVideoFrameCallback(onFrame);
     };
     video.requestVideoFrameCallback(onFrame);
   } else {
     const timer = setInterval(async () => {
       if (!session.pc) return clearInterval(timer);
-      const stats = await session.pc.getStats();
+      const pc = session.pc;
+      const stats = await pc.getStats();
+      if (session.pc !== pc) return; // stopped meanwhile
       stats.forEach((s) => {
         if (s.type === "inbound-rtp" && s.kind === "video") window.streamgen.outputFrames = s.framesDecoded || 0;
       });
@@ -225,7 +249,7 @@ function sendControl(message) {
   if (!channel || channel.readyState !== "open") return Promise.reject(new Error("not connected"));
   const id = session.nextMessageId++;
   channel.send(JSON.stringify({ ...message, id }));
-  return new Promise((resolve, reject) => session.pendingAcks.set(id, { resolve, reject }));
+  return new Promise((resolve, reject) => session.pendingAcks.set(id, { resolve, reject, type: message.type }));
 }
 
 function onControlMessage(data) {
@@ -239,7 +263,10 @@ function onControlMessage(data) {
     const pending = session.pendingAcks.get(message.id);
     session.pendingAcks.delete(message.id);
     if (!message.ok) showError(`Parameter rejected: ${message.error}`);
-    else clearError();
+    else {
+      clearError();
+      if (pending && pending.type === "params") showApplied();
+    }
     if (pending) pending.resolve(message);
   } else if (message.type === "stats") {
     showStats(message);
@@ -271,15 +298,19 @@ function fmt(value, unit = "") {
 }
 
 function showStats(stats) {
+  if (!session.pc) return;
+  presentedRate.sample(performance.now(), window.streamgen.outputFrames);
   $("stat-fps-in").textContent = fmt(stats.fps_in);
-  $("stat-fps-out").textContent = fmt(stats.fps_out);
+  $("stat-fps-out").textContent = fpsOutText(stats.fps_out, presentedRate.perSecond());
   $("stat-latency").textContent = fmt(stats.latency_ms_p50, " ms");
   $("stat-dropped").textContent = fmt(stats.dropped);
 }
 
 async function updateRtt() {
-  if (!session.pc) return;
-  const stats = await session.pc.getStats();
+  const pc = session.pc;
+  if (!pc) return;
+  const stats = await pc.getStats();
+  if (session.pc !== pc) return; // stopped meanwhile: leave the cleared overlay alone
   stats.forEach((s) => {
     if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) {
       $("stat-rtt").textContent = `${Math.round(s.currentRoundTripTime * 1000)} ms`;

@@ -92,6 +92,14 @@ async def test_browser_session_streams_and_takes_live_parameters(shared_tiny_pip
             await page.dispatch_event("#seed", "change")
             await poll(lambda: session.params["seed"] == [[777, 1.0]], 20, "the seed set in the page to reach the session")
 
+            # a prompt change the server acknowledged shows a brief "applied"
+            applied = await page.evaluate("window.streamgen.paramsApplied")
+            await page.fill("#prompt", "an ink drawing")
+            await page.wait_for_function(f"window.streamgen.paramsApplied > {applied}", timeout=20_000)
+            assert await page.is_visible("#applied") and "applied" in await page.text_content("#applied")
+            assert "an ink drawing" in str(session.params["prompt"])
+            assert (await page.text_content("#stat-fps-in")) != "–", "the overlay shows the server's stats while running"
+
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "browser-session.png"))
             assert await page.is_hidden("#error"), await page.text_content("#error")
@@ -102,6 +110,8 @@ async def test_browser_session_streams_and_takes_live_parameters(shared_tiny_pip
             assert delete.headers.get("authorization") == f"Bearer {session.secret}", "Stop ends the session with its secret"
             assert (await delete.response()).status in (200, 404), "accepted (404: the closed peer ended it first)"
             await poll(lambda: not server.context.manager.sessions, 20, "Stop to end the session on the server")
+            overlay = await page.eval_on_selector_all("#stats b", "nodes => nodes.map((n) => n.textContent)")
+            assert overlay == ["–"] * 6, f"Stop clears the stats overlay: {overlay}"
             assert not [line for line in console if line.startswith("error")], console
         finally:
             await browser.close()
