@@ -52,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-viewers", type=int, default=8, help="WHEP viewers per session (default 8)")
     limits.add_argument("--idle-timeout", type=float, default=30.0, metavar="S", help="close a session after this many seconds without input (default 30)")
     limits.add_argument("--connect-timeout", type=float, default=20.0, metavar="S", help="close a session whose peer has not connected by then (default 20)")
+    limits.add_argument("--peer-timeout", type=float, default=10.0, metavar="S", help="close a session (or viewer) whose connected peer sent no packet at all (media, RTCP, data channel) for this long: it vanished (default 10; ICE consent alone notices after ~30)")
+    limits.add_argument("--header-timeout", type=float, default=10.0, metavar="S", help="seconds a client has to send a request's headers, from its first byte; then 408 and the connection is closed (default 10)")
+    limits.add_argument("--body-timeout", type=float, default=10.0, metavar="S", help="seconds a client has to send a request body; then 408 and the connection is closed (default 10)")
+    limits.add_argument("--keepalive-timeout", type=float, default=15.0, metavar="S", help="close an HTTP connection idle for this long (default 15)")
+    limits.add_argument("--max-connections", type=int, default=512, help="open HTTP connections; more are refused with 503 (default 512)")
     limits.add_argument("--max-body-kb", type=int, default=256, help="largest request body, KiB (default 256)")
     limits.add_argument("--max-input", default="3840x2160", metavar="WxH", help="largest input frame accepted (default 3840x2160); frames are scaled to the model's resolution")
     parser.add_argument("--web-dir", default=None, help="serve the browser client from this directory instead of the bundled one")
@@ -112,6 +117,11 @@ def build_config(args: argparse.Namespace):
         allowed_hosts=parse_names(args.allowed_hosts),
         cors_origins=parse_names(args.cors_origins),
         metrics_session_labels=args.metrics_sessions,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        max_connections=args.max_connections,
+        peer_timeout=args.peer_timeout,
     )
 
 

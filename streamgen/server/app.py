@@ -15,7 +15,9 @@ and the scheduler's latency model starts from two measured batch sizes
 instead of a guess. At shutdown it closes every session and stops the
 workers without waiting for a step in flight.
 
-Every request passes, outermost first: the ``Host`` check
+Every connection is bounded first (header, body and idle timeouts, a cap
+on open connections; :mod:`~streamgen.server.aiohttp_patches`). Every
+request passes, outermost first: the ``Host`` check
 (:mod:`~streamgen.server.host_check`), CORS (:mod:`~streamgen.server.cors`)
 and the JSON error answers (:mod:`~streamgen.server.http_errors`).
 """
@@ -33,7 +35,7 @@ from typing import Any
 import torch
 from aiohttp import web
 
-from .aiohttp_patches import install_json_parse_errors
+from .aiohttp_patches import LIMITS_KEY, ConnectionLimits, install_connection_guards, install_json_parse_errors
 from .aiortc_patches import configure_video_encoders, install_marker_jitter_buffer
 from .config import ServerConfig
 from .context import CONTEXT_KEY, ServerContext
@@ -76,6 +78,9 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     web_dir = find_web_dir(config.web_dir)
     middlewares = [host_check(HostRules.for_server(config.host, config.allowed_hosts)), cors(CorsPolicy(config.cors_origins)), json_errors]
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+    app[LIMITS_KEY] = ConnectionLimits(config.header_timeout, config.body_timeout, config.keepalive_timeout, config.max_connections)
+    install_connection_guards()  # before the first connection (on_startup runs after a test's site may already listen)
+    install_json_parse_errors()
     app[CONTEXT_KEY] = ServerContext(
         config, manager, metrics, workers, model_name(pipelines[0]), web_dir, model_kind(pipelines[0]), live_param_names(pipelines[0])
     )
@@ -85,7 +90,6 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
 
     async def on_startup(app: web.Application) -> None:
         install_marker_jitter_buffer()
-        install_json_parse_errors()
         configure_video_encoders(config.bitrate, config.max_bitrate, config.max_fps)
         loop = asyncio.get_running_loop()
         for worker in workers:
@@ -155,7 +159,10 @@ def run_server(config: ServerConfig, sockets: Sequence[socket.socket] | None = N
         where: dict[str, Any] = {"sock": list(sockets)}
     else:
         port, where = config.port, {"host": config.host, "port": config.port}
-    web.run_app(app, **where, print=lambda _: log_where_to_go(config, port), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
+    web.run_app(
+        app, **where, print=lambda _: log_where_to_go(config, port), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS,
+        keepalive_timeout=config.keepalive_timeout,
+    )
     exit_without_waiting_for_a_step(workers)
 
 

@@ -59,6 +59,15 @@ class ServerConfig:
     ``threads``: the model's CPU threads (None: ``OMP_NUM_THREADS`` or cores − 1).
     ``max_width``/``max_height``: the largest stream a session may ask for
     (None: twice the model's native size).
+    ``header_timeout``: seconds a client has, from the first byte of a
+    request, to send all its headers; ``body_timeout``: seconds to send the
+    body a handler reads; ``keepalive_timeout``: seconds an idle HTTP
+    connection stays open; ``max_connections``: open HTTP connections
+    beyond which new ones are refused (see
+    :mod:`streamgen.server.aiohttp_patches`).
+    ``peer_timeout``: a connected peer that sends nothing at all (no media,
+    RTCP or data-channel packet) for this long has vanished and its
+    session (or viewer) is closed, well before ICE consent expires (~30 s).
     """
 
     host: str = "127.0.0.1"
@@ -94,6 +103,11 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     metrics_session_labels: bool = False
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    keepalive_timeout: float = 15.0
+    max_connections: int = 512
+    peer_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         _positive_int("port", self.port, allow_zero=True, high=65535)
@@ -107,7 +121,8 @@ class ServerConfig:
         _positive_int("max_bitrate", self.max_bitrate, high=100_000_000)
         if self.max_bitrate < self.bitrate:
             raise ConfigError(f"max_bitrate ({self.max_bitrate}) must be at least bitrate ({self.bitrate})")
-        for name in ("max_fps", "idle_timeout", "connect_timeout", "stats_interval"):
+        _positive_int("max_connections", self.max_connections, high=1_000_000)
+        for name in ("max_fps", "idle_timeout", "connect_timeout", "stats_interval", "header_timeout", "body_timeout", "keepalive_timeout", "peer_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of {'frames per second' if name == 'max_fps' else 'seconds'}, got {value!r}")

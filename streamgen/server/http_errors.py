@@ -4,7 +4,8 @@ User mistakes are :class:`~streamgen.errors.StreamgenError` subclasses and are
 answered without a logged traceback: 400 for bad parameters or SDP, 401 for
 a missing/wrong credential (see :mod:`streamgen.server.access`), 403 for
 what no credential allows, 404 for an unknown session, 413 for an oversized
-body, 415 for a wrong content type, 503 when the server is full
+body, 415 for a wrong content type, 408 for a body that did not arrive
+within the body timeout (the connection is then closed), 503 when the server is full
 (:class:`~streamgen.errors.CapacityError`). aiohttp's own HTTP errors (404 of
 an unknown route, 405, 413 from ``client_max_size``) are rewritten as JSON
 too. Anything else is a bug: aiohttp logs it and answers 500.
@@ -12,6 +13,7 @@ too. Anything else is a bug: aiohttp logs it and answers 500.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -51,7 +53,12 @@ class BodyTooLargeError(StreamgenError):
     """The request body is over the server's limit."""
 
 
+class RequestTimeoutError(StreamgenError):
+    """The client did not send its request body within the body timeout."""
+
+
 STATUS_BY_ERROR: tuple[tuple[type[StreamgenError], int], ...] = (
+    (RequestTimeoutError, 408),
     (CapacityError, 503),
     (NotFoundError, 404),
     (UnauthorizedError, 401),
@@ -86,7 +93,10 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         details = getattr(error, "details", None)
         if details:
             return web.json_response({"error": str(error), "admission": details}, status=status, headers=headers)
-        return json_error(status, str(error), headers)
+        response = json_error(status, str(error), headers)
+        if status == 408:
+            response.force_close()
+        return response
     except web.HTTPException as error:
         if error.status < 400 or error.content_type == "application/json":
             raise
@@ -126,14 +136,18 @@ def require_content_type(request: web.Request, expected: str) -> None:
         raise UnsupportedMediaTypeError(f"the body must be {expected}, got {got}")
 
 
-async def read_text(request: web.Request, limit: int) -> str:
-    """The body as UTF-8 text, within ``limit`` bytes."""
+async def read_text(request: web.Request, limit: int, timeout: float | None = None) -> str:
+    """The body as UTF-8 text, within ``limit`` bytes and, when given, ``timeout`` seconds (else 408, connection closed)."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLargeError(f"request body is {request.content_length} bytes; the limit is {limit}")
     try:
-        data = await request.read()
+        async with asyncio.timeout(timeout):
+            data = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLargeError(f"request body is larger than the limit of {limit} bytes") from None
+    except TimeoutError:
+        _stop_lingering(request)
+        raise RequestTimeoutError(f"the request body did not arrive within {timeout:g} s") from None
     if len(data) > limit:
         raise BodyTooLargeError(f"request body is {len(data)} bytes; the limit is {limit}")
     try:
@@ -146,10 +160,17 @@ class InvalidBodyError(StreamgenError):
     """The body cannot be read as the JSON or SDP it should be."""
 
 
-async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
+def _stop_lingering(request: web.Request) -> None:
+    """Answer and close without first reading what is left of the body (aiohttp would, for up to its lingering time)."""
+    protocol = request.protocol
+    if protocol is not None and hasattr(protocol, "_lingering_time"):
+        protocol._lingering_time = 0.0
+
+
+async def read_json_object(request: web.Request, limit: int, timeout: float | None = None) -> dict[str, Any]:
     """A JSON object body (``application/json``), NaN and Infinity refused."""
     require_content_type(request, "application/json")
-    text = await read_text(request, limit)
+    text = await read_text(request, limit, timeout)
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except ValueError as error:

@@ -36,7 +36,7 @@ OFFER_FIELDS = ("sdp", "type", "params", "slo")
 async def post_offer(request: web.Request) -> web.Response:
     ctx = context(request)
     require_token(request, ctx.config.token)
-    body = await read_json_object(request, ctx.config.max_body_bytes)
+    body = await read_json_object(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
     unknown = sorted(set(body) - set(OFFER_FIELDS))
     if unknown:
         raise InputError(f"unknown field(s) {', '.join(map(repr, unknown))}; an offer has {', '.join(OFFER_FIELDS)}")
@@ -55,7 +55,7 @@ async def post_whip(request: web.Request) -> web.Response:
     ctx = context(request)
     require_token(request, ctx.config.token)
     require_content_type(request, "application/sdp")
-    offer = await read_text(request, ctx.config.max_body_bytes)
+    offer = await read_text(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
     session, answer = await ctx.manager.open("whip", offer, {}, send_output=False)
     return _created(answer, f"/whip/{session.id}", {SESSION_SECRET_HEADER: session.secret})
 
@@ -71,7 +71,7 @@ async def post_whep(request: web.Request) -> web.Response:
     ctx = context(request)
     session = authorize_session(request, ctx.manager, ctx.config.token, request.match_info["session_id"])
     require_content_type(request, "application/sdp")
-    offer = await read_text(request, ctx.config.max_body_bytes)
+    offer = await read_text(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
     viewer, answer = await ctx.manager.add_viewer(session.id, offer)
     return _created(answer, f"/whep/{session.id}/{viewer.viewer_id}")
 

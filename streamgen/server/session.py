@@ -29,6 +29,7 @@ from ..sched import Slo
 from .config import ServerConfig
 from .control import ControlChannel, ControlHandlers
 from .fps_cap import FpsCap
+from .liveness import PacketWatch
 from .metrics import ServerMetrics, SessionSample
 from .pipelines import current_params, frames_per_step, parse_update, warm_prompts
 from .slot import FrameTag, LatestFrames
@@ -49,6 +50,9 @@ class Viewer:
     viewer_id: str
     pc: RTCPeerConnection
     track: OutputTrack
+
+    def __post_init__(self) -> None:
+        self.liveness = PacketWatch(self.pc)
 
 
 class Session:
@@ -96,6 +100,7 @@ class Session:
         self.slo = slo or Slo()
         self._caps = caps
         self._update_lock = asyncio.Lock()
+        self.liveness = PacketWatch(pc)
         pc.on("connectionstatechange", self._on_connection_state)
         pc.on("datachannel", self._on_datachannel)
 

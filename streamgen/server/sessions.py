@@ -9,8 +9,10 @@ the answer that created it carries (see :mod:`streamgen.server.access`).
 WHEP viewers attach to an existing session.
 
 A sweeper closes sessions whose peer never connected within
-``connect_timeout``, and sessions that sent no frame and no control message
-for ``idle_timeout`` seconds (a vanished peer whose ICE has not failed yet).
+``connect_timeout``, sessions whose connected peer sent no packet at all for
+``peer_timeout`` seconds (it vanished: see :mod:`streamgen.server.liveness`;
+WHEP viewers likewise), and sessions that sent no frame and no control
+message for ``idle_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -193,18 +195,27 @@ class SessionManager:
             self._sweeper = None
 
     async def _sweep_forever(self) -> None:
-        interval = min(1.0, self.config.idle_timeout / 4, self.config.connect_timeout / 4)
+        interval = min(1.0, self.config.idle_timeout / 4, self.config.connect_timeout / 4, self.config.peer_timeout / 4)
         while True:
             await asyncio.sleep(interval)
             await self.sweep(time.monotonic())
 
     async def sweep(self, now: float) -> None:
-        """Close sessions that never connected or went idle."""
+        """Close sessions that never connected, whose peer vanished or that went idle; drop vanished viewers."""
+        peer_timeout = self.config.peer_timeout
         for session in list(self.sessions.values()):
             if not session.connected and now - session.stats.created_at > self.config.connect_timeout:
                 await session.close(f"the peer did not connect within {self.config.connect_timeout:g} s")
             elif now - session.last_activity > self.config.idle_timeout:
                 await session.close(f"no input for {self.config.idle_timeout:g} s")
+            elif session.connected and not session.closed and await session.liveness.silent_for(now) > peer_timeout:
+                await session.close(f"the peer sent nothing for {peer_timeout:g} s (it vanished)")
+            if session.closed:
+                continue
+            for viewer in list(session.viewers.values()):
+                if viewer.pc.connectionState == "connected" and await viewer.liveness.silent_for(now) > peer_timeout:
+                    logger.info("session %s: viewer %s sent nothing for %g s (it vanished); dropped", session.id, viewer.viewer_id, peer_timeout)
+                    await session.remove_viewer(viewer.viewer_id)
 
 
 def _no_video_error() -> Exception:

@@ -44,6 +44,14 @@ def test_scheduling_engine_and_thread_flags_map_onto_the_server_config():
     assert config.default_slo.deadline_s == 0.25 and config.default_slo.min_fps == 5.0
 
 
+def test_slow_client_flags_map_onto_the_server_config():
+    config = parse("--header-timeout", "4", "--body-timeout", "6", "--keepalive-timeout", "20", "--max-connections", "64", "--peer-timeout", "7")
+    assert (config.header_timeout, config.body_timeout, config.keepalive_timeout) == (4.0, 6.0, 20.0)
+    assert (config.max_connections, config.peer_timeout) == (64, 7.0)
+    defaults = parse()
+    assert (defaults.header_timeout, defaults.body_timeout, defaults.keepalive_timeout, defaults.max_connections, defaults.peer_timeout) == (10.0, 10.0, 15.0, 512, 10.0)
+
+
 def test_exposure_flags_map_onto_the_server_config():
     config = parse("--allowed-hosts", "studio.lan, example.org:8443,[::1]", "--cors-origins", "https://studio.example.org,http://localhost:3000", "--metrics-sessions")
     assert config.allowed_hosts == ("studio.lan", "example.org:8443", "[::1]")
