@@ -69,20 +69,13 @@ def build_config(args: argparse.Namespace):
     from ..errors import ConfigError  # noqa: PLC0415
     from ..server.config import ServerConfig, parse_codecs, parse_default_params, parse_names  # noqa: PLC0415
 
-    width, sep, height = args.max_input.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
-        raise ConfigError(f"--max-input must look like 1920x1080, got {args.max_input!r}")
-    low, sep2, high = args.slo_range.partition(",")
+    width, height = _size_flag("--max-input", args.max_input, "1920x1080")
+    low, _, high = args.slo_range.partition(",")
     try:
         min_slo, max_slo = float(low), float(high)
     except ValueError:
         raise ConfigError(f"--slo-range must look like 30,5000 (milliseconds), got {args.slo_range!r}") from None
-    max_width = max_height = None
-    if args.max_resolution:
-        mw, sep3, mh = args.max_resolution.lower().partition("x")
-        if not sep3 or not mw.isdigit() or not mh.isdigit():
-            raise ConfigError(f"--max-resolution must look like 1024x1024, got {args.max_resolution!r}")
-        max_width, max_height = int(mw), int(mh)
+    max_width, max_height = _size_flag("--max-resolution", args.max_resolution, "1024x1024") if args.max_resolution else (None, None)
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -99,8 +92,8 @@ def build_config(args: argparse.Namespace):
         idle_timeout=args.idle_timeout,
         connect_timeout=args.connect_timeout,
         max_body_bytes=args.max_body_kb * 1024,
-        max_input_width=int(width),
-        max_input_height=int(height),
+        max_input_width=width,
+        max_input_height=height,
         token=args.token or None,
         ice_servers=tuple(args.stun),
         stats_interval=args.stats_interval,
@@ -123,6 +116,16 @@ def build_config(args: argparse.Namespace):
         max_connections=args.max_connections,
         peer_timeout=args.peer_timeout,
     )
+
+
+def _size_flag(flag: str, text: str, example: str) -> tuple[int, int]:
+    """``WxH`` → (width, height); ConfigError naming the flag otherwise."""
+    from ..errors import ConfigError  # noqa: PLC0415
+
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise ConfigError(f"{flag} must look like {example}, got {text!r}")
+    return int(width), int(height)
 
 
 def run(args: argparse.Namespace) -> int:

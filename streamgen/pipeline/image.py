@@ -70,6 +70,9 @@ class RowSegment:
 Program = Generator[list[RowSegment], list[torch.Tensor], torch.Tensor]
 
 
+TXT2IMG_STRENGTH = "strength applies to img2img streams; txt2img streams start from pure noise"
+
+
 class ImagePipeline:
     """Shared weights + the stream algorithm; all per-stream data lives in states."""
 
@@ -128,11 +131,15 @@ class ImagePipeline:
         bad values or settings that cannot change on a running stream. Several
         updates before a step merge in order.
         """
-        merged = {**(changes or {}), **kwargs}
-        params = parse_params(merged, state.latest_params)
-        if state.config.mode == "txt2img" and "strength" in merged:
-            raise ConfigError("strength applies to img2img streams; txt2img streams start from pure noise")
+        params = self.parse_update(state, {**(changes or {}), **kwargs})
         state.set_pending(params)
+        return params
+
+    def parse_update(self, state: ImageStreamState, changes: Mapping[str, Any]) -> StreamParams:
+        """The parameters ``changes`` would put in force, validated but not queued."""
+        params = parse_params(changes, state.latest_params)
+        if state.config.mode == "txt2img" and "strength" in changes:
+            raise ConfigError(TXT2IMG_STRENGTH)
         return params
 
     def apply_pending(self, state: ImageStreamState) -> None:

@@ -92,10 +92,12 @@ class VideoPipeline:
         return dict(self.model.default_params)
 
     # ------------------------------------------------------------------ states
-    def validate_settings(self, settings: Mapping[str, Any]) -> None:
-        """Check creation settings (shape + live fields) without building a state (cheap)."""
-        config, _ = parse_video_settings(settings, self._defaults())
-        self._check_size(config.resolved(self.model.default_size))
+    def validate_settings(self, settings: Mapping[str, Any]) -> tuple[VideoConfig, VideoParams]:
+        """Check creation settings (shape + live fields) without building a state (cheap); returns them resolved."""
+        config, params = parse_video_settings(settings, self._defaults())
+        config = config.resolved(self.model.default_size)
+        self._check_size(config)
+        return config, params
 
     def create_state(
         self,
@@ -177,9 +179,13 @@ class VideoPipeline:
         A change of ``num_inference_steps`` resets the stream (the KV cache
         has one row per step); every other change keeps the cache.
         """
-        params = parse_video_params({**(changes or {}), **kwargs}, state.latest_params)
+        params = self.parse_update(state, {**(changes or {}), **kwargs})
         state.set_pending(params)
         return params
+
+    def parse_update(self, state: VideoState, changes: Mapping[str, Any]) -> VideoParams:
+        """The parameters ``changes`` would put in force, validated but not queued."""
+        return parse_video_params(changes, state.latest_params)
 
     def apply_pending(self, state: VideoState) -> None:
         """Apply a queued update now (same thread as ``step``)."""

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import EngineError
 from .backend import package_missing
-from .buckets import DEFAULT_BUCKETS, bucket_for
+from .buckets import DEFAULT_BUCKETS, bucket_for, pad_rows
 from .onnx_export import InputRange
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class EngineRunner:
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         rows = args[0].shape[0]
         size = bucket_for(rows, self.buckets)
-        feeds = {name: _pad(arg, rows, size) for name, arg in zip(self.input_names, args)}
+        feeds = {name: pad_rows(arg, size) if arg.shape[0] == rows else arg for name, arg in zip(self.input_names, args)}
         shape_key = tuple((n, tuple(t.shape), t.dtype) for n, t in feeds.items())
         bucket = self._state.get(shape_key) or self._prepare(shape_key, feeds)
         current = torch.cuda.current_stream(self.device)
@@ -186,12 +186,6 @@ class EngineRunner:
             return self(*args).to(latents.dtype)
 
         return unet
-
-
-def _pad(value: torch.Tensor, rows: int, size: int) -> torch.Tensor:
-    if value.shape[0] != rows or size == rows:
-        return value
-    return torch.cat([value, value[-1:].expand(size - rows, *value.shape[1:])])
 
 
 def _torch_dtype(trt_dtype: Any) -> torch.dtype:

@@ -64,10 +64,13 @@ class IdentityPipeline:
         return IdentityState(config=config, params=params)
 
     def update(self, state: IdentityState, changes: Mapping[str, Any] | None = None, **kwargs: Any) -> StreamParams:
-        params = parse_params({**(changes or {}), **kwargs}, state.latest_params)
+        params = self.parse_update(state, {**(changes or {}), **kwargs})
         with state._lock:
             state._pending = params
         return params
+
+    def parse_update(self, state: IdentityState, changes: Mapping[str, Any]) -> StreamParams:
+        return parse_params(changes, state.latest_params)
 
     def checkpoint(self, state: IdentityState) -> tuple:
         """What a step changes: the parameters, the queued update and the counters."""

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import StreamParams
+from ..config import StreamConfig, StreamParams
 from ..errors import ConfigError
 from ..params import PARAM_NAMES, parse_params, parse_stream_config, split_settings
-from ..pipeline.image import ImagePipeline
+from ..pipeline.image import TXT2IMG_STRENGTH, ImagePipeline
 from .identity import IdentityPipeline
 
 IDENTITY_MODEL = "identity"
@@ -56,25 +56,28 @@ def live_param_names(pipeline: Any) -> tuple[str, ...]:
 def create_session_state(pipeline: Any, settings: Mapping[str, Any]) -> Any:
     """A new per-session state for ``settings`` (call on the worker thread: may encode prompts)."""
     if isinstance(pipeline, (ImagePipeline, IdentityPipeline)):
-        config_fields, live_fields = split_settings(settings)
-        config = parse_stream_config(config_fields)
-        params = parse_params(live_fields, _model_defaults(pipeline, config.mode))
-        return pipeline.create_state(config, params)
+        return pipeline.create_state(*parse_image_settings(pipeline, settings))
     return pipeline.create_state(None, dict(settings))
 
 
 def validate_session_settings(pipeline: Any, settings: Mapping[str, Any]) -> None:
     """Check settings against the schema without building a state (cheap: runs on the event loop)."""
     if isinstance(pipeline, (ImagePipeline, IdentityPipeline)):
-        config_fields, live_fields = split_settings(settings)
-        config = parse_stream_config(config_fields)
-        parse_params(live_fields, _model_defaults(pipeline, config.mode))
-        if config.mode == "txt2img" and "strength" in live_fields:
-            raise ConfigError("strength applies to img2img streams; txt2img streams start from pure noise")
+        parse_image_settings(pipeline, settings)
         return
     validate = getattr(pipeline, "validate_settings", None)  # video pipelines check their own schema
     if callable(validate):
         validate(settings)
+
+
+def parse_image_settings(pipeline: Any, settings: Mapping[str, Any]) -> tuple[StreamConfig, StreamParams]:
+    """An image session's shape and parameters from its settings, over the model's defaults."""
+    config_fields, live_fields = split_settings(settings)
+    config = parse_stream_config(config_fields)
+    params = parse_params(live_fields, _model_defaults(pipeline, config.mode))
+    if config.mode == "txt2img" and "strength" in live_fields:
+        raise ConfigError(TXT2IMG_STRENGTH)
+    return config, params
 
 
 def _model_defaults(pipeline: Any, mode: str) -> StreamParams | None:
@@ -86,16 +89,8 @@ def _model_defaults(pipeline: Any, mode: str) -> StreamParams | None:
 
 def parse_update(pipeline: Any, state: Any, changes: Mapping[str, Any], caps: Any = None) -> Any:
     """Validate a live update against a state's current parameters (and the server's caps) without queuing it."""
-    if model_kind(pipeline) == "video":
-        from ..pipeline.video_params import parse_video_params  # noqa: PLC0415
-
-        params = parse_video_params(changes, state.latest_params)
-        steps = params.num_inference_steps
-    else:
-        params = parse_params(changes, state.latest_params)
-        if getattr(state.config, "mode", None) == "txt2img" and isinstance(changes, Mapping) and "strength" in changes:
-            raise ConfigError("strength applies to img2img streams; txt2img streams start from pure noise")
-        steps = len(params.resolved_t_index_list())
+    params = pipeline.parse_update(state, changes)
+    steps = params.num_inference_steps if model_kind(pipeline) == "video" else len(params.resolved_t_index_list())
     if caps is not None and steps > caps.max_steps:
         raise ConfigError(f"{steps} denoising steps are over this server's limit of {caps.max_steps}")
     return params

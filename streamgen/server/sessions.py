@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import CapacityError, InputError
-from ..sched import Slo, choose_video_mode
+from ..sched import Slo
 from .access import EndedSessions, new_session_secret
 from .config import ServerConfig
 from .http_errors import NotFoundError
@@ -133,12 +133,7 @@ class SessionManager:
 
     def _video_mode(self, worker: ModelWorker, settings: Mapping[str, Any], slo: Slo) -> bool:
         """Stream batch or sequential denoising for a video session that did not choose (the scheduler's call)."""
-        sequential = shape_of_settings(worker.pipeline, {**settings, "use_denoising_batch": False}, "video")
-        chunk_inputs = 4 * sequential.chunk_frames
-        choice = choose_video_mode(
-            worker.latency, sequential.bucket, steps=sequential.steps, chunk_period_s=chunk_inputs / slo.target_fps, deadline_s=slo.deadline_s
-        )
-        return choice.stream_batch
+        return worker.choose_video_mode(shape_of_settings(worker.pipeline, settings, "video"), slo)
 
     async def add_viewer(self, session_id: str, offer_sdp: Any) -> tuple[Viewer, str]:
         """A WHEP viewer of ``session_id``'s output; returns it and the answer SDP."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..params import parse_params, parse_stream_config, split_settings
+from .pipelines import parse_image_settings
 
 CAP_SIZE_FACTOR = 2  # at most twice the model's native width and height
 MAX_IMAGE_FRAMES_PER_CALL = 4
@@ -125,21 +125,13 @@ class StreamShape:
 
 def shape_of_settings(pipeline: Any, settings: Mapping[str, Any], kind: str) -> StreamShape:
     """The shape of a session with (already validated) ``settings`` on ``pipeline``."""
-    native = native_size(pipeline)
     if kind == "video":
-        from ..pipeline.video_params import parse_video_settings  # noqa: PLC0415
-
-        config, params = parse_video_settings(settings, _video_defaults(pipeline))
-        config = config.resolved(native)
+        config, params = pipeline.validate_settings(settings)
         return StreamShape(
             "video", config.width, config.height, 1, params.num_inference_steps, config.use_denoising_batch, 1, config.chunk_frames
         )
-    config_fields, live_fields = split_settings(settings)
-    config = parse_stream_config(config_fields).resolved(native)
-    defaults = dict(getattr(getattr(pipeline, "model", None), "default_params", None) or {})
-    if config.mode == "txt2img":
-        defaults["cfg_type"] = "none"
-    params = parse_params(live_fields, parse_params(defaults) if defaults else None)
+    config, params = parse_image_settings(pipeline, settings)
+    config = config.resolved(native_size(pipeline))
     full_cfg = params.cfg_type == "full" and params.guidance_scale != 1.0
     model_kind = "identity" if getattr(pipeline, "name", None) == "identity" else "image"
     return StreamShape(
@@ -159,13 +151,6 @@ def native_size(pipeline: Any) -> tuple[int, int]:
     if isinstance(size, tuple) and len(size) == 2:
         return size
     return (256, 256)
-
-
-def _video_defaults(pipeline: Any) -> Any:
-    from ..pipeline.video_params import parse_video_params  # noqa: PLC0415
-
-    defaults = getattr(getattr(pipeline, "model", None), "default_params", None)
-    return parse_video_params(defaults) if defaults else None
 
 
 # --------------------------------------------------------------------- states

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 
 from ..errors import CapacityError, InputError, StreamgenError
-from ..sched import Admission, Candidate, Demand, LatencyModel, Slo, StepPlan, admit, plan_step, served_mark
+from ..sched import Admission, Candidate, Demand, LatencyModel, Slo, StepPlan, admit, choose_video_mode, plan_step, served_mark
 from .frame_convert import OutputFrame, frames_to_tensor, to_model_device, to_output_frames
 from .jobs import STOPPED, JobThread, run_job
 from .metrics import ServerMetrics
@@ -187,6 +187,13 @@ class ModelWorker:
             self._reservations.append(reservation)
             return reservation
 
+    def choose_video_mode(self, shape: StreamShape, slo: Slo) -> bool:
+        """Stream batch (True) or sequential for a video stream of ``shape``, from the latency model (under its lock)."""
+        chunk_period = 4 * shape.chunk_frames / slo.target_fps  # 4 input frames per latent frame
+        with self._cond:
+            choice = choose_video_mode(self.latency, shape.bucket, steps=shape.steps, chunk_period_s=chunk_period, deadline_s=slo.deadline_s)
+        return choice.stream_batch
+
     def release(self, reservation: Reservation) -> None:
         with self._cond:
             if reservation in self._reservations:
@@ -292,14 +299,14 @@ class ModelWorker:
             if not self._input_may_plan():
                 return True
             now = time.monotonic()
-            members, taken, plan = self._plan_locked(now)
-            if not members:
+            picked, plan = self._plan_locked(now)
+            if not picked:
                 # Throttled or nothing ready: the next frame, or the first throttled frame's time, wakes us.
                 wait = IDLE_WAIT if plan.wake_at is None else min(IDLE_WAIT, max(0.001, plan.wake_at - now))
                 self._cond.wait(wait)
                 return True
         started = time.perf_counter()
-        prepared = self._convert(members, taken, plan)
+        prepared = self._convert(picked, plan)
         elapsed = time.perf_counter() - started
         with self._cond:
             self._prep_seconds += PREP_DECAY * (elapsed - self._prep_seconds)
@@ -324,8 +331,10 @@ class ModelWorker:
             return IDLE_WAIT
         return min(IDLE_WAIT, max(0.001, self._prepare_at() - time.monotonic()))
 
-    def _plan_locked(self, now: float) -> tuple[list[_Member], list[list[tuple[Any, FrameTag]]], StepPlan]:
+    def _plan_locked(self, now: float) -> tuple[list[tuple[_Member, list[tuple[Any, FrameTag]], StepShape]], StepPlan]:
+        """Ask the policy for the next step and take the chosen sessions' frames (with the work each step will be)."""
         by_key: dict[str, _Member] = {}
+        shapes: dict[str, StepShape] = {}
         candidates = []
         for member in self._members:
             client = member.client
@@ -333,7 +342,7 @@ class ModelWorker:
                 continue
             arrivals = client.slot.arrivals()
             shape = step_shape_of_state(client.state, len(arrivals), member.reservation.shape)
-            by_key[member.key] = member
+            by_key[member.key], shapes[member.key] = member, shape
             candidates.append(
                 Candidate(
                     member.key, shape.bucket, shape.rows, arrivals, member.slo, client.slot.capacity, shape.passes,
@@ -345,21 +354,20 @@ class ModelWorker:
             by_key[key].client.slot.drop_oldest(count)
         for key in plan.deferred:
             by_key[key].deferred += 1
-        members, taken = [], []
+        picked = []
         for key in plan.sessions:
             member = by_key[key]
             items = member.client.slot.take()
             if not items:
                 continue
             member.deferred = 0
-            members.append(member)
-            taken.append(items)
-        return members, taken, plan
+            picked.append((member, items, shapes[key]))
+        return picked, plan
 
-    def _convert(self, members: list[_Member], taken: list, plan: StepPlan) -> _Prepared:
+    def _convert(self, picked: list[tuple[_Member, list[tuple[Any, FrameTag]], StepShape]], plan: StepPlan) -> _Prepared:
         """Frames → tensors for every member, outside the lock; a frame that cannot be converted fails only its session."""
         prepared = _Prepared([], [], [], plan)
-        for member, items in zip(members, taken):
+        for member, items, shape in picked:
             client, state = member.client, member.client.state
             if client.closed or state is None:
                 continue
@@ -375,7 +383,7 @@ class ModelWorker:
                 continue
             prepared.members.append(member)
             prepared.entries.append(StepEntry(state, frames, tuple(tag for _, tag in items)))
-            prepared.shapes.append(step_shape_of_state(state, len(items), member.reservation.shape))
+            prepared.shapes.append(shape)
         return prepared
 
     # -- model -----------------------------------------------------------------

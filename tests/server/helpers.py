@@ -92,3 +92,15 @@ async def real_offer_sdp() -> str:
         return pc.localDescription.sdp
     finally:
         await pc.close()
+
+
+async def raw_request(base_url: str, data: bytes, *, whole: bool = False) -> bytes:
+    """Send bytes no HTTP client library would send; return the status line (or, ``whole``, everything until close)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await (reader.read() if whole else reader.readline())
+    finally:
+        writer.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 
 import pytest
@@ -15,7 +14,7 @@ from streamgen.server.cors import CorsPolicy, parse_origin
 from streamgen.server.host_check import HostRules, parse_host
 from streamgen.server.synthetic import MarkerVideoTrack
 
-from .helpers import bearer, poll, running_server
+from .helpers import bearer, poll, raw_request, running_server
 
 LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 HOST_NAMES = st.lists(LABEL, min_size=1, max_size=4).map(".".join)
@@ -96,18 +95,7 @@ async def test_requests_to_another_host_get_421_naming_allowed_hosts(identity_pi
                 status, body, headers = await server.request("GET", path, headers={"Host": host})
                 assert status == 421 and headers["Content-Type"].startswith("application/json"), (host, path)
                 assert hint in body["error"], body
-        assert (await _raw_status(server.base_url, b"GET /health HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.0 421"), "no Host at all"
-
-
-async def _raw_status(base_url: str, data: bytes) -> bytes:
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await reader.readline()
-    finally:
-        writer.close()
+        assert (await raw_request(server.base_url, b"GET /health HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.0 421"), "no Host at all"
 
 
 # ------------------------------------------------------------------------ CORS

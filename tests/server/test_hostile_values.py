@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -14,7 +13,7 @@ from streamgen.errors import ConfigError
 from streamgen.params import parse_params
 from streamgen.server.control import ControlError, parse_message
 
-from .helpers import ADMIN_TOKEN, bearer, real_offer_sdp, running_server, tracebacks
+from .helpers import ADMIN_TOKEN, bearer, raw_request, real_offer_sdp, running_server, tracebacks
 
 
 def test_huge_integers_are_not_finite_numbers():
@@ -51,21 +50,9 @@ async def test_hostile_http_bodies_and_headers(identity_pipeline, caplog):
             assert got == status, (got, body)
             assert words in body["error"], body
         host = server.base_url.removeprefix("http://").encode()
-        status_line = await _raw_request(server.base_url, b"GET /api/sessions HTTP/1.1\r\nHost: " + host + b"\r\nAuthorization: Bearer secret\xff\r\nConnection: close\r\n\r\n")
+        status_line = await raw_request(server.base_url, b"GET /api/sessions HTTP/1.1\r\nHost: " + host + b"\r\nAuthorization: Bearer secret\xff\r\nConnection: close\r\n\r\n")
         assert status_line.startswith(b"HTTP/1.1 401"), status_line
         assert tracebacks(caplog.records) == []
-
-
-async def _raw_request(base_url: str, data: bytes) -> bytes:
-    """Send bytes no HTTP client library would (a header that is not text); return the status line."""
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await reader.readline()
-    finally:
-        writer.close()
 
 
 async def test_static_misses_are_json_and_paths_stay_inside_the_client(identity_pipeline):
@@ -127,14 +114,7 @@ async def test_offers_with_disabled_video_or_inconsistent_media_ids_are_refused(
 async def test_malformed_http_gets_json_and_no_traceback(identity_pipeline, caplog, data):
     caplog.set_level(logging.DEBUG)
     async with running_server(identity_pipeline) as server:
-        host, port = server.base_url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            writer.write(data)
-            await writer.drain()
-            answer = await reader.read()
-        finally:
-            writer.close()
+        answer = await raw_request(server.base_url, data, whole=True)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert b" 400 " in head.split(b"\r\n")[0] and b"application/json" in head, head
     assert json.loads(body)["error"].startswith("bad HTTP request")
