@@ -19,7 +19,7 @@ from . import __version__
 from .commands.help_text import rest_to_text
 from .errors import StreamgenError
 
-COMMANDS = ("serve", "run", "build_engines", "doctor")
+COMMANDS = ("serve", "run", "camera", "build_engines", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,6 +79,12 @@ def load_stream_pipeline(model: Any = "tiny", **spec: Any):
         from .pipeline.video_loading import load_video_pipeline  # noqa: PLC0415
 
         return load_video_pipeline(model, **spec)
+    if spec.get("devices") is not None:
+        devices = spec.pop("devices")
+        devices = devices.split(",") if isinstance(devices, str) else list(devices)
+        if len(devices) > 1:
+            raise ConfigError("an image model runs on one device: --devices splits video models into pipeline stages (serve runs one image replica per device)")
+        spec["device"] = devices[0]
     return load_pipeline(model, **spec)
 
 

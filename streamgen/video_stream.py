@@ -31,7 +31,7 @@ from .pipeline.video_state import VideoState
 
 # Model options; ``seed`` is the stream's noise seed (a live parameter), ``model_seed`` seeds random weights.
 # ``vae``, ``lora`` and ``fuse_lora`` are model options too (the loader says what video models make of them).
-_SPEC_FIELDS = ("weights", "device", "dtype", "model_seed", "checkpoint", "checkpoint_key", "vae", "lora", "fuse_lora", "acceleration")
+_SPEC_FIELDS = ("weights", "device", "devices", "dtype", "model_seed", "checkpoint", "checkpoint_key", "vae", "lora", "fuse_lora", "acceleration")
 
 
 class VideoStream:

@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--model", default="tiny", help="preset (tiny, sd-turbo, sd15-lcm, sdxl-turbo, tiny-video, ...), hub id or local path (default tiny)")
     model.add_argument("--weights", choices=("pretrained", "dummy"), default="pretrained", help="dummy: the real architecture with random weights, no download (for benchmarks)")
     model.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
+    model.add_argument("--devices", default=None, metavar="LIST", help="a video model's DiT blocks as pipeline stages over several devices, e.g. cuda:0,cuda:1 (or cpu,cpu)")
     model.add_argument("--dtype", default="auto", help="float16, bfloat16, float32 or auto (default)")
     model.add_argument("--acceleration", default="none", choices=("auto", "none", "compile", "onnxruntime", "tensorrt"), help="how model components run: none (torch eager, default), compile, onnxruntime, tensorrt, or auto (the fastest available here)")
     model.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: $OMP_NUM_THREADS, else cores - 1, leaving a core for decoding and encoding)")
@@ -123,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(plan.input_spec, fps=args.fps, size=size)
     try:
         started = time.perf_counter()
-        pipeline = load_stream_pipeline(args.model, weights=args.weights, device=args.device, dtype=args.dtype, acceleration=args.acceleration)
+        placement = {"devices": args.devices} if args.devices else {"device": args.device}
+        pipeline = load_stream_pipeline(args.model, weights=args.weights, dtype=args.dtype, acceleration=args.acceleration, **placement)
         state = pipeline.create_state(plan.config, stream_params_for(pipeline, plan.config, plan.user_params))
         load_seconds = time.perf_counter() - started
         config = getattr(state, "config", plan.config)

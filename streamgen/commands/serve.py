@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
     model.add_argument("--dtype", default="auto", help="float16, bfloat16, float32 or auto (default)")
     model.add_argument("--replicas", type=int, default=1, help="model copies, each with its own worker thread (default 1)")
+    model.add_argument("--devices", default=None, metavar="LIST", help="several devices, e.g. cuda:0,cuda:1 (or cpu,cpu): a video model's DiT blocks run as pipeline stages across them; an image model runs one replica per device")
     model.add_argument("--defaults", default=None, metavar="JSON", help=DEFAULTS_HELP)
     model.add_argument("--acceleration", default="none", choices=("auto", "none", "compile", "onnxruntime", "tensorrt"), help="how model components run: none (torch eager, default), compile (torch.compile; CUDA graphs on GPUs), onnxruntime, tensorrt, or auto (the fastest available here, measured once; engines are cached under engines/)")
     model.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: $OMP_NUM_THREADS, else cores - 1, leaving a core for codecs and the event loop)")
@@ -83,6 +84,7 @@ def build_config(args: argparse.Namespace):
         device=args.device,
         dtype=args.dtype,
         replicas=args.replicas,
+        devices=_devices_flag(args.devices),
         max_sessions=args.max_sessions,
         max_viewers_per_session=args.max_viewers,
         codecs=parse_codecs(args.codec),
@@ -129,6 +131,13 @@ def _size_flag(flag: str, text: str, example: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..parallel.torchrun import torchrun_rank  # noqa: PLC0415  (no torch import)
+
+    joined = torchrun_rank()
+    if joined is not None and joined[0] != 0:  # a torchrun rank other than 0 serves only its pipeline stage
+        from ..parallel.torchrun import run_torchrun_stage  # noqa: PLC0415
+
+        return run_torchrun_stage(args.model, _devices_flag(args.devices), args.dtype, joined)
     # The port is taken first (before torch and the model load, for seconds) and handed
     # to aiohttp: a port in use is one line at once, and nothing can take it in between.
     sockets = open_listening_sockets(args.host, args.port)
@@ -191,3 +200,12 @@ def open_listening_sockets(host: str, port: int, backlog: int = 128) -> list[soc
             raise ConfigError(f"cannot listen on {where}: no interface of this machine has that address; check --host") from None
         raise ConfigError(f"cannot listen on {where}: {error.strerror or error}") from None
     return sockets
+
+
+def _devices_flag(value: str | None) -> tuple[str, ...]:
+    """``--devices``: checked before any model loads (names, no GPU twice, GPUs that exist)."""
+    if not value:
+        return ()
+    from ..parallel.staged_model import parse_devices  # noqa: PLC0415
+
+    return parse_devices(value)

@@ -151,4 +151,5 @@ def _rows_context(contexts: list[CrossAttentionContext]) -> CrossAttentionContex
     """
     if all(c is contexts[0] for c in contexts):
         return contexts[0]
-    return CrossAttentionContext.concat([c.expand(1) if c.rows == 1 else c for c in contexts])
+    concat = type(contexts[0]).concat  # a staged model's contexts concatenate as handles (streamgen.parallel)
+    return concat([c.expand(1) if c.rows == 1 else c for c in contexts])

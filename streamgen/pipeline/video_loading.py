@@ -26,6 +26,11 @@ def load_video_pipeline(model: Any = "tiny-video", **spec: Any):
     ``lora`` must be empty (not supported for video).
     """
     acceleration = spec.pop("acceleration", None)
+    devices = spec.pop("devices", None)
+    if devices is not None and len(_device_list(devices)) > 1:
+        return _staged_pipeline(model, _device_list(devices), acceleration, spec)
+    if devices is not None:
+        spec["device"] = _device_list(devices)[0]
     if isinstance(model, (VideoPipeline, VideoModel)):
         check_no_model_options(spec, f"this {type(model).__name__}")
     if isinstance(model, VideoPipeline):
@@ -41,3 +46,29 @@ def load_video_pipeline(model: Any = "tiny-video", **spec: Any):
     if acceleration and acceleration != "none":
         accelerate(pipeline.model, acceleration)
     return pipeline
+
+
+def _device_list(devices: Any) -> list[str]:
+    return [d.strip() for d in (devices.split(",") if isinstance(devices, str) else devices) if str(d).strip()]
+
+
+def _staged_pipeline(model: Any, devices: list[str], acceleration: Any, spec: dict[str, Any]):
+    """The DiT's blocks split over ``devices`` as pipeline stages (:mod:`streamgen.parallel`)."""
+    from ..errors import ConfigError  # noqa: PLC0415
+    from ..parallel.staged_model import load_staged_video_model  # noqa: PLC0415
+
+    if isinstance(model, ModelSpec):
+        acceleration = acceleration or model.acceleration
+        spec = {"weights": model.weights, "dtype": model.dtype, "seed": model.seed, **spec}
+        model = model.source
+    if not isinstance(model, str):
+        raise ConfigError("pipeline stages load the model themselves: pass a video preset name, not a loaded model")
+    if acceleration and acceleration != "none":
+        raise ConfigError(f"acceleration {acceleration!r} does not run with pipeline stages yet; use --acceleration none with --devices")
+    if spec.pop("device", "auto") not in ("auto", None):
+        raise ConfigError("give either device or devices, not both")
+    for ignored in ("vae", "fuse_lora"):
+        spec.pop(ignored, None)
+    if spec.pop("lora", None):
+        raise ConfigError("LoRAs are not supported for video models yet; remove the lora option")
+    return VideoPipeline(load_staged_video_model(model, devices, **spec))

@@ -1,24 +1,39 @@
-"""Scheduling policy: which sessions' frames run next, and whether a new session fits.
+"""Scheduling policy: which sessions' frames run next, whether a new session fits, which blocks each pipeline stage runs.
 
 Pure decision code (DESIGN.md, "Policy vs. mechanism"): it takes numbers
 (arrival times, deadlines, a latency model fitted from the worker's own
-measurements, ``now``) and returns plain dataclasses. It imports no torch and
-no asyncio, so every decision is tested with a fake clock.
+measurements, measured stage times, ``now``) and returns plain dataclasses.
+It imports no torch and no asyncio, so every decision is tested with a fake
+clock. :mod:`.stage_sim` simulates a pipeline of stages from their costs
+(for projections and for checking the block split).
 """
 
 from .admission import Admission, Demand, admit, predicted_rates
+from .blocks import BlockBalancer, BlockMove, BlockSplit, RebalanceConfig, StageTiming, balanced_split, stage_times
 from .latency import LatencyModel
 from .policy import Candidate, StepPlan, choose_video_mode, plan_step, served_mark
 from .slo import Slo, SloLimits
+from .stage_sim import PipelineSpec, SimResult, StageCost, simulate
 
 __all__ = [
     "Admission",
+    "BlockBalancer",
+    "BlockMove",
+    "BlockSplit",
     "Candidate",
     "Demand",
     "LatencyModel",
+    "PipelineSpec",
+    "RebalanceConfig",
+    "SimResult",
     "Slo",
     "SloLimits",
+    "StageCost",
+    "StageTiming",
     "StepPlan",
+    "balanced_split",
+    "simulate",
+    "stage_times",
     "admit",
     "predicted_rates",
     "choose_video_mode",

@@ -9,6 +9,11 @@
   ``Authorization: Bearer <its secret>`` or the admin token.
 - Listing every session needs the admin token; a server without one refuses
   to list (403: no credential could be enough).
+- A WHIP stream key has credentials of its own (a follow secret; without an
+  admin token, the bearer token that claimed it): they reach that key's
+  sessions through the stream endpoints, and open two session actions
+  besides: a WHEP viewer that joined through the key leaves with the follow
+  secret, a WHIP session ends with the claiming token (see :mod:`streamgen.server.streams`).
 
 Unauthenticated callers learn nothing about which sessions exist: a missing
 credential, a wrong one and a session that does not exist all get the same
@@ -23,6 +28,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -77,8 +83,15 @@ def require_admin(request: web.Request, token: str | None, what: str) -> None:
         raise UnauthorizedError(f"{what} needs the admin token: send 'Authorization: Bearer <token>'", invalid=given is not None)
 
 
-def authorize_session(request: web.Request, manager: SessionManager, token: str | None, session_id: str) -> Session:
-    """The session ``session_id`` if the request holds its secret or the admin token (see module docstring)."""
+def authorize_session(
+    request: web.Request, manager: SessionManager, token: str | None, session_id: str, also: Callable[[Session], str | None] | None = None
+) -> Session:
+    """The session ``session_id`` if the request holds its secret or the admin token (see module docstring).
+
+    ``also``: a second secret that opens this one action on a live session
+    (a stream key's credentials, :mod:`streamgen.server.streams`); None when
+    the session has none.
+    """
     given = bearer(request)
     if given is None:
         raise UnauthorizedError(_ASK_FOR_SECRET)
@@ -86,6 +99,8 @@ def authorize_session(request: web.Request, manager: SessionManager, token: str 
         return manager.get(session_id)
     session = manager.sessions.get(session_id)
     holds_secret = same_secret(given, session.secret if session is not None else _NO_SESSION_SECRET)
+    if session is not None and not holds_secret and also is not None:
+        holds_secret = same_secret(given, also(session) or _NO_SESSION_SECRET)
     if session is not None and holds_secret:
         return session
     reason = manager.ended_with_secret(session_id, given)

@@ -48,12 +48,14 @@ from .pipelines import (
     frames_per_step,
     live_param_names,
     load_server_pipeline,
+    load_server_pipelines,
     model_kind,
     model_name,
     stream_size,
     takes_no_frames,
 )
 from .routes_api import add_routes as add_api_routes
+from .routes_streams import add_routes as add_stream_routes
 from .routes_webrtc import add_routes as add_webrtc_routes
 from .sessions import SessionManager
 from .static import add_routes as add_static_routes
@@ -86,6 +88,7 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     )
     add_webrtc_routes(app)
     add_api_routes(app)
+    add_stream_routes(app)
     add_static_routes(app, web_dir)
 
     async def on_startup(app: web.Application) -> None:
@@ -150,8 +153,9 @@ def run_server(config: ServerConfig, sockets: Sequence[socket.socket] | None = N
     from ..threads import apply_thread_budget  # noqa: PLC0415
 
     apply_thread_budget(config.threads)
-    logger.info("loading %s (%d replica%s)...", config.model, config.replicas, "" if config.replicas == 1 else "s")
-    pipelines = [load_server_pipeline(config.model, config.device, config.dtype, config.acceleration) for _ in range(config.replicas)]
+    where = f"on {', '.join(config.devices)}" if config.devices else f"({config.replicas} replica{'' if config.replicas == 1 else 's'})"
+    logger.info("loading %s %s...", config.model, where)
+    pipelines = load_server_pipelines(config.model, config.devices, config.replicas, config.device, config.dtype, config.acceleration)
     app = create_app(config, pipelines)
     workers = app[CONTEXT_KEY].workers
     if sockets:
@@ -164,6 +168,15 @@ def run_server(config: ServerConfig, sockets: Sequence[socket.socket] | None = N
         keepalive_timeout=config.keepalive_timeout,
     )
     exit_without_waiting_for_a_step(workers)
+    close_pipeline_stages(pipelines)
+
+
+def close_pipeline_stages(pipelines: Sequence[Any]) -> None:
+    """Stop the stage ranks of staged models (streamgen.parallel), so none outlives the server."""
+    for pipeline in pipelines:
+        stages = getattr(getattr(pipeline, "model", None), "stages", None)
+        if stages is not None:
+            stages.close()
 
 
 def log_where_to_go(config: ServerConfig, port: int | None = None) -> None:

@@ -76,6 +76,7 @@ class ServerConfig:
     device: str = "auto"
     dtype: str = "auto"
     replicas: int = 1
+    devices: tuple[str, ...] = ()
     max_sessions: int = 4
     max_viewers_per_session: int = 8
     codecs: tuple[VideoCodec, ...] = ("VP8", "H264")
@@ -112,6 +113,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         _positive_int("port", self.port, allow_zero=True, high=65535)
         _positive_int("replicas", self.replicas, high=64)
+        if self.devices and self.replicas != 1:
+            raise ConfigError("give --devices or --replicas, not both (--devices runs one replica per device for image models)")
         _positive_int("max_sessions", self.max_sessions, high=10_000)
         _positive_int("max_viewers_per_session", self.max_viewers_per_session, allow_zero=True, high=1000)
         _positive_int("max_body_bytes", self.max_body_bytes, high=64 * 1024 * 1024)

@@ -4,7 +4,7 @@ By default none: the browser pages the server itself serves are
 same-origin and need no CORS. An origin on the allowlist gets, on every
 answer (errors too), ``Access-Control-Allow-Origin`` echoing it,
 ``Vary: Origin`` and ``Access-Control-Expose-Headers: Location,
-X-Session-Secret, Link`` (WHIP/WHEP clients read those), and its preflight
+X-Session-Secret, X-Stream-Secret, Link`` (WHIP/WHEP clients read those), and its preflight
 ``OPTIONS`` is answered ``204`` with the methods the API uses (``GET``,
 ``POST``, ``PATCH``, ``DELETE``), the headers it reads (``Authorization``,
 ``Content-Type``) and ``Access-Control-Max-Age``. A method a route does not
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 ANY_ORIGIN = "*"
 ALLOW_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type"
-EXPOSE_HEADERS = "Location, X-Session-Secret, Link"
+EXPOSE_HEADERS = "Location, X-Session-Secret, X-Stream-Secret, Link"
 MAX_AGE_SECONDS = 600
 DEFAULT_PORTS = {"http": 80, "https": 443}
 

@@ -34,6 +34,25 @@ def load_server_pipeline(model: str, device: str = "auto", dtype: str = "auto", 
     return load_stream_pipeline(model, device=device, dtype=dtype, acceleration=acceleration)
 
 
+def load_server_pipelines(model: str, devices: tuple[str, ...], replicas: int, device: str, dtype: str, acceleration: str) -> list[Any]:
+    """The pipelines to serve: ``replicas`` copies on ``device``, or per ``devices``.
+
+    With ``devices``, a causal video model runs ONE pipeline whose DiT
+    blocks are split over them (pipeline stages, :mod:`streamgen.parallel`);
+    any other model runs one replica per device, and the server spreads
+    sessions over the replicas by predicted load.
+    """
+    if not devices:
+        return [load_server_pipeline(model, device, dtype, acceleration) for _ in range(replicas)]
+    from ..stream import is_video_model  # noqa: PLC0415
+
+    if model != IDENTITY_MODEL and is_video_model(model) and len(devices) > 1:
+        from .. import load_stream_pipeline  # noqa: PLC0415
+
+        return [load_stream_pipeline(model, devices=list(devices), dtype=dtype, acceleration=acceleration)]
+    return [load_server_pipeline(model, d, dtype, acceleration) for d in devices]
+
+
 def model_name(pipeline: Any) -> str:
     model = getattr(pipeline, "model", None)
     return str(getattr(model, "name", None) or getattr(pipeline, "name", None) or type(pipeline).__name__)

@@ -10,13 +10,20 @@
   the SDP answer (with the server's candidates), ``Location: /whip/{id}``
   and the session's secret in ``X-Session-Secret``; ``DELETE /whip/{id}``
   ends the session. The server does not
-  take trickled candidates, so ``PATCH`` answers 405.
+  take trickled candidates, so ``PATCH`` answers 405. The session is the
+  latest of the stream key ``default``; ``POST /whip/streams/{key}``
+  publishes to a named key. The ``201`` also carries the key's follow
+  secret (``X-Stream-Secret``) and the ``/obs`` browser-source URL that
+  follows the key (``Link: <url>; rel="related"``; see
+  :mod:`streamgen.server.streams`).
 - ``POST /whep/{id}``: a viewer's ``application/sdp`` offer → ``201``,
   answer, ``Location: /whep/{id}/{viewer}``; ``DELETE`` on it stops watching.
 
 Creating a session (``/offer``, ``/whip``) needs ``Authorization: Bearer
 <token>`` when the server has an admin token; ending it and watching it
 need that session's secret or the admin token (:mod:`streamgen.server.access`).
+A WHIP session also ends with the bearer token that claimed its stream key
+on a server without an admin token (OBS's Stop sends it).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from ..errors import InputError
 from .access import SESSION_SECRET_HEADER, authorize_session, require_token
 from .context import context
 from .http_errors import NotFoundError, read_json_object, read_text, require_content_type
+from .routes_streams import attach_publisher, kept_params, whip_stream_key
+from .streams import streams
 
 OFFER_FIELDS = ("sdp", "type", "params", "slo")
 
@@ -54,15 +63,18 @@ async def post_offer(request: web.Request) -> web.Response:
 async def post_whip(request: web.Request) -> web.Response:
     ctx = context(request)
     require_token(request, ctx.config.token)
+    key = whip_stream_key(request)
     require_content_type(request, "application/sdp")
     offer = await read_text(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
-    session, answer = await ctx.manager.open("whip", offer, {}, send_output=False)
-    return _created(answer, f"/whip/{session.id}", {SESSION_SECRET_HEADER: session.secret})
+    session, answer = await ctx.manager.open("whip", offer, kept_params(request, key), send_output=False)
+    follow = await attach_publisher(request, key, session)
+    return _created(answer, f"/whip/{session.id}", {SESSION_SECRET_HEADER: session.secret, **follow})
 
 
 async def delete_whip(request: web.Request) -> web.Response:
     ctx = context(request)
-    session = authorize_session(request, ctx.manager, ctx.config.token, request.match_info["session_id"])
+    also = streams(request).publisher_secret_of
+    session = authorize_session(request, ctx.manager, ctx.config.token, request.match_info["session_id"], also)
     await session.close("ended by the publisher (WHIP DELETE)")
     return web.Response(status=200)
 
@@ -78,7 +90,8 @@ async def post_whep(request: web.Request) -> web.Response:
 
 async def delete_whep(request: web.Request) -> web.Response:
     ctx = context(request)
-    session = authorize_session(request, ctx.manager, ctx.config.token, request.match_info["session_id"])
+    also = streams(request).viewer_secret(request.match_info["viewer_id"])  # a viewer of POST /whep/streams/{key} leaves with the key's follow secret
+    session = authorize_session(request, ctx.manager, ctx.config.token, request.match_info["session_id"], also)
     if not await session.remove_viewer(request.match_info["viewer_id"]):
         raise NotFoundError(f"session {session.id} has no viewer {request.match_info['viewer_id']!r}")
     return web.Response(status=200)
@@ -92,6 +105,7 @@ def _created(answer: str, location: str, headers: dict[str, str] | None = None) 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/offer", post_offer)
     app.router.add_post("/whip", post_whip)
+    app.router.add_post("/whip/streams/{key}", post_whip)
     app.router.add_delete("/whip/{session_id}", delete_whip)
     app.router.add_post("/whep/{session_id}", post_whep)
     app.router.add_delete("/whep/{session_id}/{viewer_id}", delete_whep)

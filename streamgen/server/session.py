@@ -251,7 +251,11 @@ class Session:
             pass
 
     def _on_failure(self, error: BaseException, is_user_error: bool) -> None:
-        if is_user_error:
+        if getattr(error, "ends_stream", False):  # e.g. a pipeline stage died: the stream cannot go on, and says why
+            logger.warning("session %s: %s", self.id, error)
+            self.notify_error("stream", str(error))
+            self._spawn(self.close(str(error)))
+        elif is_user_error:
             logger.info("session %s: %s", self.id, error)
             self.notify_error("step", str(error))
         else:

@@ -6,6 +6,8 @@ the settings (cheap, on the loop), take a place under ``max_sessions``
 answer the offer. If anything fails on the way the place is given back and
 the half-built peer closed. Each session gets its own secret, which only
 the answer that created it carries (see :mod:`streamgen.server.access`).
+``streamgen camera``'s one stream opens the same way, less the offer
+(:meth:`SessionManager.open_local`, :mod:`streamgen.server.local_session`).
 WHEP viewers attach to an existing session.
 
 A sweeper closes sessions whose peer never connected within
@@ -21,21 +23,23 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import CapacityError, InputError
 from ..sched import Slo
 from .access import EndedSessions, new_session_secret
+from .capture_track import CaptureTrack
 from .config import ServerConfig
 from .http_errors import NotFoundError
+from .local_session import LocalOutput, LocalSession
 from .metrics import ServerMetrics
 from .peer import add_transceivers, answer_offer, new_peer_connection, parse_offer
 from .pipelines import create_session_state, model_kind, validate_session_settings
 from .session import Session, Viewer
-from .step_shape import ServerCaps, shape_of_settings
+from .step_shape import ServerCaps, StreamShape, shape_of_settings
 from .tracks import OutputTrack
-from .worker import ModelWorker
+from .worker import ModelWorker, Reservation
 
 logger = logging.getLogger(__name__)
 
@@ -89,23 +93,12 @@ class SessionManager:
         if not shape.has_video:
             raise _no_video_error()
         shape.check_codecs(self.config.codecs)
-        merged = {**self.config.default_params, **settings}
-        worker = min(self.workers, key=lambda w: w.load)
-        validate_session_settings(worker.pipeline, merged)
-        session_slo = self.config.slo_limits.parse(slo, self.config.default_slo)
-        if self.kind == "video" and "use_denoising_batch" not in merged:
-            merged["use_denoising_batch"] = self._video_mode(worker, merged, session_slo)
-        stream = shape_of_settings(worker.pipeline, merged, self.kind)
-        self.caps.check(stream.width, stream.height, stream.frames_per_call, stream.steps)
+        worker, merged, session_slo, stream = self._check_settings(settings, slo)
         self._take_place()
         pc = None
         reservation = None
         try:
-            try:
-                reservation = worker.reserve(stream, session_slo)
-            except CapacityError:
-                self.metrics.count("admission_refusals")
-                raise
+            reservation = self._reserve(worker, stream, session_slo)
             state = await asyncio.wrap_future(worker.submit(create_session_state, worker.pipeline, merged))
             pc = new_peer_connection(self.config.ice_servers)
             session = Session(new_id(), kind, pc, worker, state, self.config, self.metrics, self._forget, session_slo, self.caps, secret=new_session_secret())
@@ -121,15 +114,62 @@ class SessionManager:
             raise
         finally:
             self._opening -= 1
+        self._add(session, worker, reservation, stream)
+        session.start_input(transceiver.receiver.track)
+        return session, answer
+
+    async def open_local(
+        self, settings: Mapping[str, Any], track: CaptureTrack, output: LocalOutput | None, notice: Callable[[str], None], slo: Any = None
+    ) -> LocalSession:
+        """A session fed and shown by this process (``streamgen camera``): the checks, admission and state of :meth:`open`, no peer."""
+        worker, merged, session_slo, stream = self._check_settings(settings, slo)
+        self._take_place()
+        reservation = None
+        try:
+            reservation = self._reserve(worker, stream, session_slo)
+            state = await asyncio.wrap_future(worker.submit(create_session_state, worker.pipeline, merged))
+            session = LocalSession(
+                new_id(), worker, state, self.config, self.metrics, self._forget, session_slo, self.caps,
+                secret=new_session_secret(), output=output, notice=notice,
+            )
+        except BaseException:
+            if reservation is not None:
+                worker.release(reservation)
+            raise
+        finally:
+            self._opening -= 1
+        self._add(session, worker, reservation, stream)
+        session.start_input(track)
+        return session
+
+    def _check_settings(self, settings: Mapping[str, Any], slo: Any) -> tuple[ModelWorker, dict[str, Any], Slo, StreamShape]:
+        """The cheap checks, on the loop: settings over the defaults, the SLO asked for, the caps; picks the worker."""
+        merged = {**self.config.default_params, **settings}
+        worker = min(self.workers, key=lambda w: w.load)
+        validate_session_settings(worker.pipeline, merged)
+        session_slo = self.config.slo_limits.parse(slo, self.config.default_slo)
+        if self.kind == "video" and "use_denoising_batch" not in merged:
+            merged["use_denoising_batch"] = self._video_mode(worker, merged, session_slo)
+        stream = shape_of_settings(worker.pipeline, merged, self.kind)
+        self.caps.check(stream.width, stream.height, stream.frames_per_call, stream.steps)
+        return worker, merged, session_slo, stream
+
+    def _reserve(self, worker: ModelWorker, stream: StreamShape, slo: Slo) -> Reservation:
+        """Admission control's place for the new session (CapacityError, counted, when there is none)."""
+        try:
+            return worker.reserve(stream, slo)
+        except CapacityError:
+            self.metrics.count("admission_refusals")
+            raise
+
+    def _add(self, session: Session, worker: ModelWorker, reservation: Reservation, stream: StreamShape) -> None:
         self.sessions[session.id] = session
         self.metrics.sessions_created += 1
         worker.attach(session, reservation)
-        session.start_input(transceiver.receiver.track)
         logger.info(
             "session %s opened (%s, %s, %dx%d, admitted at ~%.1f fps)",
-            session.id, kind, worker.name, stream.width, stream.height, reservation.admission.fps,
+            session.id, session.kind, worker.name, stream.width, stream.height, reservation.admission.fps,
         )
-        return session, answer
 
     def _video_mode(self, worker: ModelWorker, settings: Mapping[str, Any], slo: Slo) -> bool:
         """Stream batch or sequential denoising for a video session that did not choose (the scheduler's call)."""

@@ -9,8 +9,10 @@ Where the files are found, first match wins:
    copy (pyproject's package-data lists ``server/web/*``);
 3. the repository's ``web/`` next to the ``streamgen`` package.
 
-``GET /`` is the main page, ``GET /watch`` the WHEP viewer page (an OBS
-browser source), ``/static/*`` their scripts and styles.
+``GET /`` is the main page, ``GET /watch`` the WHEP viewer page of one
+session, ``GET /obs`` the OBS browser source that follows a WHIP stream key
+(output only; see :mod:`streamgen.server.streams`), ``/static/*`` their
+scripts and styles.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .http_errors import NotFoundError
 
 logger = logging.getLogger(__name__)
 
-PAGES = {"/": "index.html", "/watch": "watch.html"}
+PAGES = {"/": "index.html", "/watch": "watch.html", "/obs": "obs.html"}
 
 
 def find_web_dir(configured: str | None) -> Path | None:

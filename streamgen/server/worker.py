@@ -264,6 +264,7 @@ class ModelWorker:
                 "stepping": self._step_started is not None,
                 "step_in_flight_s": None if self._step_started is None else round(time.monotonic() - self._step_started, 3),
                 "predicted_step_ms": round(self._step_predicted * 1000, 2),
+                **_stages_of(self.pipeline),
                 "step_ms_by_rows": buckets,
             }
 
@@ -504,3 +505,9 @@ class ModelWorker:
             loop.call_soon_threadsafe(client.deliver, frames, time.monotonic())
         except RuntimeError:  # the loop shut down between the check and the call
             pass
+
+
+def _stages_of(pipeline: Any) -> dict[str, Any]:
+    """``{"stages": ...}`` for a pipeline whose model runs as pipeline stages (streamgen.parallel), else nothing."""
+    stages = getattr(getattr(pipeline, "model", None), "stages", None)
+    return {"stages": stages.describe()} if stages is not None else {}

@@ -160,12 +160,14 @@ def _video_spec(model: str | ModelSpec, spec: Mapping[str, Any]) -> VideoSpec:
 
 
 # ------------------------------------------------------------------- builders
-def build_tiny_video_model(seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> VideoModel:
-    """The ``tiny-video`` preset, deterministic for ``seed``."""
+def build_tiny_video_model(
+    seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, layers: int | None = None
+) -> VideoModel:
+    """The ``tiny-video`` preset, deterministic for ``seed`` (``layers``: another number of DiT blocks than 2)."""
     from ..video.tiny_video_dit import tiny_causal_wan  # noqa: PLC0415
 
     device = torch.device(device)
-    transformer = tiny_causal_wan(seed=seed, device=device, dtype=dtype)
+    transformer = tiny_causal_wan(seed=seed, device=device, dtype=dtype, **({} if layers is None else {"num_layers": layers}))
     vae, text_encoder = seeded_build(seed + 1, lambda: (tiny_wan_vae(), tiny_umt5_encoder(transformer.text_dim)))
     return VideoModel(
         name="tiny-video",
@@ -178,13 +180,19 @@ def build_tiny_video_model(seed: int = 0, device: torch.device | str = "cpu", dt
     )
 
 
-def build_dummy_video_model(preset: VideoPreset, *, seed: int, device: torch.device, dtype: torch.dtype) -> VideoModel:
-    """The real Wan architecture with random weights (DiT and VAE); a small UMT5 stands in for UMT5-XXL."""
+def build_dummy_video_model(
+    preset: VideoPreset, *, seed: int, device: torch.device, dtype: torch.dtype, transformer: Any = None
+) -> VideoModel:
+    """The real Wan architecture with random weights (DiT and VAE); a small UMT5 stands in for UMT5-XXL.
+
+    ``transformer``: use this one (a pipeline stage's part) instead of building the whole DiT.
+    """
     from diffusers import AutoencoderKLWan  # noqa: PLC0415
 
     from ..video.wan_build import build_dummy_causal_wan, building_on, seeded  # noqa: PLC0415
 
-    transformer = build_dummy_causal_wan(preset.dummy_config, device=device, dtype=dtype, seed=seed)
+    if transformer is None:
+        transformer = build_dummy_causal_wan(preset.dummy_config, device=device, dtype=dtype, seed=seed)
     with seeded(seed + 1, device), building_on(device, dtype):
         vae = AutoencoderKLWan()  # diffusers' defaults are the Wan2.1 VAE
         text_encoder = tiny_umt5_encoder(transformer.text_dim)
@@ -200,8 +208,13 @@ def build_dummy_video_model(preset: VideoPreset, *, seed: int, device: torch.dev
     )
 
 
-def load_wan_folder(folder: Path, preset: VideoPreset | None = None, *, device: torch.device, dtype: torch.dtype) -> VideoModel:
-    """A Wan T2V model from a diffusers-layout folder (transformer, vae, text_encoder, tokenizer)."""
+def load_wan_folder(
+    folder: Path, preset: VideoPreset | None = None, *, device: torch.device, dtype: torch.dtype, transformer: Any = None
+) -> VideoModel:
+    """A Wan T2V model from a diffusers-layout folder (transformer, vae, text_encoder, tokenizer).
+
+    ``transformer``: use this one (a pipeline stage's part, :mod:`streamgen.parallel`) instead of loading the DiT.
+    """
     from diffusers import AutoencoderKLWan, WanTransformer3DModel  # noqa: PLC0415
     from transformers import AutoTokenizer, UMT5EncoderModel  # noqa: PLC0415
 
@@ -212,7 +225,9 @@ def load_wan_folder(folder: Path, preset: VideoPreset | None = None, *, device: 
         raise ModelLoadError(f"{folder} is not a complete Wan diffusers folder: missing {', '.join(missing)}")
     prefer_half = dtype in (torch.float16, torch.bfloat16)
     try:
-        transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype, variant=_variant(folder / "transformer", prefer_half))
+        if transformer is None:
+            transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype, variant=_variant(folder / "transformer", prefer_half))
+            transformer = CausalWanTransformer(place(transformer, device, dtype))
         vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=torch.float32 if dtype == torch.float16 else dtype)
         text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
@@ -221,7 +236,7 @@ def load_wan_folder(folder: Path, preset: VideoPreset | None = None, *, device: 
     name = preset.name if preset is not None else folder.name
     return VideoModel(
         name=name,
-        transformer=CausalWanTransformer(place(transformer, device, dtype)),
+        transformer=transformer,
         vae=StreamingWanVAE(place(vae, device, vae.dtype)),
         text_encoder=place(text_encoder, device, dtype),
         tokenizer=tokenizer,

@@ -124,6 +124,17 @@ class PlannedChunk:
     segments: tuple[SegmentBuffers, ...]
 
 
+@dataclass(frozen=True)
+class EmbeddedChunk:
+    """A chunk after patch and time embedding: hidden states, per-frame ``temb`` and block modulation, token grid."""
+
+    x: torch.Tensor  # (B, T, tokens, dim)
+    temb: torch.Tensor  # (B, T, dim)
+    modulation: torch.Tensor  # (B, T, 6, dim)
+    grid_h: int
+    grid_w: int
+
+
 class CausalWanTransformer(torch.nn.Module):
     """Block-causal wrapper around diffusers' ``WanTransformer3DModel`` (shares its modules and weights)."""
 
@@ -172,11 +183,18 @@ class CausalWanTransformer(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.patch_embedding.weight.device
+        return self._weight_reference().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.patch_embedding.weight.dtype
+        return self._weight_reference().dtype
+
+    def _weight_reference(self) -> torch.Tensor:
+        """The patch embedding's weight, or any weight when this is a pipeline stage that holds only some blocks."""
+        embedding = getattr(self.transformer, "patch_embedding", None)
+        if embedding is not None:
+            return embedding.weight
+        return next(self.transformer.parameters())
 
     def tokens_per_frame(self, latent_h: int, latent_w: int) -> int:
         _, ph, pw = self.patch_size
@@ -196,15 +214,19 @@ class CausalWanTransformer(torch.nn.Module):
         adaptive_sink_threshold: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        num_layers: int | None = None,
     ) -> RollingKVCache:
-        """An empty cache for one stream of ``rows`` rows at this latent size (storing keys rotated: see kv_cache)."""
+        """An empty cache for one stream of ``rows`` rows at this latent size (storing keys rotated: see kv_cache).
+
+        ``num_layers`` (default: every block) is for a pipeline stage that holds some of the blocks.
+        """
         if sink_frames + ring_frames + chunk_frames > self.rope.max_positions:
             raise ConfigError(
                 f"cache window of {sink_frames + ring_frames + chunk_frames} frames exceeds the RoPE table "
                 f"({self.rope.max_positions} positions)"
             )
         return RollingKVCache.allocate(
-            self.num_layers,
+            self.num_layers if num_layers is None else num_layers,
             rows,
             self.tokens_per_frame(latent_h, latent_w),
             self.num_heads,
@@ -225,12 +247,19 @@ class CausalWanTransformer(torch.nn.Module):
     # ---------------------------------------------------------------- context
     def encode_context(self, text_embeds: torch.Tensor) -> CrossAttentionContext:
         """Per-block cross-attention K/V for text embeddings ``(B, L, text_dim)``; compute once per prompt."""
+        return self.context_of_blocks(self.embed_text(text_embeds), range(self.num_layers))
+
+    def embed_text(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        """The text encoder's output projected to the model width ``(B, L, dim)``: the input of every block's context."""
         if text_embeds.ndim != 3 or text_embeds.shape[-1] != self.text_dim:
             raise InputError(f"text embeddings must be (B, L, {self.text_dim}), got {tuple(text_embeds.shape)}")
-        text = self.transformer.condition_embedder.text_embedder(text_embeds.to(self.device, self.dtype))
+        return self.transformer.condition_embedder.text_embedder(text_embeds.to(self.device, self.dtype))
+
+    def context_of_blocks(self, text: torch.Tensor, blocks: range) -> CrossAttentionContext:
+        """Cross-attention K/V of ``blocks`` (consecutive) for projected text ``(B, L, dim)``, indexed from 0."""
         keys, values = [], []
-        for block in self.transformer.blocks:
-            attn = block.attn2
+        for index in blocks:
+            attn = self.transformer.blocks[index].attn2
             if getattr(attn, "fused_projections", False):
                 k, v = attn.to_kv(text).chunk(2, dim=-1)
             else:
@@ -337,6 +366,16 @@ class CausalWanTransformer(torch.nn.Module):
         Only tensors and shapes: what torch.compile captures as one graph.
         """
         grid_h, grid_w = latents.shape[-2] // self.patch_size[1], latents.shape[-1] // self.patch_size[2]
+        return self._forward(latents, timesteps, context, self.planned_attention(planned, grid_h, grid_w))
+
+    def planned_attention(self, planned: PlannedChunk, grid_h: int, grid_w: int) -> SelfAttention:
+        """Self-attention of a planned chunk: rotate at the rows' frame indices, attend per cache segment.
+
+        ``layer`` is an index into the planned segments' K/V buffers (and the
+        context): the block's own index for a whole model, its position in
+        the stage for a stage that holds some of the blocks
+        (:mod:`streamgen.parallel`).
+        """
         cos, sin = self.rope.tables(planned.query_frames, grid_h, grid_w)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -349,7 +388,7 @@ class CausalWanTransformer(torch.nn.Module):
                 start = stop
             return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-        return self._forward(latents, timesteps, context, attend)
+        return attend
 
     def forward_block_causal(
         self,
@@ -416,14 +455,35 @@ class CausalWanTransformer(torch.nn.Module):
     def _forward(
         self, latents: torch.Tensor, timesteps: torch.Tensor, context: CrossAttentionContext, attend: SelfAttention
     ) -> torch.Tensor:
+        embedded = self.embed(latents, timesteps)
+        x = self.run_blocks(embedded.x, embedded.modulation, context, attend, range(self.num_layers))
+        return self.head(x, embedded)
+
+    def embed(self, latents: torch.Tensor, timesteps: torch.Tensor) -> EmbeddedChunk:
+        """Patch embedding and per-frame time embedding: what the blocks and the head take besides the context."""
         tr = self.transformer
         x = tr.patch_embedding(latents.to(self.dtype))  # (B, dim, T, gh, gw)
         _, _, frames, grid_h, grid_w = x.shape
         x = x.flatten(3).permute(0, 2, 3, 1).contiguous()  # (B, T, tokens, dim): frame-major like diffusers
         temb, modulation = self._time_embedding(timesteps, x.dtype)
-        for layer, block in enumerate(tr.blocks):
-            x = self._block(layer, block, x, modulation, context, attend)
-        return self._head(x, temb, frames, grid_h, grid_w)
+        return EmbeddedChunk(x, temb, modulation, grid_h, grid_w)
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        modulation: torch.Tensor,
+        context: CrossAttentionContext,
+        attend: SelfAttention,
+        blocks: range,
+    ) -> torch.Tensor:
+        """Blocks ``blocks`` (consecutive) over ``x``; ``context`` and ``attend`` index them from 0 (the first of ``blocks``)."""
+        for layer, index in enumerate(blocks):
+            x = self._block(layer, self.transformer.blocks[index], x, modulation, context, attend)
+        return x
+
+    def head(self, x: torch.Tensor, embedded: EmbeddedChunk) -> torch.Tensor:
+        """Output norm, projection and unpatchify: hidden states → flow prediction ``(B, C, T, h, w)``."""
+        return self._head(x, embedded.temb, x.shape[1], embedded.grid_h, embedded.grid_w)
 
     def _time_embedding(self, timesteps: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``temb (B, T, dim)`` and block modulation input ``(B, T, 6, dim)``, once per frame."""

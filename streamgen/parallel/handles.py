@@ -1,0 +1,160 @@
+"""Driver-side stand-ins for a stream's KV cache and a prompt's context whose layers live on several ranks.
+
+The video pipeline keeps a cache and contexts in each stream's state and
+calls a handful of methods on them (row views, reset, counters, a commit
+journal for rollback; expand, blend, concat). :class:`ShardedKVCache` and
+:class:`ShardedContext` answer those calls: the driver's own layers change
+at once, and the same change goes to every other rank as a message
+(:mod:`.driver`). They hold ids, not data, so when a block moves to
+another rank (:mod:`.rebalance`) no handle goes stale; when the last handle
+of a cache or context is garbage-collected, the ranks are told to free it.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError
+from ..models.video.kv_cache import CommitJournal, RollingKVCache
+
+if TYPE_CHECKING:
+    from .driver import StageDriver
+
+
+class ShardedKVCache:
+    """Rows ``start:stop`` of cache ``cache_id``, whose layers are spread over the stage ranks."""
+
+    def __init__(self, driver: StageDriver, cache_id: int, start: int, stop: int, root: ShardedKVCache | None = None) -> None:
+        self.driver = driver
+        self.cache_id = cache_id
+        self.start = start
+        self.stop = stop
+        self._root = root  # views keep their root alive: the ranks free a cache when its root handle goes
+        if root is None:
+            weakref.finalize(self, driver.release, "cache.drop", cache_id)
+
+    # ---------------------------------------------------------------- local
+    @property
+    def local(self) -> RollingKVCache:
+        """The driver's own layers of these rows (a fresh row view: the driver's shard may re-layer in place)."""
+        root = self.driver.shard.caches[self.cache_id]
+        return root.row_view(self.start, self.stop)
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.local.tokens_per_frame
+
+    @property
+    def chunk_frames(self) -> int:
+        return self.local.chunk_frames
+
+    @property
+    def geometry(self) -> Any:
+        return self.local.geometry
+
+    @property
+    def device(self) -> torch.device:
+        return self.local.device
+
+    @property
+    def nbytes(self) -> int:
+        """The driver's share only (each rank reports its own: see StageDriver.describe)."""
+        return self.local.nbytes
+
+    def row_view(self, start: int, stop: int) -> ShardedKVCache:
+        if not 0 <= start < stop <= self.rows:
+            raise InputError(f"row view {start}:{stop} is outside the cache's {self.rows} rows")
+        if start == 0 and stop == self.rows:
+            return self
+        return ShardedKVCache(self.driver, self.cache_id, self.start + start, self.start + stop, self._root or self)
+
+    # -------------------------------------------------------------- counters
+    @property
+    def frames_written(self) -> torch.Tensor:
+        return self.local.frames_written
+
+    @property
+    def frames_at_least(self) -> tuple[int, ...]:
+        return self.local.frames_at_least
+
+    def restore_counters(self, frames_written: torch.Tensor, frames_at_least: Sequence[int]) -> None:
+        self.driver.restore_counters(self, [int(v) for v in frames_written.tolist()], [int(v) for v in frames_at_least])
+
+    def reset(self, rows: torch.Tensor | Sequence[int] | None = None) -> None:
+        if isinstance(rows, torch.Tensor) and rows.dtype == torch.bool:
+            rows = [i for i, flag in enumerate(rows.tolist()) if flag]
+        elif rows is not None:
+            rows = [int(r) for r in torch.as_tensor(rows).tolist()]
+        self.driver.reset_cache(self, rows)
+
+    # --------------------------------------------------------------- journal
+    @property
+    def journal(self) -> CommitJournal | None:
+        return self.driver.shard.caches[self.cache_id].journal
+
+    @journal.setter
+    def journal(self, journal: CommitJournal | None) -> None:
+        self.driver.attach_journal(self.cache_id, journal)
+
+
+class ShardedContext:
+    """A prompt's cross-attention context whose layers are spread over the stage ranks.
+
+    A *base* context (``sources is None``) is one row the ranks store under
+    ``context_id``; a concatenation lists, per row, which base context and
+    row it takes.
+    """
+
+    def __init__(self, driver: StageDriver, context_id: int | None, num_layers: int, sources: tuple[tuple[ShardedContext, int], ...] | None = None) -> None:
+        self.driver = driver
+        self.context_id = context_id
+        self.num_layers = num_layers
+        self.sources = sources
+        if sources is None:
+            weakref.finalize(self, driver.release, "context.drop", context_id)
+
+    @property
+    def rows(self) -> int:
+        return 1 if self.sources is None else len(self.sources)
+
+    def row_sources(self, rows: int) -> tuple[tuple[int, int], ...]:
+        """``(context_id, row)`` for each of ``rows`` batch rows (a one-row context serves every row)."""
+        if self.sources is None:
+            return ((self.context_id, 0),) * rows
+        if len(self.sources) != rows:
+            raise InputError(f"context has {len(self.sources)} rows, expected 1 or {rows}")
+        return tuple((base.context_id, row) for base, row in self.sources)
+
+    def expand(self, rows: int) -> ShardedContext:
+        if self.rows == rows:
+            return self
+        if self.rows != 1:
+            raise InputError(f"cannot expand a context of {self.rows} rows to {rows} rows")
+        return ShardedContext(self.driver, None, self.num_layers, ((self._base(0)),) * rows)
+
+    def lerp(self, other: ShardedContext, weight: float | torch.Tensor) -> ShardedContext:
+        if isinstance(weight, torch.Tensor):
+            if weight.numel() != 1:
+                raise InputError("pipeline stages blend prompts with one weight for all rows")
+            weight = float(weight)
+        if self.sources is not None or other.sources is not None:
+            raise InputError("pipeline stages blend one-row prompt contexts only")
+        return self.driver.blend_contexts(self, other, float(weight))
+
+    def _base(self, row: int) -> tuple[ShardedContext, int]:
+        return (self, 0) if self.sources is None else self.sources[row]
+
+    @staticmethod
+    def concat(contexts: Sequence[ShardedContext]) -> ShardedContext:
+        if not contexts:
+            raise InputError("concat needs at least one context")
+        sources = tuple(c._base(row) for c in contexts for row in range(c.rows))
+        return ShardedContext(contexts[0].driver, None, contexts[0].num_layers, sources)

@@ -1,0 +1,229 @@
+"""Build the part of a causal Wan transformer that one stage holds, loading only that part's weights.
+
+A stage's role is its block range plus, on the first stage, the patch, time
+and text embeddings and, on the last stage, the output head. Everything
+else is absent: blocks of other stages are :class:`AbsentBlock`
+placeholders (so block indices keep their meaning) and foreign top-level
+modules are ``None``, so ``parameters()`` counts what the rank really holds.
+
+Where the weights come from:
+
+- ``tiny-video`` is built whole (it is a few hundred kilobytes) and pruned,
+  so a staged run computes bit for bit what one process computes;
+- ``weights="dummy"`` (benchmarks of the 1.3B/14B shapes) builds the
+  blocks on the meta device and materialises only the stage's own, each
+  seeded by its block index: a 14B stage never allocates the other
+  stages' blocks (the values differ from a one-process dummy build, which
+  is seeded as a whole; dummy weights mean nothing anyway);
+- pretrained folders: the same meta build, then only the stage's tensors
+  are read from the ``.safetensors`` files (safetensors reads tensors one by
+  one). A causal student checkpoint (``checkpoint=``) is a single pickle or
+  safetensors file of the whole model: each rank reads it and keeps its
+  part, so loading peaks at one checkpoint in host memory per rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelLoadError
+from ..models.video.causal_wan import CausalWanTransformer
+
+EMBEDDING_MODULES = ("patch_embedding", "condition_embedder")
+HEAD_MODULES = ("norm_out", "proj_out")
+HEAD_PARAMETERS = ("scale_shift_table",)
+
+
+@dataclass(frozen=True)
+class StageRole:
+    """Stage ``index`` of ``stages`` holds blocks ``start:stop`` (and the embeddings first, the head last)."""
+
+    index: int
+    stages: int
+    start: int
+    stop: int
+
+    @property
+    def blocks(self) -> range:
+        return range(self.start, self.stop)
+
+    @property
+    def embedding(self) -> bool:
+        return self.index == 0
+
+    @property
+    def head(self) -> bool:
+        return self.index == self.stages - 1
+
+    def owns(self, name: str) -> bool:
+        """Whether the parameter ``name`` (diffusers' ``WanTransformer3DModel`` naming) belongs to this stage."""
+        if name.startswith("blocks."):
+            return int(name.split(".", 2)[1]) in self.blocks
+        top = name.split(".", 1)[0]
+        if top in EMBEDDING_MODULES:
+            return self.embedding
+        if top in HEAD_MODULES or top in HEAD_PARAMETERS:
+            return self.head
+        return True  # rope tables and anything new: small, everyone keeps them
+
+
+@dataclass(frozen=True)
+class StageSource:
+    """Which model a stage builds (JSON-able: it is sent to the rank processes)."""
+
+    model: str
+    weights: str = "pretrained"
+    seed: int = 0
+    layers: int | None = None  # tiny-video only
+    checkpoint: str | None = None
+    checkpoint_key: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("model", "weights", "seed", "layers", "checkpoint", "checkpoint_key", "options")}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> StageSource:
+        return cls(**value)
+
+
+class AbsentBlock(torch.nn.Module):
+    """The place of a block that another stage holds: no weights; running it is a bug."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, *_: Any, **__: Any) -> torch.Tensor:
+        raise RuntimeError(f"block {self.index} is held by another pipeline stage")
+
+
+def prune(model: CausalWanTransformer, role: StageRole) -> CausalWanTransformer:
+    """Drop everything ``role`` does not hold from ``model`` (in place) and return it."""
+    tr = model.transformer
+    for index in range(len(tr.blocks)):
+        if index not in role.blocks:
+            tr.blocks[index] = AbsentBlock(index)
+    for name in EMBEDDING_MODULES:
+        if not role.embedding:
+            setattr(tr, name, None)
+    for name in HEAD_MODULES:
+        if not role.head:
+            setattr(tr, name, None)
+    for name in HEAD_PARAMETERS:
+        if not role.head:
+            setattr(tr, name, None)
+    return model
+
+
+def build_stage_transformer(source: StageSource, role: StageRole, device: torch.device, dtype: torch.dtype) -> CausalWanTransformer:
+    """The stage's part of ``source`` on ``device`` (see module docstring)."""
+    if source.model == "tiny-video":
+        from ..models.video.tiny_video_dit import tiny_causal_wan  # noqa: PLC0415
+
+        overrides = {} if source.layers is None else {"num_layers": source.layers}
+        return prune(tiny_causal_wan(seed=source.seed, device=device, dtype=dtype, **overrides), role)
+    from ..models.loading.video_presets import VIDEO_PRESETS  # noqa: PLC0415
+
+    preset = VIDEO_PRESETS[source.model]
+    if source.weights == "dummy":
+        from ..models.video.wan_build import wan_transformer_config  # noqa: PLC0415
+
+        model = _meta_built(wan_transformer_config(preset.dummy_config), role, device, dtype, source.seed)
+        _seed_owned_blocks(model, role, source.seed)
+        return model
+    from ..models.loading.video_presets import _wan_snapshot  # noqa: PLC0415
+
+    folder = _wan_snapshot(preset, dtype) / "transformer"
+    config = _read_config(folder)
+    model = _meta_built(config, role, device, dtype, source.seed)
+    _load_owned(model, role, _safetensors_state(folder, role))
+    if source.checkpoint is not None:
+        from ..models.video.wan_checkpoint import load_causal_checkpoint  # noqa: PLC0415
+
+        state = load_causal_checkpoint(source.checkpoint, key=source.checkpoint_key)
+        _load_owned(model, role, {k: v for k, v in state.items() if role.owns(k)})
+    return model
+
+
+# --------------------------------------------------------------------- internals
+def _meta_built(config: dict[str, Any], role: StageRole, device: torch.device, dtype: torch.dtype, seed: int) -> CausalWanTransformer:
+    """The full architecture with only ``role``'s parts materialised (blocks uninitialised: fill them next)."""
+    from ..models.video.wan_build import build_wan_transformer  # noqa: PLC0415
+
+    settings = {k: v for k, v in config.items() if not k.startswith("_")}
+    top = build_wan_transformer({**settings, "num_layers": 0}, device=device, dtype=dtype, seed=seed)
+    from diffusers import WanTransformer3DModel  # noqa: PLC0415
+
+    with torch.device("meta"):
+        full = WanTransformer3DModel.from_config(settings)
+    for name in (*EMBEDDING_MODULES, *HEAD_MODULES, "rope"):
+        setattr(full, name, getattr(top, name))
+    full.scale_shift_table = top.scale_shift_table
+    for index in range(len(full.blocks)):
+        if index in role.blocks:
+            full.blocks[index] = full.blocks[index].to_empty(device=device).to(dtype)
+    model = CausalWanTransformer(full.eval().requires_grad_(False))
+    return prune(model, role)
+
+
+def _seed_owned_blocks(model: CausalWanTransformer, role: StageRole, seed: int) -> None:
+    """Random weights for each owned block, seeded by its index (PyTorch's default init; modulation ~ N(0, 1/dim))."""
+    for index in role.blocks:
+        block = model.transformer.blocks[index]
+        generator_seed = seed * 1_000_003 + index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator_seed)
+            for module in block.modules():
+                if module is block:
+                    continue
+                reset = getattr(module, "reset_parameters", None)
+                if callable(reset):
+                    reset()
+                else:
+                    for name, parameter in module.named_parameters(recurse=False):
+                        torch.nn.init.ones_(parameter) if name == "weight" else torch.nn.init.zeros_(parameter)
+            table = block.scale_shift_table
+            table.copy_(torch.randn(table.shape) / table.shape[-1] ** 0.5)
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    import json  # noqa: PLC0415
+
+    path = folder / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot read the transformer config {path}: {error}") from None
+
+
+def _safetensors_state(folder: Path, role: StageRole) -> dict[str, torch.Tensor]:
+    """The stage's tensors from the folder's ``.safetensors`` files, read one by one (nothing else is loaded)."""
+    from safetensors import safe_open  # noqa: PLC0415
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder} has no .safetensors weights; pipeline stages read only safetensors folders")
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                if role.owns(key):
+                    state[key] = handle.get_tensor(key)
+    return state
+
+
+def _load_owned(model: CausalWanTransformer, role: StageRole, state: dict[str, torch.Tensor]) -> None:
+    tr = model.transformer
+    expected = {name for name, _ in tr.named_parameters() if not name.startswith("rope.")}
+    missing = sorted(expected - state.keys())
+    if missing:
+        raise ModelLoadError(f"the weights lack {len(missing)} tensor(s) of stage {role.index}, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for name, parameter in tr.named_parameters():
+            if name in state:
+                parameter.copy_(state[name].to(parameter.dtype))

@@ -1,0 +1,127 @@
+"""The loop of a stage rank other than the driver: receive, apply, pass on.
+
+A rank receives every message from the rank before it. Control messages
+change its shard (:func:`apply_control`) and are passed on unchanged, so
+they reach every rank in ring order. A forward runs the rank's blocks and
+passes the hidden states on; the last rank applies the output head and
+sends the flow prediction to rank 0. An exception in a forward becomes an
+``error`` message that travels on to rank 0 (the driver fails every stream
+with its text); the rank then keeps serving, since its shard is unchanged
+by a forward that raised before committing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+
+import torch
+
+from ..sched.blocks import BlockSplit
+from .messages import Message, Sender, receive
+from .stage_shard import RowContexts, SegmentSpec, StageShard, shard_inventory
+
+logger = logging.getLogger(__name__)
+CONTROL_OPS = ("cache.new", "cache.drop", "cache.reset", "cache.counters", "cache.journal", "context.define", "context.blend", "context.drop")
+
+
+def apply_control(shard: StageShard, message: Message) -> None:
+    """Apply one control message to ``shard`` (the driver does the same to its own shard when sending it)."""
+    meta = message.meta
+    op = message.op
+    if op == "cache.new":
+        shard.new_cache(meta["id"], meta["rows"], *meta["latent"], meta["options"])
+    elif op == "cache.drop":
+        shard.drop_cache(meta["id"])
+    elif op == "cache.reset":
+        cache = shard.caches[meta["id"]].row_view(meta["start"], meta["stop"])
+        cache.reset(meta["rows"])
+    elif op == "cache.counters":
+        cache = shard.caches[meta["id"]].row_view(meta["start"], meta["stop"])
+        frames = torch.tensor(meta["frames_written"], dtype=torch.int64, device=cache.device)
+        cache.restore_counters(frames, meta["frames_at_least"])
+    elif op == "cache.journal":
+        action = meta["action"]
+        if action == "begin":
+            shard.begin_journal(meta["id"])
+        elif action == "undo":
+            shard.undo_journal(meta["id"])
+        else:
+            shard.end_journal(meta["id"])
+    elif op == "context.define":
+        shard.define_context(meta["id"], message.tensors[0])
+    elif op == "context.blend":
+        shard.blend_context(meta["id"], meta["start"], meta["target"], meta["weight"])
+    elif op == "context.drop":
+        shard.drop_context(meta["id"])
+    elif op not in ("rebalance", "shutdown"):
+        raise ValueError(f"unknown stage operation {op!r}")
+
+
+def run_stage(rank: int, shard: StageShard, split: BlockSplit, comm_device: torch.device) -> None:
+    """Serve as stage ``rank`` (>= 1) until a shutdown message arrives."""
+    stages = split.stages
+    last = rank == stages - 1
+    sender = Sender(0 if last else rank + 1, comm_device)
+    while True:
+        message = receive(rank - 1, comm_device)
+        if message.op == "shutdown":
+            sender.send(Message("bye") if last else message)
+            sender.flush()
+            return
+        if message.op == "forward":
+            sender.send(_forward(rank, shard, message, last))
+            continue
+        if message.op == "error":
+            sender.send(message)
+            continue
+        if message.op == "inventory":
+            message.meta["ranks"].append(shard_inventory(shard, rank))
+            sender.send(message)
+            continue
+        if not last:
+            sender.send(message)
+        if message.op == "rebalance":
+            from .rebalance import exchange_blocks  # noqa: PLC0415
+
+            new = BlockSplit(tuple(message.meta["bounds"]))
+            exchange_blocks(shard, split, new, rank=rank, device=comm_device)
+            split = new
+            continue
+        try:
+            apply_control(shard, message)
+        except Exception as error:  # noqa: BLE001  - a control op that fails leaves this shard out of step: fatal
+            logger.exception("stage rank %d: %s failed", rank, message.op)
+            sender.send(Message("error", {"rank": rank, "error": f"{message.op}: {error}", "item": None}))
+
+
+def _forward(rank: int, shard: StageShard, message: Message, last: bool) -> Message:
+    meta = message.meta
+    try:
+        x, modulation, temb = message.tensors
+        device = shard.device
+        x, modulation, temb = x.to(device), modulation.to(device), temb.to(device)
+        began = time.perf_counter()
+        segments = [SegmentSpec.from_json(s) for s in meta["segments"]]
+        grid = tuple(meta["grid"])
+        with torch.inference_mode():
+            x = shard.run(x, modulation, meta["frames"], grid, segments, RowContexts.from_json(meta["rows"]))
+            blocks_done = _synchronized(device)
+            times = [*meta["times"], [blocks_done - began, 0.0]]
+            if last:
+                from ..models.video.causal_wan import EmbeddedChunk  # noqa: PLC0415
+
+                v = shard.model.head(x, EmbeddedChunk(x, temb, modulation, *grid))
+                times[-1][1] = _synchronized(device) - blocks_done
+                return Message("result", {"item": meta["item"], "times": times}, [v])
+        return Message("forward", {**meta, "times": times}, [x, modulation, temb])
+    except Exception as error:  # noqa: BLE001  - reported to the driver, which fails the streams with it
+        logger.error("stage rank %d: forward failed:\n%s", rank, traceback.format_exc())
+        return Message("error", {"rank": rank, "error": f"{type(error).__name__}: {error}", "item": meta.get("item")})
+
+
+def _synchronized(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

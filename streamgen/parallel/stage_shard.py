@@ -1,0 +1,192 @@
+"""What one stage rank holds and does: its blocks, their KV-cache layers per stream, their prompt contexts.
+
+Every rank (the driver included, for its own blocks) keeps a
+:class:`StageShard`. The driver names caches and contexts by integer ids;
+each operation below is applied by every rank to its own layers, in the
+same order (the ring preserves it), so the shards stay exactly what the
+corresponding layers of a single-process cache and context would be:
+
+- a cache is a :class:`~streamgen.models.video.kv_cache.RollingKVCache`
+  over the rank's blocks only; its frame counters evolve identically on
+  every rank because every rank plans and commits the same chunks;
+- a context is a :class:`~streamgen.models.video.wan_context.CrossAttentionContext`
+  over the rank's blocks, computed from the projected text the driver
+  sends, or blended from two others (a prompt transition): a blend of the
+  layers is the layers of the blend;
+- a forward runs the rank's blocks over hidden states the previous rank
+  sent, for rows that attend to (row views of) its caches, then commits
+  the chunk into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..models.video.causal_wan import CacheSegment, CausalWanTransformer, PlannedChunk, SegmentBuffers
+from ..models.video.kv_cache import CommitJournal, RollingKVCache
+from ..models.video.wan_context import CrossAttentionContext
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """Rows ``start:stop`` of cache ``cache_id`` attend together; ``write`` (per row, None = all) commits the chunk."""
+
+    cache_id: int
+    start: int
+    stop: int
+    write: tuple[bool, ...] | None = None
+
+    def to_json(self) -> list[Any]:
+        return [self.cache_id, self.start, self.stop, None if self.write is None else list(self.write)]
+
+    @classmethod
+    def from_json(cls, value: Sequence[Any]) -> SegmentSpec:
+        cache_id, start, stop, write = value
+        return cls(int(cache_id), int(start), int(stop), None if write is None else tuple(bool(w) for w in write))
+
+
+@dataclass(frozen=True)
+class RowContexts:
+    """Which context each batch row uses: ``(context_id, row of that context)`` per row."""
+
+    rows: tuple[tuple[int, int], ...]
+
+    def to_json(self) -> list[list[int]]:
+        return [list(r) for r in self.rows]
+
+    @classmethod
+    def from_json(cls, value: Sequence[Sequence[int]]) -> RowContexts:
+        return cls(tuple((int(c), int(r)) for c, r in value))
+
+
+class StageShard:
+    """One rank's blocks ``blocks`` of ``model`` (a pruned transformer) and the per-stream data of those blocks."""
+
+    def __init__(self, model: CausalWanTransformer, blocks: range) -> None:
+        self.model = model
+        self.blocks = blocks
+        self.caches: dict[int, RollingKVCache] = {}
+        self.contexts: dict[int, CrossAttentionContext] = {}
+        self.journals: dict[int, CommitJournal] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ---------------------------------------------------------------- caches
+    def new_cache(self, cache_id: int, rows: int, latent_h: int, latent_w: int, options: dict[str, Any]) -> RollingKVCache:
+        cache = self.model.new_cache(rows, latent_h, latent_w, num_layers=len(self.blocks), **options)
+        self.caches[cache_id] = cache
+        return cache
+
+    def drop_cache(self, cache_id: int) -> None:
+        self.caches.pop(cache_id, None)
+        journal = self.journals.pop(cache_id, None)
+        if journal is not None:
+            journal.close()
+
+    def reset_cache(self, cache_id: int, rows: list[int] | None) -> None:
+        self.caches[cache_id].reset(rows)
+
+    def restore_counters(self, cache_id: int, frames_written: list[int], frames_at_least: list[int]) -> None:
+        cache = self.caches[cache_id]
+        cache.restore_counters(torch.tensor(frames_written, dtype=torch.int64, device=cache.device), frames_at_least)
+
+    def begin_journal(self, cache_id: int) -> None:
+        self.end_journal(cache_id)
+        journal = CommitJournal()
+        self.journals[cache_id] = journal
+        self.caches[cache_id].journal = journal
+
+    def undo_journal(self, cache_id: int) -> None:
+        journal = self.journals.get(cache_id)
+        if journal is not None:
+            journal.undo()
+
+    def end_journal(self, cache_id: int) -> None:
+        journal = self.journals.pop(cache_id, None)
+        if journal is not None:
+            journal.close()
+            cache = self.caches.get(cache_id)
+            if cache is not None and cache.journal is journal:
+                cache.journal = None
+
+    # -------------------------------------------------------------- contexts
+    def define_context(self, context_id: int, text: torch.Tensor) -> CrossAttentionContext:
+        context = self.model.context_of_blocks(text.to(self.device, self.model.dtype), self.blocks)
+        self.contexts[context_id] = context
+        return context
+
+    def blend_context(self, context_id: int, start: int, target: int, weight: float) -> CrossAttentionContext:
+        context = self.contexts[start].lerp(self.contexts[target], weight)
+        self.contexts[context_id] = context
+        return context
+
+    def drop_context(self, context_id: int) -> None:
+        self.contexts.pop(context_id, None)
+
+    def row_context(self, rows: RowContexts) -> CrossAttentionContext:
+        """The context of a forward's rows, built as the single-process pipeline builds it (shared, or rows concatenated)."""
+        first = rows.rows[0][0]
+        if all(c == first for c, _ in rows.rows) and self.contexts[first].rows == 1:
+            return self.contexts[first].expand(len(rows.rows))
+        return CrossAttentionContext.concat([self.contexts[c].select(slice(r, r + 1)) for c, r in rows.rows])
+
+    # --------------------------------------------------------------- forward
+    def run(
+        self,
+        x: torch.Tensor,
+        modulation: torch.Tensor,
+        frames: int,
+        grid: tuple[int, int],
+        segments: Sequence[SegmentSpec],
+        rows: RowContexts,
+    ) -> torch.Tensor:
+        """This rank's blocks over hidden states ``x`` (B, T, tokens, dim); commits the chunk into the caches."""
+        cache_segments = [self._segment(spec) for spec in segments]
+        layouts = [s.cache.plan(frames, s.write) for s in cache_segments]
+        masked = any(layout.needs_mask for layout in layouts)
+        planned = PlannedChunk(
+            query_frames=layouts[0].query_frames if len(layouts) == 1 else torch.cat([l.query_frames for l in layouts]),
+            segments=tuple(
+                SegmentBuffers(s.cache.k, s.cache.v, s.cache.geometry.scratch_start, layout.attention_mask if masked else None)
+                for s, layout in zip(cache_segments, layouts)
+            ),
+        )
+        attend = self.model.planned_attention(planned, *grid)
+        out = self.model.run_blocks(x, modulation, self.row_context(rows), attend, self.blocks)
+        for segment, layout in zip(cache_segments, layouts):
+            segment.cache.commit(layout)
+        return out
+
+    def _segment(self, spec: SegmentSpec) -> CacheSegment:
+        cache = self.caches[spec.cache_id].row_view(spec.start, spec.stop)
+        write = None if spec.write is None else torch.tensor(spec.write, dtype=torch.bool, device=cache.device)
+        return CacheSegment(cache, write)
+
+    # ------------------------------------------------------------- inventory
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def cache_bytes(self) -> int:
+        return sum(cache.nbytes for cache in self.caches.values())
+
+
+
+def shard_inventory(shard: StageShard, rank: int) -> dict[str, Any]:
+    """One rank's line of :meth:`~streamgen.parallel.driver.StageDriver.inventory`."""
+    memory = torch.cuda.memory_allocated(shard.device) if shard.device.type == "cuda" else None
+    return {
+        "rank": rank,
+        "device": str(shard.device),
+        "blocks": [shard.blocks.start, shard.blocks.stop],
+        "parameters": shard.parameter_count(),
+        "parameter_bytes": sum(p.numel() * p.element_size() for p in shard.model.parameters()),
+        "kv_cache_bytes": shard.cache_bytes(),
+        "contexts": len(shard.contexts),
+        "device_allocated_bytes": memory,
+    }
