@@ -28,7 +28,10 @@ warm-up wave (every slot connects, streams
 (codecs, caches, the model's buffers). After the soak every client leaves,
 the run waits for the server to have no session, and the idle RSS, fds and
 threads are compared with the warm idle level: ``memory_returned`` says
-whether RSS came back within ``max(10 %, 32 MiB)`` of it.
+whether RSS came back within ``max(10 %, 32 MiB)`` of it. (The server hands
+freed heap pages back to the system a couple of seconds after a session
+ends, see :mod:`streamgen.server.memory`; the idle measurements wait
+``--settle`` seconds, longer than that.)
 
 Reports: RSS over time, fd and thread counts, sessions opened / refused
 (503) / vanished / reaped and the reap time, errors (client-side failures,

@@ -8,8 +8,9 @@
 # 2.13.0 already installed in .venv (e.g. the CPU build from PyTorch's CPU
 # wheel index) is kept; otherwise pip takes PyPI's, which on Linux x86-64 is
 # the multi-GB CUDA build (see README, "Quick start"). The browser test drives Debian's
-# chromium (no browser download); it is installed with apt-get when we are
-# root, otherwise that one test is skipped with a message saying why.
+# chromium (no browser download) and `streamgen camera`'s screen and window
+# tests an Xvfb display; both are installed with apt-get when we are root,
+# otherwise those tests are skipped with a message saying why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,10 +19,13 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0" -e '.[test]'
 
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing Debian chromium for the browser test..."
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian ${missing[*]} for the browser, screen-capture and preview-window tests..."
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}

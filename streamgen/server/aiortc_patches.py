@@ -1,4 +1,4 @@
-"""The two places where streamgen changes aiortc's behaviour, applied by explicit calls.
+"""The places where streamgen changes aiortc's behaviour, applied by explicit calls.
 
 1. **Video frames leave the jitter buffer as soon as they are complete.**
    aiortc's ``JitterBuffer`` releases a video frame only when the first
@@ -20,6 +20,18 @@
    :func:`configure_video_encoders` sets them from the server's settings.
    The values are process-wide: every encoder created afterwards uses them.
 
+3. **Keyframes a stock receiver can reassemble.** At those higher bitrates
+   aiortc's VP8 keyframes span up to a few hundred RTP packets, more than
+   aiortc keeps for retransmission (128); a packet lost early in one cannot
+   be resent, and a receiver using aiortc's own jitter buffer then freezes
+   for a second or more and asks for another keyframe, as big as the last.
+   :func:`configure_video_encoders` also makes new VP8 encoders
+   :class:`~streamgen.server.vp8_encoder.BoundedVp8Encoder` (keyframes
+   near :data:`~streamgen.server.vp8_encoder.KEYFRAME_PACKETS` packets)
+   and has every sender keep :data:`RETRANSMISSION_HISTORY` packets (under
+   1 MB each), so a NACK for any packet of a frame such a receiver can
+   still reassemble (its buffer holds 512) is answered.
+
 Nothing here runs at import time.
 """
 
@@ -30,6 +42,8 @@ from typing import Optional
 
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
+
+RETRANSMISSION_HISTORY = 512  # packets each sender keeps for NACKs (aiortc: 128); a stock receiver's jitter buffer holds 512
 
 
 class MarkerJitterBuffer(JitterBuffer):
@@ -86,16 +100,24 @@ def marker_jitter_buffer_installed() -> bool:
 
 
 def configure_video_encoders(bitrate: int, max_bitrate: int, max_fps: float) -> None:
-    """Set aiortc's VP8 and H.264 starting bitrate, bitrate ceiling and frame rate.
+    """Set aiortc's VP8 and H.264 starting bitrate, bitrate ceiling and frame rate; bound VP8 frame sizes.
 
     ``bitrate`` is where a new encoder starts; receiver feedback (REMB) then
     moves it between aiortc's minimum and ``max_bitrate``. ``max_fps`` is the
-    frame rate x264 plans its rate control for.
+    frame rate x264 plans its rate control for, and the one the VP8 keyframe
+    cap is computed at. See item 3 of the module docstring for the rest.
     """
+    import aiortc.codecs as codecs  # noqa: PLC0415
+    import aiortc.rtcrtpsender as sender_module  # noqa: PLC0415
     from aiortc.codecs import h264, vpx  # noqa: PLC0415
+
+    from . import vp8_encoder  # noqa: PLC0415
 
     for module in (vpx, h264):
         module.DEFAULT_BITRATE = int(bitrate)
         module.MAX_BITRATE = int(max_bitrate)
         module.MIN_BITRATE = min(module.MIN_BITRATE, int(bitrate))
     h264.MAX_FRAME_RATE = max(1, int(math.ceil(max_fps)))
+    vp8_encoder.frame_rate = float(max_fps)
+    codecs.Vp8Encoder = vp8_encoder.BoundedVp8Encoder  # get_encoder() looks the class up here on every call
+    sender_module.RTP_HISTORY_SIZE = max(sender_module.RTP_HISTORY_SIZE, RETRANSMISSION_HISTORY)

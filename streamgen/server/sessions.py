@@ -33,6 +33,7 @@ from .capture_track import CaptureTrack
 from .config import ServerConfig
 from .http_errors import NotFoundError
 from .local_session import LocalOutput, LocalSession
+from .memory import schedule_trim
 from .metrics import ServerMetrics
 from .peer import add_transceivers, answer_offer, new_peer_connection, parse_offer
 from .pipelines import create_session_state, model_kind, validate_session_settings
@@ -218,6 +219,7 @@ class SessionManager:
         if self.sessions.pop(session.id, None) is not None:
             self._ended.remember(session.id, session.secret, session.close_reason or "closed")
             self.metrics.retire(session.sample())
+            schedule_trim(idle=not self.sessions)  # give freed codec and frame buffers back to the system (memory.py)
 
     # --------------------------------------------------------------- sweeper
     def start_sweeper(self) -> None:

@@ -13,6 +13,12 @@ never applied. It sends a synthetic ``--size`` x ``--size`` camera at
 (a row of black/white blocks plus its complement, so a damaged counter reads
 as None), reads the counter back from each frame that returns, and reports
 frames received and glass-to-glass latency over the last ``--seconds``.
+
+``--loss``, ``--link-kbps`` and ``--queue-ms`` put a bad network between
+the server and this client (:mod:`lossy_link`: random loss, a bottleneck
+with a drop-tail queue); the report then also says what the link dropped
+and how many RTP packets the server's frames took (the largest ones are its
+keyframes).
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
+
+try:
+    from lossy_link import Downlink  # run as a script: its folder is on sys.path
+except ImportError:  # imported by a test as tests.server.stock_client
+    from .lossy_link import Downlink
 
 BITS = 16
 CLOCK_RATE = 90000
@@ -98,7 +109,7 @@ class Camera(MediaStreamTrack):
         return frame
 
 
-async def run(base_url: str, size: int, fps: float, warmup: float, seconds: float, timeout: float, texture: bool = False, codec_name: str | None = None) -> dict:
+async def run(base_url: str, size: int, fps: float, warmup: float, seconds: float, timeout: float, texture: bool = False, codec_name: str | None = None, link: Downlink | None = None) -> dict:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     camera = Camera(size, fps, texture)
     received: list[tuple[float, float | None, int]] = []  # (arrival, latency, width)
@@ -145,6 +156,7 @@ async def run(base_url: str, size: int, fps: float, warmup: float, seconds: floa
         await pc.close()
     window = [r for r in received if start <= r[0] <= end]
     latencies = sorted(r[1] for r in window if r[1] is not None)
+    arrivals = [start] + [r[0] for r in window] + [end]
     return {
         "size": size,
         "frames_total": len(received),
@@ -158,6 +170,8 @@ async def run(base_url: str, size: int, fps: float, warmup: float, seconds: floa
         "widths": sorted({r[2] for r in window}),
         "packets_lost": sum(v.packetsLost for v in inbound),
         "packets_received": sum(v.packetsReceived for v in inbound),
+        "longest_gap_ms": round(1000 * max(b - a for a, b in zip(arrivals, arrivals[1:])), 1),
+        **(link.report() if link is not None else {}),
     }
 
 
@@ -172,6 +186,10 @@ def main() -> int:
     parser.add_argument("--codec", default=None, help="offer only this codec (VP8 or H264); default: aiortc's offer")
     parser.add_argument("--uplink-kbps", type=int, default=None, help="this client's own encoder bitrate (aiortc's default otherwise)")
     parser.add_argument("--texture", action="store_true", help="moving noise in the bottom half (frames that are expensive to encode)")
+    parser.add_argument("--loss", type=float, default=0.0, help="percent of the server's packets lost at random on the way here")
+    parser.add_argument("--link-kbps", type=float, default=None, help="a bottleneck of this rate between server and client (default: none)")
+    parser.add_argument("--queue-ms", type=float, default=50.0, help="the bottleneck's drop-tail queue, in milliseconds of traffic (default 50)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random loss")
     args = parser.parse_args()
     if "streamgen" in sys.modules:  # pragma: no cover - the point of this process
         raise SystemExit("the stock client must not import streamgen")
@@ -180,7 +198,9 @@ def main() -> int:
 
         for module in (vpx, h264):
             module.DEFAULT_BITRATE = module.MIN_BITRATE = module.MAX_BITRATE = args.uplink_kbps * 1000
-    result = asyncio.run(run(args.base_url, args.size, args.fps, args.warmup, args.seconds, args.timeout, args.texture, args.codec))
+    link = Downlink(args.loss / 100, args.link_kbps, args.queue_ms, args.seed)
+    link.install()
+    result = asyncio.run(run(args.base_url, args.size, args.fps, args.warmup, args.seconds, args.timeout, args.texture, args.codec, link))
     print(json.dumps(result), flush=True)
     return 0
 

@@ -1,10 +1,16 @@
-"""The server raises aiortc's encoder bitrates in one place, at start-up."""
+"""The server raises aiortc's encoder bitrates in one place, at start-up, and bounds VP8 keyframes."""
 
 from __future__ import annotations
 
+import aiortc.codecs
+import aiortc.rtcrtpsender
 from aiortc.codecs import h264, vpx
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
+
+from streamgen.server import vp8_encoder
+from streamgen.server.aiortc_patches import RETRANSMISSION_HISTORY
+from streamgen.server.vp8_encoder import BoundedVp8Encoder
 
 from .helpers import running_server
 
@@ -17,3 +23,11 @@ async def test_server_start_sets_bitrate_and_ceiling_for_new_encoders(identity_p
             encoder.target_bitrate = 50_000_000  # receiver feedback asking for more is capped at the ceiling
             assert encoder.target_bitrate == 9_000_000
         assert h264.MAX_FRAME_RATE == 60
+
+
+async def test_server_start_bounds_vp8_frames_and_keeps_a_longer_retransmission_history(identity_pipeline):
+    async with running_server(identity_pipeline, max_fps=24):
+        codec = next(c for c in aiortc.rtcrtpsender.RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8")
+        assert type(aiortc.codecs.get_encoder(codec)) is BoundedVp8Encoder
+        assert aiortc.rtcrtpsender.RTP_HISTORY_SIZE >= RETRANSMISSION_HISTORY >= 512  # a stock receiver's jitter buffer
+        assert vp8_encoder.frame_rate == 24
