@@ -159,7 +159,7 @@ class StageDriver:
         try:
             self.sender.send(message)
         except RuntimeError as error:
-            self._fail(f"sending to stage rank 1 failed: {error}")
+            self._fail(self._broken_link_reason(1, error))
             raise StageFailure(self.failure) from None
 
     def _apply_local(self, message: Message) -> None:

@@ -65,12 +65,19 @@ class StageGroup:
         atexit.register(self.kill)  # the last resort; StagedTransformer.close shuts down cleanly first
 
     def liveness(self) -> str | None:
-        """Why the stages cannot run (a rank's process exited), or None."""
-        for rank, process in enumerate(self.processes, start=1):
-            code = process.poll()
-            if code is not None:
-                return f"stage rank {rank} on {self.launch.devices[rank]} exited with code {code}"
-        return None
+        """Why the stages cannot run (a rank's process exited), or None.
+
+        When several ranks are gone, one killed by a signal (a negative code)
+        is named first: the others usually exited because their link to it broke.
+        """
+        exited = [(rank, code) for rank, process in enumerate(self.processes, start=1) if (code := process.poll()) is not None]
+        if not exited:
+            return None
+        exited.sort(key=lambda item: (item[1] >= 0, item[0]))
+        rank, code = exited[0]
+        reason = f"stage rank {rank} on {self.launch.devices[rank]} exited with code {code}"
+        others = ", ".join(f"rank {r} with code {c}" for r, c in exited[1:])
+        return f"{reason} (then {others})" if others else reason
 
     @property
     def pids(self) -> list[int]:

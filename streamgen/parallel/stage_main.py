@@ -50,8 +50,15 @@ def main(argv: list[str]) -> int:
     comm_device = device if config["backend"] == "nccl" else torch.device("cpu")
     try:
         run_stage(rank, shard, split, comm_device)
+    except RuntimeError as error:  # a neighbour died: its failure is the story, this rank's is a consequence
+        detail = str(error).split("] ", 1)[-1].split(". ", 1)[0]
+        logging.getLogger(__name__).error("the link to a neighbouring rank broke (%s); exiting", detail)
+        return 1
     finally:
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except (RuntimeError, ValueError):
+            pass
     return 0
 
 

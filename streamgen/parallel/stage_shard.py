@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..models.video.causal_wan import CacheSegment, CausalWanTransformer, PlannedChunk, SegmentBuffers
+from ..models.video.causal_wan import CacheSegment, CausalWanTransformer, commit_segments, plan_segments
 from ..models.video.kv_cache import CommitJournal, RollingKVCache
 from ..models.video.wan_context import CrossAttentionContext
 
@@ -148,19 +148,10 @@ class StageShard:
     ) -> torch.Tensor:
         """This rank's blocks over hidden states ``x`` (B, T, tokens, dim); commits the chunk into the caches."""
         cache_segments = [self._segment(spec) for spec in segments]
-        layouts = [s.cache.plan(frames, s.write) for s in cache_segments]
-        masked = any(layout.needs_mask for layout in layouts)
-        planned = PlannedChunk(
-            query_frames=layouts[0].query_frames if len(layouts) == 1 else torch.cat([l.query_frames for l in layouts]),
-            segments=tuple(
-                SegmentBuffers(s.cache.k, s.cache.v, s.cache.geometry.scratch_start, layout.attention_mask if masked else None)
-                for s, layout in zip(cache_segments, layouts)
-            ),
-        )
+        layouts, planned = plan_segments(cache_segments, frames)
         attend = self.model.planned_attention(planned, *grid)
         out = self.model.run_blocks(x, modulation, self.row_context(rows), attend, self.blocks)
-        for segment, layout in zip(cache_segments, layouts):
-            segment.cache.commit(layout)
+        commit_segments(cache_segments, layouts)
         return out
 
     def _segment(self, spec: SegmentSpec) -> CacheSegment:

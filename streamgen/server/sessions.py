@@ -99,7 +99,7 @@ class SessionManager:
         pc = None
         reservation = None
         try:
-            reservation = self._reserve(worker, stream, session_slo)
+            worker, reservation = self._reserve(stream, session_slo)
             state = await asyncio.wrap_future(worker.submit(create_session_state, worker.pipeline, merged))
             pc = new_peer_connection(self.config.ice_servers)
             session = Session(new_id(), kind, pc, worker, state, self.config, self.metrics, self._forget, session_slo, self.caps, secret=new_session_secret())
@@ -127,7 +127,7 @@ class SessionManager:
         self._take_place()
         reservation = None
         try:
-            reservation = self._reserve(worker, stream, session_slo)
+            worker, reservation = self._reserve(stream, session_slo)
             state = await asyncio.wrap_future(worker.submit(create_session_state, worker.pipeline, merged))
             session = LocalSession(
                 new_id(), worker, state, self.config, self.metrics, self._forget, session_slo, self.caps,
@@ -155,13 +155,24 @@ class SessionManager:
         self.caps.check(stream.width, stream.height, stream.frames_per_call, stream.steps)
         return worker, merged, session_slo, stream
 
-    def _reserve(self, worker: ModelWorker, stream: StreamShape, slo: Slo) -> Reservation:
-        """Admission control's place for the new session (CapacityError, counted, when there is none)."""
-        try:
-            return worker.reserve(stream, slo)
-        except CapacityError:
-            self.metrics.count("admission_refusals")
-            raise
+    def _reserve(self, stream: StreamShape, slo: Slo) -> tuple[ModelWorker, Reservation]:
+        """The replica with the least predicted load that admits the session, and its place there.
+
+        Replicas are ranked by admission control's prediction with the new
+        session added (admitted first, then the lowest predicted model
+        utilisation, then the fewest sessions), so sessions spread by what
+        they cost, not by count. CapacityError (counted) when none admits it.
+        """
+        predictions = [(worker, worker.predict(stream, slo)) for worker in self.workers]
+        ranked = sorted(predictions, key=lambda p: (not p[1].admitted, p[1].utilization, p[0].load))
+        refusal: CapacityError | None = None
+        for worker, _ in ranked:
+            try:
+                return worker, worker.reserve(stream, slo)
+            except CapacityError as error:  # its load changed since the prediction: try the next replica
+                refusal = refusal or error
+        self.metrics.count("admission_refusals")
+        raise refusal if refusal is not None else CapacityError("the server has no model replica")
 
     def _add(self, session: Session, worker: ModelWorker, reservation: Reservation, stream: StreamShape) -> None:
         self.sessions[session.id] = session

@@ -175,6 +175,13 @@ class ModelWorker:
         with self._cond:
             return len(self._members) + len(self._reservations)
 
+    def predict(self, shape: StreamShape, slo: Slo) -> Admission:
+        """What admission control would answer for one more session of ``shape`` here (nothing is reserved)."""
+        demand = Demand(shape.bucket, shape.unit().rows, slo, shape.unit().passes)
+        with self._cond:
+            admitted = [m.reservation.demand for m in self._members] + [r.demand for r in self._reservations]
+            return admit(self.latency, admitted, demand)
+
     def reserve(self, shape: StreamShape, slo: Slo) -> Reservation:
         """Admission control: a place for a new session, or CapacityError with the reason (and the numbers)."""
         demand = Demand(shape.bucket, shape.unit().rows, slo, shape.unit().passes)

@@ -47,10 +47,10 @@ class RunningServer:
 
 @asynccontextmanager
 async def running_server(pipeline: Any, **settings: Any) -> AsyncIterator[RunningServer]:
-    """Serve ``pipeline`` on 127.0.0.1 (a free port) until the block ends."""
+    """Serve ``pipeline`` (or a list: one per replica) on 127.0.0.1 (a free port) until the block ends."""
     settings.setdefault("port", 0)
     config = ServerConfig(**settings)
-    app = create_app(config, [pipeline])
+    app = create_app(config, list(pipeline) if isinstance(pipeline, (list, tuple)) else [pipeline])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

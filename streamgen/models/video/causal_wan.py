@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError, InputError
-from .kv_cache import RollingKVCache
+from .kv_cache import ChunkLayout, RollingKVCache
 from .wan_context import CrossAttentionContext
 from .wan_rope import WanRope, apply_rope
 
@@ -342,20 +342,9 @@ class CausalWanTransformer(torch.nn.Module):
         segments = [s if isinstance(s, CacheSegment) else CacheSegment(s) for s in segments]
         self._check_segments(segments, rows, height, width)
         context = self._context_rows(context, rows)
-        layouts = [segment.cache.plan(frames, segment.write) for segment in segments]
-        # One mask decision per forward: every segment gets its mask while any needs one (an all-True mask costs
-        # nothing in correctness), so a compiled core sees 2 mask patterns, not one per subset of warming streams.
-        masked = any(layout.needs_mask for layout in layouts)
-        planned = PlannedChunk(
-            query_frames=layouts[0].query_frames if len(layouts) == 1 else torch.cat([l.query_frames for l in layouts]),
-            segments=tuple(
-                SegmentBuffers(s.cache.k, s.cache.v, s.cache.geometry.scratch_start, layout.attention_mask if masked else None)
-                for s, layout in zip(segments, layouts)
-            ),
-        )
+        layouts, planned = plan_segments(segments, frames)
         out = core(latents, timesteps, context, planned)
-        for segment, layout in zip(segments, layouts):
-            segment.cache.commit(layout)
+        commit_segments(segments, layouts)
         return out
 
     def chunk_core(
@@ -542,6 +531,31 @@ class CausalWanTransformer(torch.nn.Module):
         x = x.reshape(x.shape[0], frames, grid_h, grid_w, pt, ph, pw, -1)
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+def plan_segments(segments: Sequence[CacheSegment], frames: int) -> tuple[list[ChunkLayout], PlannedChunk]:
+    """Each segment's cache layout for a chunk of ``frames`` frames, gathered into what the layers read.
+
+    One mask decision per forward: every segment gets its mask while any
+    needs one (an all-True mask costs nothing in correctness), so a compiled
+    core sees 2 mask patterns, not one per subset of warming streams.
+    """
+    layouts = [segment.cache.plan(frames, segment.write) for segment in segments]
+    masked = any(layout.needs_mask for layout in layouts)
+    planned = PlannedChunk(
+        query_frames=layouts[0].query_frames if len(layouts) == 1 else torch.cat([l.query_frames for l in layouts]),
+        segments=tuple(
+            SegmentBuffers(s.cache.k, s.cache.v, s.cache.geometry.scratch_start, layout.attention_mask if masked else None)
+            for s, layout in zip(segments, layouts)
+        ),
+    )
+    return layouts, planned
+
+
+def commit_segments(segments: Sequence[CacheSegment], layouts: Sequence[ChunkLayout]) -> None:
+    """Commit the chunk into every segment's cache (after every layer ran)."""
+    for segment, layout in zip(segments, layouts):
+        segment.cache.commit(layout)
 
 
 def _chunk_sizes(frames: int, chunk_frames: int | Sequence[int]) -> list[int]:
