@@ -27,8 +27,11 @@
    for a second or more and asks for another keyframe, as big as the last.
    :func:`configure_video_encoders` also makes new VP8 encoders
    :class:`~streamgen.server.vp8_encoder.BoundedVp8Encoder` (keyframes
-   near :data:`~streamgen.server.vp8_encoder.KEYFRAME_PACKETS` packets)
-   and has every sender keep :data:`RETRANSMISSION_HISTORY` packets (under
+   near :data:`~streamgen.server.vp8_encoder.KEYFRAME_PACKETS` packets),
+   new H.264 encoders
+   :class:`~streamgen.server.h264_encoder.BoundedH264Encoder` (aiortc's
+   x264 keyframes are as large; a VBV bucket of the same packet budget
+   bounds every frame) and has every sender keep :data:`RETRANSMISSION_HISTORY` packets (under
    1 MB each), so a NACK for any packet of a frame such a receiver can
    still reassemble (its buffer holds 512) is answered.
 
@@ -100,7 +103,7 @@ def marker_jitter_buffer_installed() -> bool:
 
 
 def configure_video_encoders(bitrate: int, max_bitrate: int, max_fps: float) -> None:
-    """Set aiortc's VP8 and H.264 starting bitrate, bitrate ceiling and frame rate; bound VP8 frame sizes.
+    """Set aiortc's VP8 and H.264 starting bitrate, bitrate ceiling and frame rate; bound their keyframe sizes.
 
     ``bitrate`` is where a new encoder starts; receiver feedback (REMB) then
     moves it between aiortc's minimum and ``max_bitrate``. ``max_fps`` is the
@@ -111,7 +114,7 @@ def configure_video_encoders(bitrate: int, max_bitrate: int, max_fps: float) -> 
     import aiortc.rtcrtpsender as sender_module  # noqa: PLC0415
     from aiortc.codecs import h264, vpx  # noqa: PLC0415
 
-    from . import vp8_encoder  # noqa: PLC0415
+    from . import h264_encoder, vp8_encoder  # noqa: PLC0415
 
     for module in (vpx, h264):
         module.DEFAULT_BITRATE = int(bitrate)
@@ -119,5 +122,6 @@ def configure_video_encoders(bitrate: int, max_bitrate: int, max_fps: float) -> 
         module.MIN_BITRATE = min(module.MIN_BITRATE, int(bitrate))
     h264.MAX_FRAME_RATE = max(1, int(math.ceil(max_fps)))
     vp8_encoder.frame_rate = float(max_fps)
-    codecs.Vp8Encoder = vp8_encoder.BoundedVp8Encoder  # get_encoder() looks the class up here on every call
+    codecs.Vp8Encoder = vp8_encoder.BoundedVp8Encoder  # get_encoder() looks the classes up here on every call
+    codecs.H264Encoder = h264_encoder.BoundedH264Encoder
     sender_module.RTP_HISTORY_SIZE = max(sender_module.RTP_HISTORY_SIZE, RETRANSMISSION_HISTORY)

@@ -1,4 +1,4 @@
-"""The server raises aiortc's encoder bitrates in one place, at start-up, and bounds VP8 keyframes."""
+"""The server raises aiortc's encoder bitrates in one place, at start-up, and bounds VP8 and H.264 keyframes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 
 from streamgen.server import vp8_encoder
 from streamgen.server.aiortc_patches import RETRANSMISSION_HISTORY
+from streamgen.server.h264_encoder import BoundedH264Encoder
 from streamgen.server.vp8_encoder import BoundedVp8Encoder
 
 from .helpers import running_server
@@ -25,9 +26,10 @@ async def test_server_start_sets_bitrate_and_ceiling_for_new_encoders(identity_p
         assert h264.MAX_FRAME_RATE == 60
 
 
-async def test_server_start_bounds_vp8_frames_and_keeps_a_longer_retransmission_history(identity_pipeline):
+async def test_server_start_bounds_vp8_and_h264_frames_and_keeps_a_longer_retransmission_history(identity_pipeline):
     async with running_server(identity_pipeline, max_fps=24):
-        codec = next(c for c in aiortc.rtcrtpsender.RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8")
-        assert type(aiortc.codecs.get_encoder(codec)) is BoundedVp8Encoder
+        codecs = {c.mimeType: c for c in aiortc.rtcrtpsender.RTCRtpSender.getCapabilities("video").codecs}
+        assert type(aiortc.codecs.get_encoder(codecs["video/VP8"])) is BoundedVp8Encoder
+        assert type(aiortc.codecs.get_encoder(codecs["video/H264"])) is BoundedH264Encoder
         assert aiortc.rtcrtpsender.RTP_HISTORY_SIZE >= RETRANSMISSION_HISTORY >= 512  # a stock receiver's jitter buffer
         assert vp8_encoder.frame_rate == 24

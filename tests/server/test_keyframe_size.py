@@ -1,10 +1,11 @@
-"""The server's VP8 keyframes fit a stock receiver's buffers, at any size and at the highest bitrate.
+"""The server's VP8 and H.264 keyframes fit a stock receiver's buffers, at any size and at the highest bitrate.
 
-aiortc's own encoder makes keyframes of 200-350 RTP packets at 1024x1024
-and 1080p at 8 Mbit/s (more than aiortc's 128-packet retransmission
-history); :class:`~streamgen.server.vp8_encoder.BoundedVp8Encoder` keeps
-them near ``KEYFRAME_PACKETS``, including keyframes a receiver asks for in
-the middle of a stream, and the frames stay decodable.
+aiortc's own encoders make keyframes of 200-400 RTP packets at 1024x1024
+at 8 Mbit/s (more than aiortc's 128-packet retransmission history);
+:class:`~streamgen.server.vp8_encoder.BoundedVp8Encoder` and
+:class:`~streamgen.server.h264_encoder.BoundedH264Encoder` keep them near
+``KEYFRAME_PACKETS``, including keyframes a receiver asks for in the
+middle of a stream, and the frames stay decodable.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import asyncio
 
 import av
 import pytest
-from aiortc.codecs import vpx
+from aiortc.codecs import h264, vpx
+from aiortc.codecs.h264 import H264Encoder, H264PayloadDescriptor
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
 from streamgen.server import vp8_encoder
+from streamgen.server.h264_encoder import BoundedH264Encoder
 from streamgen.server.vp8_encoder import KEYFRAME_PACKETS, BoundedVp8Encoder, keyframe_cap_percent
 
 from .stock_client import Camera
@@ -83,3 +86,26 @@ def test_a_bitrate_change_or_a_keyframe_request_opens_a_new_stream(monkeypatch):
     encoder.target_bitrate = 1_500_000
     encoder.encode(frames[3])
     assert encoder.codec is not second and encoder.codec.bit_rate == encoder.target_bitrate
+
+
+NAL_IDR = 5
+
+
+@pytest.mark.parametrize("size", (512, 1024))
+def test_h264_keyframes_stay_small_and_every_frame_decodes(monkeypatch, size):
+    monkeypatch.setattr(h264, "MAX_BITRATE", 8_000_000)
+    monkeypatch.setattr(h264, "MAX_FRAME_RATE", 30)  # the camera's rate (a server test may have left another)
+    encoder = BoundedH264Encoder()
+    encoder.target_bitrate = 8_000_000
+    decoder = av.CodecContext.create("h264", "r")
+    keyframes, decoded = [], 0
+    for index, frame in enumerate(camera_frames(size, 20)):
+        payloads, _ = encoder.encode(frame, force_keyframe=index in FORCED)
+        assert payloads, f"frame {index} was not encoded"
+        data = b"".join(H264PayloadDescriptor.parse(p)[1] for p in payloads)
+        if any(nal[0] & 0x1F == NAL_IDR for nal in H264Encoder._split_bitstream(data)):
+            keyframes.append(len(payloads))
+        decoded += len(decoder.decode(av.Packet(data)))
+    assert len(keyframes) == len(FORCED), keyframes
+    assert max(keyframes) <= KEYFRAME_BOUND, keyframes  # aiortc's own encoder: 108-172 at 512, 265-408 at 1024
+    assert decoded == 20

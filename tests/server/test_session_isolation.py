@@ -31,8 +31,8 @@ async def test_two_sessions_receive_only_their_own_frames(identity_pipeline):
 
 
 async def test_two_tiny_model_sessions_with_different_prompts_stay_apart(shared_tiny_pipeline):
-    """Same still input, different prompts and seeds: each output stream is steady (no frame of
-    the other session slips in) and the two differ."""
+    """Same still input, different prompts and seeds: the two outputs differ, and every frame a
+    session receives is its own (no frame of the other session slips in)."""
     async with running_server(shared_tiny_pipeline) as server:
         tracks = [MarkerVideoTrack(marked=False, moving=False) for _ in range(2)]
         peers = await asyncio.gather(
@@ -40,18 +40,16 @@ async def test_two_tiny_model_sessions_with_different_prompts_stay_apart(shared_
             connect_offer(server.base_url, tracks[1], {"prompt": "a blue whale", "seed": 4}, keep_images=40),
         )
         try:
-            await asyncio.gather(*(p.wait_for_frames(12, timeout=40) for p in peers))
-            # References: each stream's latest frame. A capped keyframe starts coarse and sharpens within
-            # a second (streamgen.server.vp8_encoder), so early frames are compared by which stream they
-            # are closer to: a frame of the other session would be far closer to the other's reference.
+            await asyncio.gather(*(p.wait_for_frames(20, timeout=60) for p in peers))
+            # References: each stream's latest frame. The picture is not constant frame to frame: a capped
+            # keyframe starts coarse and sharpens, and a bitrate step starts a new VP8 stream with a new
+            # keyframe (streamgen.server.vp8_encoder). So each frame is judged by which stream it is closer
+            # to: a frame of the other session would sit at ~0 from the other's picture, ~`between` from its own.
             last_a, last_b = peers[0].images[-1], peers[1].images[-1]
             between = mean_abs_diff(last_a, last_b)
             assert between > 10
             for peer, own, other in ((peers[0], last_a, last_b), (peers[1], last_b, last_a)):
-                images = list(peer.images)
-                for image in images:
-                    assert mean_abs_diff(image, own) < mean_abs_diff(image, other) / 2
-                for image in images[-4:]:  # steady state: the same picture
-                    assert mean_abs_diff(image, own) < between / 4
+                for image in peer.images:
+                    assert mean_abs_diff(image, own) < mean_abs_diff(image, other)
         finally:
             await asyncio.gather(*(p.close() for p in peers))
