@@ -8,7 +8,7 @@ clock. :mod:`.stage_sim` simulates a pipeline of stages from their costs
 (for projections and for checking the block split).
 """
 
-from .admission import Admission, Demand, admit, predicted_rates
+from .admission import Admission, Demand, admit, predicted_rates, replica_order
 from .blocks import BlockBalancer, BlockMove, BlockSplit, RebalanceConfig, StageTiming, balanced_split, stage_times
 from .latency import LatencyModel
 from .policy import Candidate, StepPlan, choose_video_mode, plan_step, served_mark
@@ -36,6 +36,7 @@ __all__ = [
     "stage_times",
     "admit",
     "predicted_rates",
+    "replica_order",
     "choose_video_mode",
     "plan_step",
     "served_mark",

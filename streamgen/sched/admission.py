@@ -127,3 +127,15 @@ def admit(model: LatencyModel, admitted: Sequence[Demand], new: Demand, *, headr
             f"{new.slo.min_fps:g} fps it asked for; ask for less with \"slo\": {{\"min_fps\": N}} or try again later"
         )
     return Admission(True, rates[-1], load, step)
+
+
+def replica_order(predictions: Sequence[tuple[Admission, int]]) -> list[int]:
+    """The order in which to offer a new session to replicas, from each one's prediction with it added.
+
+    ``predictions[i]`` is replica i's :class:`Admission` for the new session
+    and its current session count. Replicas that admit it come first, then
+    the lowest predicted utilisation (sessions spread by what they cost,
+    not by count: one 512x512 stream can weigh more than three at 128x128),
+    then the fewest sessions, then the lowest index (a stable answer).
+    """
+    return sorted(range(len(predictions)), key=lambda i: (not predictions[i][0].admitted, predictions[i][0].utilization, predictions[i][1], i))

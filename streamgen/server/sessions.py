@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import CapacityError, InputError
-from ..sched import Slo
+from ..sched import Slo, replica_order
 from .access import EndedSessions, new_session_secret
 from .capture_track import CaptureTrack
 from .config import ServerConfig
@@ -158,15 +158,13 @@ class SessionManager:
     def _reserve(self, stream: StreamShape, slo: Slo) -> tuple[ModelWorker, Reservation]:
         """The replica with the least predicted load that admits the session, and its place there.
 
-        Replicas are ranked by admission control's prediction with the new
-        session added (admitted first, then the lowest predicted model
-        utilisation, then the fewest sessions), so sessions spread by what
-        they cost, not by count. CapacityError (counted) when none admits it.
+        Replicas are tried in :func:`~streamgen.sched.admission.replica_order`
+        of admission control's prediction with the new session added.
+        CapacityError (counted) when none admits it.
         """
-        predictions = [(worker, worker.predict(stream, slo)) for worker in self.workers]
-        ranked = sorted(predictions, key=lambda p: (not p[1].admitted, p[1].utilization, p[0].load))
+        predictions = [(worker.predict(stream, slo), worker.load) for worker in self.workers]
         refusal: CapacityError | None = None
-        for worker, _ in ranked:
+        for worker in (self.workers[i] for i in replica_order(predictions)):
             try:
                 return worker, worker.reserve(stream, slo)
             except CapacityError as error:  # its load changed since the prediction: try the next replica

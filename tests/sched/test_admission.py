@@ -3,7 +3,7 @@
 import pytest
 
 from streamgen.errors import ConfigError
-from streamgen.sched import Demand, LatencyModel, Slo, SloLimits, admit, predicted_rates
+from streamgen.sched import Admission, Demand, LatencyModel, Slo, SloLimits, admit, predicted_rates, replica_order
 
 
 def _model() -> LatencyModel:
@@ -94,3 +94,19 @@ def test_client_slo_is_checked_against_the_servers_limits():
     ]:
         with pytest.raises(ConfigError, match=words):
             limits.parse(bad, default)
+
+
+def _admission(admitted: bool, utilization: float) -> Admission:
+    return Admission(admitted=admitted, fps=10.0, utilization=utilization, step_seconds=0.1)
+
+
+def test_replicas_are_offered_a_session_by_predicted_cost_not_by_count():
+    # replica 0: one costly stream (0.9 with the new one); replica 1: three cheap ones (0.4); replica 2 refuses
+    predictions = [(_admission(True, 0.9), 1), (_admission(True, 0.4), 3), (_admission(False, 0.1), 0)]
+    assert replica_order(predictions) == [1, 0, 2]
+
+
+def test_replica_ties_go_to_fewer_sessions_then_the_lower_index():
+    predictions = [(_admission(True, 0.5), 2), (_admission(True, 0.5), 1), (_admission(True, 0.5), 1)]
+    assert replica_order(predictions) == [1, 2, 0]
+    assert replica_order([]) == []
