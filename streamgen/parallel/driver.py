@@ -45,6 +45,8 @@ from ..sched.blocks import BlockBalancer, BlockSplit, StageTiming
 from .errors import StageFailure
 from .handles import ShardedContext, ShardedKVCache
 from .messages import Message, Sender, receive
+from .rebalance import exchange_blocks
+from .stage_loop import apply_control
 from .stage_shard import RowContexts, SegmentSpec, StageShard, shard_inventory
 
 logger = logging.getLogger(__name__)
@@ -164,8 +166,6 @@ class StageDriver:
 
     def _apply_local(self, message: Message) -> None:
         """The driver's own shard applies every control message as it is sent."""
-        from .stage_loop import apply_control  # noqa: PLC0415
-
         if message.op not in ("forward", "inventory"):
             apply_control(self.shard, message)
 
@@ -220,9 +220,7 @@ class StageDriver:
             context_id = next(self._ids)
             meta = {"id": context_id, "start": start.context_id, "target": target.context_id, "weight": weight}
             self._send(Message("context.blend", meta))
-            blended = ShardedContext(self, context_id, self.split.num_blocks)
-            blended._parents = (start, target)  # keep both alive until the blend is defined everywhere
-            return blended
+            return ShardedContext(self, context_id, self.split.num_blocks)
 
     # --------------------------------------------------------------- forward
     def forward_chunks(
@@ -236,8 +234,7 @@ class StageDriver:
         model = self.shard.model
         rows, _, frames, height, width = model._check_latents(latents, timesteps)
         segments = [s if isinstance(s, CacheSegment) else CacheSegment(s) for s in segments]
-        if sum(s.rows for s in segments) != rows:
-            raise InputError(f"latents have {rows} rows but the cache segments have {[s.rows for s in segments]}")
+        model._check_segments(segments, rows, height, width)  # the one-process checks, before anything is sent
         sources = context.row_sources(rows)
         with self._lock:
             self.check()
@@ -362,8 +359,6 @@ class StageDriver:
         self._pending_split = None
         if split == self.split:
             return
-        from .rebalance import exchange_blocks  # noqa: PLC0415
-
         began = time.perf_counter()
         self._send(Message("rebalance", {"bounds": list(split.bounds)}))
         exchange_blocks(self.shard, self.split, split, rank=0, device=self.comm_device)

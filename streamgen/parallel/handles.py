@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -51,23 +51,6 @@ class ShardedKVCache:
     @property
     def tokens_per_frame(self) -> int:
         return self.local.tokens_per_frame
-
-    @property
-    def chunk_frames(self) -> int:
-        return self.local.chunk_frames
-
-    @property
-    def geometry(self) -> Any:
-        return self.local.geometry
-
-    @property
-    def device(self) -> torch.device:
-        return self.local.device
-
-    @property
-    def nbytes(self) -> int:
-        """The driver's share only (each rank reports its own: see StageDriver.describe)."""
-        return self.local.nbytes
 
     def row_view(self, start: int, stop: int) -> ShardedKVCache:
         if not 0 <= start < stop <= self.rows:

@@ -26,7 +26,6 @@ import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError, ModelLoadError

@@ -32,8 +32,8 @@ import av
 from aiortc.codecs import h264
 from aiortc.codecs.h264 import H264Encoder
 
-KEYFRAME_PACKETS = 48  # the VP8 budget (vp8_encoder.KEYFRAME_PACKETS): inside aiortc's 128-packet NACK window
-RESTART_CHANGE = 0.1  # a bitrate change beyond this fraction opens a new encoder (aiortc's rule)
+from .encoder_reopen import needs_new_codec
+from .vp8_encoder import KEYFRAME_PACKETS  # one packet budget for both codecs
 
 
 def vbv_buffer_bits(packets: int = KEYFRAME_PACKETS) -> int:
@@ -46,18 +46,10 @@ class BoundedH264Encoder(H264Encoder):
 
     def _encode_frame(self, frame: av.VideoFrame, force_keyframe: bool) -> Iterator[bytes]:
         # Open our codec whenever aiortc would open its own; its _encode_frame then finds it current.
-        if self._needs_new_codec(frame):
+        if needs_new_codec(self.codec, frame, self.target_bitrate):
             self.buffer_data, self.buffer_pts = b"", None
             self.codec = self._open_codec(frame.width, frame.height)
         return super()._encode_frame(frame, force_keyframe)
-
-    def _needs_new_codec(self, frame: Any) -> bool:
-        codec = self.codec
-        if codec is None:
-            return True
-        if (frame.width, frame.height) != (codec.width, codec.height):
-            return True
-        return abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > RESTART_CHANGE
 
     def _open_codec(self, width: int, height: int) -> Any:
         bitrate = self.target_bitrate

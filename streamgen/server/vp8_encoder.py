@@ -46,9 +46,10 @@ import av
 from aiortc.codecs import vpx
 from aiortc.codecs.vpx import Vp8Encoder
 
+from .encoder_reopen import needs_new_codec
+
 KEYFRAME_PACKETS = 48  # fits a 10 Mbit/s link's 50 ms queue and is well inside aiortc's 128-packet NACK window
 MIN_QUANTIZER, MAX_QUANTIZER = 2, 56
-RESTART_CHANGE = 0.1  # a bitrate change beyond this fraction opens a new stream (aiortc's rule)
 
 frame_rate = 30.0  # frames per second the server's encoders plan for (set with the bitrates at server start)
 
@@ -65,17 +66,9 @@ class BoundedVp8Encoder(Vp8Encoder):
     def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
         # Open our codec whenever aiortc would open its own (its encode then finds it current and
         # keeps it), and for every keyframe asked for.
-        if force_keyframe or self._needs_new_codec(frame):
+        if force_keyframe or needs_new_codec(self.codec, frame, self.target_bitrate):
             self.codec = self._open_codec(frame.width, frame.height)
         return super().encode(frame, force_keyframe)
-
-    def _needs_new_codec(self, frame: Any) -> bool:
-        codec = self.codec
-        if codec is None:
-            return True
-        if (frame.width, frame.height) != (codec.width, codec.height):
-            return True
-        return abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > RESTART_CHANGE
 
     def _open_codec(self, width: int, height: int) -> Any:
         bitrate = self.target_bitrate
