@@ -31,9 +31,9 @@ from .common import machine, table, write_json
 
 def measure_stream(model: Any, frames: list[torch.Tensor], size: int, steps: int) -> tuple[float, list[float], torch.Tensor]:
     """(frames per second, per-step seconds, output frames) of one stream fed ``frames`` one call each."""
-    from streamgen.pipeline.video import VideoPipeline
+    from streamgen.pipeline.video_loading import video_pipeline_for
 
-    pipeline = VideoPipeline(model)
+    pipeline = video_pipeline_for(model)
     state = pipeline.create_state({"width": size, "height": size, "use_denoising_batch": True}, {"prompt": "a fox", "num_inference_steps": steps})
     for frame in frames[:9]:  # warm-up: fill the window (not timed)
         pipeline.step([state], [frame])

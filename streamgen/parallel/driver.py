@@ -1,37 +1,45 @@
-"""Rank 0 of the pipeline stages: the pipeline's view of a DiT whose blocks live on several ranks.
+"""Rank 0 of the pipeline stages: keeps every stage busy with the rows that are ready.
 
-:class:`StageDriver` offers what the video pipeline needs from a transformer
-(:meth:`forward_chunks`, :meth:`new_cache`, :meth:`encode_context`) and does
-it across the ranks:
+:class:`StageDriver` owns rank 0's part of the DiT and two threads:
 
-- a forward is cut into up to ``stages`` micro-batches of rows (at cache
-  segment boundaries where possible, else into smaller row views). For
-  each, the driver embeds it, runs its own blocks and sends the hidden
-  states on without waiting, so while rank 1 runs micro-batch i the driver
-  already runs micro-batch i+1; the flow predictions come back from the
-  last rank and are joined in row order. Every row sees exactly the
-  arithmetic of a single-process forward; only the matmul shapes differ;
-- every other operation is a message that rides the same ring, so each
-  rank applies it between the same two forwards;
-- a rank that dies (its process exits), fails (an exception) or hangs (no
-  answer within ``result_timeout`` seconds) turns the driver *failed*:
-  every later call raises :class:`~.errors.StageFailure` with the reason,
-  which the server gives to the sessions and to new offers;
-- per-stage times come back with each result; every ``window`` forwards
-  they go to a :class:`~streamgen.sched.blocks.BlockBalancer`, and a split
-  it proposes is applied before the next forward (:mod:`.rebalance`).
+- the **stage-0 executor** takes the rows that are ready
+  (:func:`~.rows.take_micro_batch`), embeds them, runs rank 0's blocks and
+  sends the micro-batch on without waiting, then takes the next. Rows come
+  from the pipeline (a new chunk's first step) and from results (a chunk's
+  next step), so the ring holds as many micro-batches as there is work,
+  bounded by the sender's in-flight limit: while rank 1 runs one, rank 0
+  already runs the next;
+- the **result** thread receives what the last rank sends: a flow
+  prediction per row, and for a row that was a chunk's last step the
+  decoded frames (the last rank decodes). It hands each to its row's
+  ``on_result`` (which may submit the chunk's next step at once).
 
-One lock serialises everything that sends: the pipeline's model thread
-(forwards) and the setup thread (new streams, prompts) may both call in.
+Every other operation (a new cache, a reset, a prompt's text, a decoder, a
+new block split) is a message that rides the same ring, sent under the same
+lock as the micro-batches, so each rank applies it between the same two
+micro-batches as rank 0 did and the shards never disagree.
+
+A rank that dies (its process exits), fails (an exception) or hangs (no
+answer within ``result_timeout`` seconds) turns the driver *failed*: every
+later call raises :class:`~.errors.StageFailure` with the reason, which the
+server gives to the sessions and to new offers.
+
+Per-stage times come back with each result; every ``window`` micro-batches
+they go to a :class:`~streamgen.sched.blocks.BlockBalancer`, and a split it
+proposes is applied by the executor before its next micro-batch
+(:mod:`.rebalance`): micro-batches already on the ring finish on the old
+split at every rank, later ones run on the new split everywhere.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,26 +47,26 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..models.video.causal_wan import CacheSegment, EmbeddedChunk
-from ..models.video.kv_cache import CommitJournal
+from ..models.video.causal_wan import CacheSegment
 from ..sched.blocks import BlockBalancer, BlockSplit, StageTiming
 from .errors import StageFailure
-from .handles import ShardedContext, ShardedKVCache
+from .handles import ShardedContext, ShardedDecoder, ShardedKVCache
 from .messages import Message, Sender, receive
 from .rebalance import exchange_blocks
+from .rows import StageRow, take_micro_batch
 from .stage_loop import apply_control
 from .stage_shard import RowContexts, SegmentSpec, StageShard, shard_inventory
 
 logger = logging.getLogger(__name__)
+WATCH_SECONDS = 0.25
 
 
-@dataclass(frozen=True)
-class MicroBatch:
-    """Rows ``start:stop`` of a forward and the cache segments they attend to."""
+@dataclass
+class _OnTheRing:
+    """A micro-batch rank 0 sent and the last rank has not answered yet."""
 
-    start: int
-    stop: int
-    segments: tuple[SegmentSpec, ...]
+    rows: list[StageRow]
+    sent_at: float
 
 
 class StageDriver:
@@ -75,6 +83,8 @@ class StageDriver:
         balancer: BlockBalancer | None = None,
         window: int = 16,
         max_in_flight: int = 2,
+        max_rows: int | None = None,
+        encoder_vae: torch.nn.Module | None = None,
     ) -> None:
         self.shard = shard
         self.split = split
@@ -84,48 +94,71 @@ class StageDriver:
         self.result_timeout = result_timeout
         self.balancer = balancer
         self.window = window
+        self.max_rows = max_rows
+        self.encoder_vae = encoder_vae
         self.sender = Sender(1, comm_device, max_in_flight)
         self.failure: str | None = None
         self.rebalances = 0
-        self._lock = threading.RLock()
+        self.micro_batches = 0
+        self.peak_on_ring = 0
+        self._lock = threading.RLock()  # everything that sends, and rank 0's shard
+        self._ready_cond = threading.Condition()  # the rows waiting for rank 0 (never held while computing)
+        self._ready: deque[StageRow] = deque()
         self._ids = itertools.count(1)
         self._items = itertools.count(1)
         self._released: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
-        self._results: queue.Queue[Message | None] = queue.Queue()
+        self._on_ring: dict[int, _OnTheRing] = {}
+        self._answers: dict[int, concurrent.futures.Future] = {}
         self._timings: list[list[tuple[float, float]]] = []
         self._pending_split: BlockSplit | None = None
         self._closed = False
         self._receiver = threading.Thread(target=self._receive_results, name="stage-results", daemon=True)
+        self._executor = threading.Thread(target=self._execute, name="stage-0", daemon=True)
         self._receiver.start()
+        self._executor.start()
 
     # ------------------------------------------------------------- lifecycle
     def check(self) -> None:
         """Raise :class:`StageFailure` if the stages can no longer run."""
         if self.failure is None:
-            reason = self.liveness()
+            reason = self.liveness() or self._hang()
             if reason is not None:
                 self._fail(reason)
         if self.failure is not None:
             raise StageFailure(self.failure)
 
+    def _hang(self) -> str | None:
+        oldest = min((flight.sent_at for flight in list(self._on_ring.values())), default=None)
+        if oldest is not None and time.monotonic() - oldest > self.result_timeout:
+            return f"no answer from the pipeline stages within {self.result_timeout:g} s (a rank hangs)"
+        return None
+
     def _fail(self, reason: str) -> None:
         if self.failure is None:
             self.failure = reason
             logger.error("pipeline stages failed: %s", reason)
-        self._results.put(None)  # wake a forward waiting for results
+        for future in list(self._answers.values()):
+            if not future.done():
+                future.set_exception(StageFailure(reason))
+        with self._ready_cond:
+            self._ready.clear()
+            self._ready_cond.notify_all()
 
     def shutdown(self, timeout: float = 10.0) -> bool:
         """Tell every rank to exit (in ring order, after what was sent before) and wait for the last rank's goodbye.
 
-        False when that could not happen in ``timeout`` (a step still holds
-        the driver, or a rank failed): the caller kills the ranks instead.
+        False when that could not happen in ``timeout`` (rank 0 is stuck in
+        a micro-batch, or a rank failed): the caller kills the ranks instead.
         """
+        with self._ready_cond:
+            if self._closed:
+                return not self._receiver.is_alive()
+            self._closed = True
+            self._ready.clear()
+            self._ready_cond.notify_all()
         if not self._lock.acquire(timeout=min(timeout, 2.0)):
             return False
         try:
-            if self._closed:
-                return True
-            self._closed = True
             if self.failure is not None:
                 return False
             try:
@@ -147,15 +180,18 @@ class StageDriver:
     def _send(self, message: Message) -> None:
         """Send on the ring, after the frees that piled up (the lock is held)."""
         self.check()
+        self._send_releases()
+        self._apply_local(message)
+        self._send_raw(message)
+
+    def _send_releases(self) -> None:
         while True:
             try:
                 op, object_id = self._released.get_nowait()
             except queue.Empty:
-                break
+                return
             self._apply_local(Message(op, {"id": object_id}))
             self._send_raw(Message(op, {"id": object_id}))
-        self._apply_local(message)
-        self._send_raw(message)
 
     def _send_raw(self, message: Message) -> None:
         try:
@@ -179,30 +215,33 @@ class StageDriver:
     def reset_cache(self, cache: ShardedKVCache, rows: list[int] | None) -> None:
         with self._lock:
             if self.failure is not None:
-                return  # nothing to keep in step any more; the stream fails at its next forward
+                return  # nothing to keep in step any more; the stream fails at its next step
             self._send(Message("cache.reset", {"id": cache.cache_id, "start": cache.start, "stop": cache.stop, "rows": rows}))
 
     def restore_counters(self, cache: ShardedKVCache, frames_written: list[int], frames_at_least: list[int]) -> None:
         with self._lock:
             if self.failure is not None:
-                return  # a rollback after a stage failure: the streams fail at their next forward
+                return
             meta = {"id": cache.cache_id, "start": cache.start, "stop": cache.stop, "frames_written": frames_written, "frames_at_least": frames_at_least}
             self._send(Message("cache.counters", meta))
 
-    def attach_journal(self, cache_id: int, journal: CommitJournal | None) -> None:
-        """The driver's layers record into ``journal`` itself; the other ranks keep journals that follow it."""
-        with self._lock:
-            local = self.shard.caches[cache_id]
-            local.journal = journal
-            if journal is None or journal.closed or self.failure is not None:
-                return
-            self._send_raw(Message("cache.journal", {"id": cache_id, "action": "begin"}))
-            journal.follow(_RemoteJournal(self, cache_id))
+    def attach_journal(self, cache_id: int, journal: Any) -> None:
+        """Stage caches keep no undo journal: their chunks commit on the ring, never inside a step that could be undone."""
+        if journal is not None:
+            raise RuntimeError("pipeline-stage caches are not journalled (StagedVideoPipeline checkpoints without them)")
 
-    def journal_action(self, cache_id: int, action: str) -> None:
+    # -------------------------------------------------------------- decoders
+    def new_decoder(self) -> ShardedDecoder:
+        """A stream's decode state on the last rank."""
         with self._lock:
-            if self.failure is None and not self._closed:
-                self._send_raw(Message("cache.journal", {"id": cache_id, "action": action}))
+            decoder_id = next(self._ids)
+            self._send(Message("decoder.new", {"id": decoder_id}))
+            return ShardedDecoder(self, decoder_id)
+
+    def reset_decoder(self, decoder_id: int) -> None:
+        with self._lock:
+            if self.failure is None:
+                self._send(Message("decoder.reset", {"id": decoder_id}))
 
     # -------------------------------------------------------------- contexts
     def encode_context(self, text_embeds: torch.Tensor) -> ShardedContext:
@@ -222,7 +261,19 @@ class StageDriver:
             self._send(Message("context.blend", meta))
             return ShardedContext(self, context_id, self.split.num_blocks)
 
-    # --------------------------------------------------------------- forward
+    # ------------------------------------------------------------------ rows
+    def submit(self, rows: Sequence[StageRow]) -> None:
+        """Queue rows for rank 0 (any thread; never blocks on a micro-batch in progress)."""
+        self.check()
+        with self._ready_cond:
+            self._ready.extend(rows)
+            self._ready_cond.notify_all()
+
+    @property
+    def on_ring(self) -> int:
+        """Micro-batches sent and not answered yet."""
+        return len(self._on_ring)
+
     def forward_chunks(
         self,
         latents: torch.Tensor,
@@ -230,75 +281,101 @@ class StageDriver:
         segments: Sequence[CacheSegment | ShardedKVCache],
         context: ShardedContext,
     ) -> torch.Tensor:
-        """One chunk forward for rows of several caches, across the stages (see module docstring)."""
+        """One chunk forward for rows of several caches, waiting for the answer (the transformer's call, for tests and tools).
+
+        The rows go round the ring as the pipeline's rows do: one row per
+        cache row, each attending to its own cache row.
+        """
         model = self.shard.model
-        rows, _, frames, height, width = model._check_latents(latents, timesteps)
+        rows, *_ = model._check_latents(latents, timesteps)
         segments = [s if isinstance(s, CacheSegment) else CacheSegment(s) for s in segments]
-        model._check_segments(segments, rows, height, width)  # the one-process checks, before anything is sent
-        sources = context.row_sources(rows)
-        with self._lock:
-            self.check()
-            self._apply_pending_split()
-            batches = _micro_batches(segments, rows, self.stages)
-            began = time.perf_counter()
-            # One embedding for all rows (as one process computes it: a convolution's result may depend on the batch size)
-            embedded = self.shard.model.embed(latents, timesteps)
-            embed_seconds = (_synchronized(self.shard.device) - began) / len(batches)
-            items = [self._submit(embedded, batch, sources, frames, embed_seconds) for batch in batches]
-            outputs = [self._collect(item) for item in items]
-            self._maybe_plan_rebalance()
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        model._check_segments(segments, rows, latents.shape[3], latents.shape[4])
+        results: list[concurrent.futures.Future] = [concurrent.futures.Future() for _ in range(rows)]
+        contexts = context.expand(rows) if context.rows == 1 else context
+        staged, row = [], 0
+        for segment in segments:
+            cache = segment.cache
+            if not isinstance(cache, ShardedKVCache):
+                raise InputError("pipeline stages run on caches made by the staged model (new_cache)")
+            for offset in range(cache.rows):
+                write = None if segment.write is None else bool(segment.write[offset])
+                staged.append(StageRow(
+                    latents[row : row + 1], timesteps[row : row + 1], cache.row_view(offset, offset + 1),
+                    contexts.row(row), results[row].set_result, write=write,
+                ))
+                row += 1
+        self.submit(staged)
+        return torch.cat([self._wait(future) for future in results])
 
-    def _submit(self, embedded: EmbeddedChunk, batch: MicroBatch, sources: tuple, frames: int, embed_seconds: float) -> int:
-        item = next(self._items)
-        rows = RowContexts(sources[batch.start : batch.stop])
-        part = slice(batch.start, batch.stop)
-        began = time.perf_counter()
-        x = self.shard.run(embedded.x[part], embedded.modulation[part], frames, (embedded.grid_h, embedded.grid_w), batch.segments, rows)
-        done = _synchronized(self.shard.device)
-        meta = {
-            "item": item,
-            "frames": frames,
-            "grid": [embedded.grid_h, embedded.grid_w],
-            "segments": [s.to_json() for s in batch.segments],
-            "rows": rows.to_json(),
-            "times": [[done - began, embed_seconds]],
-        }
-        self._send(Message("forward", meta, [x, embedded.modulation[part], embedded.temb[part]]))
-        return item
-
-    def _collect(self, item: int) -> torch.Tensor:
-        message = self._collect_message(item)
-        self._timings.append([tuple(t) for t in message.meta["times"]])
-        return message.tensors[0].to(self.shard.device)
-
-    def inventory(self) -> list[dict[str, Any]]:
-        """What every rank holds: its blocks, parameter count and KV-cache bytes (asked through the ring)."""
-        with self._lock:
-            item = next(self._items)
-            self._send(Message("inventory", {"item": item, "ranks": [shard_inventory(self.shard, 0)]}))
-            return self._collect_message(item).meta["ranks"]
-
-    def _collect_message(self, item: int) -> Message:
-        deadline = time.monotonic() + self.result_timeout
+    def _wait(self, future: concurrent.futures.Future) -> Any:
         while True:
             self.check()
             try:
-                message = self._results.get(timeout=min(0.25, max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                if time.monotonic() >= deadline:
-                    self._fail(f"no answer from the pipeline stages within {self.result_timeout:g} s (a rank hangs)")
+                return future.result(timeout=WATCH_SECONDS)
+            except concurrent.futures.TimeoutError:
                 continue
-            if message is None:
-                continue  # woken by a failure: check() raises
-            if message.op == "error":
-                self._fail(f"stage rank {message.meta.get('rank')} failed: {message.meta.get('error')}")
-                continue
-            if message.meta.get("item") != item:
-                self._fail(f"pipeline stages answered item {message.meta.get('item')} while {item} was expected")
-                continue
-            return message
 
+    # ------------------------------------------------------------- stage 0
+    def _execute(self) -> None:
+        """The stage-0 executor thread (see module docstring)."""
+        while True:
+            with self._ready_cond:
+                while not self._ready and not self._closed:
+                    self._ready_cond.wait(WATCH_SECONDS)
+                    if self.failure is None and self._on_ring:
+                        reason = self.liveness() or self._hang()
+                        if reason is not None:
+                            self._fail(reason)
+                if self._closed:
+                    return
+                batch = take_micro_batch(self._ready, self.max_rows)
+            try:
+                self._run_micro_batch(batch)
+            except StageFailure:
+                pass  # already failed: callers see it at their next call
+            except Exception as error:  # noqa: BLE001  - rank 0's own forward broke: no stream can go on consistently
+                logger.exception("pipeline stage 0 failed")
+                self._fail(f"stage rank 0 failed: {type(error).__name__}: {error}")
+
+    def _run_micro_batch(self, batch: list[StageRow]) -> None:
+        """Embed the rows, run rank 0's blocks, send the hidden states on (the lock keeps control messages out of the middle)."""
+        with self._lock:
+            if self.failure is not None or self._closed:
+                return
+            batch = [row for row in batch if not row.ticket.cancelled]
+            if not batch:
+                return
+            self._apply_pending_split()
+            self._send_releases()
+            model = self.shard.model
+            began = time.perf_counter()
+            embedded = model.embed(torch.cat([r.latents for r in batch]), torch.cat([r.timesteps for r in batch]))
+            embedded_at = _synchronized(self.shard.device)
+            segments = [SegmentSpec(r.cache.cache_id, r.cache.start, r.cache.stop, None if r.write is None else (r.write,)) for r in batch]
+            contexts = RowContexts(tuple(r.context.row_sources(1)[0] for r in batch))
+            frames = batch[0].latents.shape[2]
+            x = self.shard.run(embedded.x, embedded.modulation, frames, (embedded.grid_h, embedded.grid_w), segments, contexts)
+            done = _synchronized(self.shard.device)
+            finals = [i for i, r in enumerate(batch) if r.decode is not None]
+            item = next(self._items)
+            meta = {
+                "item": item,
+                "frames": frames,
+                "grid": [embedded.grid_h, embedded.grid_w],
+                "segments": [s.to_json() for s in segments],
+                "rows": contexts.to_json(),
+                "decode": [[i, batch[i].decode.decoder_id] for i in finals],
+                "times": [[done - embedded_at, embedded_at - began]],
+            }
+            tensors = [x, embedded.modulation, embedded.temb]
+            if finals:
+                tensors += [torch.cat([batch[i].latents for i in finals]).float(), torch.cat([batch[i].decode.sigma for i in finals]).float()]
+            self._on_ring[item] = _OnTheRing(batch, time.monotonic())
+            self.micro_batches += 1
+            self.peak_on_ring = max(self.peak_on_ring, len(self._on_ring))
+            self._send_raw(Message("forward", meta, tensors))
+
+    # --------------------------------------------------------------- results
     def _receive_results(self) -> None:
         last = self.stages - 1
         while True:
@@ -310,7 +387,52 @@ class StageDriver:
                 return
             if message.op == "bye":
                 return
-            self._results.put(message)
+            if message.op == "error":
+                self._fail(f"stage rank {message.meta.get('rank')} failed: {message.meta.get('error')}")
+            elif message.op == "inventory":
+                future = self._answers.pop(message.meta["item"], None)
+                if future is not None and not future.done():
+                    future.set_result(message.meta["ranks"])
+            elif message.op == "result":
+                self._deliver(message)
+
+    def _deliver(self, message: Message) -> None:
+        """Hand each row its prediction or its frames, in row order."""
+        flight = self._on_ring.pop(message.meta["item"], None)
+        if flight is None:
+            self._fail(f"pipeline stages answered micro-batch {message.meta['item']}, which was never sent")
+            return
+        self._timings.append([tuple(t) for t in message.meta["times"]])
+        self._maybe_plan_rebalance()
+        predictions, *frames = message.tensors
+        predictions = predictions.to(self.shard.device)
+        decoded = iter(frames)
+        for index, row in enumerate(flight.rows):
+            result = next(decoded).to(self.shard.device) if row.decode is not None else predictions[index : index + 1]
+            if row.ticket.cancelled or self.failure is not None:
+                continue
+            try:
+                row.on_result(result)
+            except Exception as error:  # noqa: BLE001  - the stream's continuation broke: its state cannot be trusted
+                logger.exception("pipeline stages: a result could not be handled")
+                self._fail(f"handling a stage result failed: {type(error).__name__}: {error}")
+                return
+
+    def inventory(self) -> list[dict[str, Any]]:
+        """What every rank holds: its blocks, parameter count, KV-cache bytes and decoders (asked through the ring)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            item = next(self._items)
+            self._answers[item] = future
+            self._send(Message("inventory", {"item": item, "ranks": [shard_inventory(self.shard, 0, self.encoder_vae)]}))
+        deadline = time.monotonic() + self.result_timeout
+        while True:
+            self.check()
+            try:
+                return future.result(timeout=WATCH_SECONDS)
+            except concurrent.futures.TimeoutError:
+                if time.monotonic() > deadline:
+                    self._fail(f"no answer from the pipeline stages within {self.result_timeout:g} s (a rank hangs)")
 
     def _broken_link_reason(self, peer: int, error: Exception, wait: float = 2.0) -> str:
         """Why a link broke: the exited rank if the supervisor sees one within ``wait`` seconds, else the link's error."""
@@ -325,7 +447,7 @@ class StageDriver:
 
     # ------------------------------------------------------------- rebalance
     def stage_timings(self) -> list[StageTiming]:
-        """Mean per-micro-batch times of each stage over the forwards since the last call."""
+        """Mean per-micro-batch times of each stage over the micro-batches since the last call."""
         window, self._timings = self._timings, []
         if not window:
             return []
@@ -344,20 +466,15 @@ class StageDriver:
             self._pending_split = proposal
 
     def rebalance(self, split: BlockSplit) -> None:
-        """Move blocks (weights, KV-cache layers, context layers) so that ``split`` holds, before the next forward."""
+        """Move blocks (weights, KV-cache layers, context layers) so that ``split`` holds, before the next micro-batch."""
         with self._lock:
             self._pending_split = split
             self._apply_pending_split()
 
     def _apply_pending_split(self) -> None:
-        """Apply a pending split now, unless a step's undo journal has records (moving layers would void them)."""
-        split = self._pending_split
-        if split is None:
-            return
-        if any(cache.journal is not None and len(cache.journal) for cache in self.shard.caches.values()):
-            return  # mid-step: the next step's first forward applies it
-        self._pending_split = None
-        if split == self.split:
+        """Apply a pending split now (the lock is held, so no micro-batch is half-sent)."""
+        split, self._pending_split = self._pending_split, None
+        if split is None or split == self.split:
             return
         began = time.perf_counter()
         self._send(Message("rebalance", {"bounds": list(split.bounds)}))
@@ -366,46 +483,6 @@ class StageDriver:
         self.rebalances += 1
         self._timings = []
         logger.info("pipeline stages rebalanced to blocks %s in %.0f ms", list(split.bounds), (time.perf_counter() - began) * 1e3)
-
-
-class _RemoteJournal:
-    """Follows a driver-side :class:`CommitJournal`: the other ranks undo and close theirs in step."""
-
-    def __init__(self, driver: StageDriver, cache_id: int) -> None:
-        self.driver = driver
-        self.cache_id = cache_id
-
-    def undo(self) -> None:
-        self.driver.journal_action(self.cache_id, "undo")
-
-    def close(self) -> None:
-        self.driver.journal_action(self.cache_id, "end")
-
-
-def _micro_batches(segments: Sequence[CacheSegment], rows: int, stages: int) -> list[MicroBatch]:
-    """Contiguous row ranges, at most ``stages`` of them, cut at segment boundaries where there are enough."""
-    count = min(stages, rows)
-    bounds = [round(i * rows / count) for i in range(count + 1)]
-    edges = list(itertools.accumulate([0] + [s.rows for s in segments]))
-    if len(segments) >= count:  # whole segments per micro-batch: no cache is split
-        per = [round(i * len(segments) / count) for i in range(count + 1)]
-        bounds = [edges[i] for i in per]
-    batches = []
-    for start, stop in zip(bounds, bounds[1:]):
-        specs = []
-        for segment, first, last in zip(segments, edges, edges[1:]):
-            lo, hi = max(start, first), min(stop, last)
-            if lo >= hi:
-                continue
-            cache = segment.cache
-            if not isinstance(cache, ShardedKVCache):
-                raise InputError("pipeline stages run on caches made by the staged model (new_cache)")
-            write = None
-            if segment.write is not None:
-                write = tuple(bool(w) for w in segment.write[lo - first : hi - first].tolist())
-            specs.append(SegmentSpec(cache.cache_id, cache.start + lo - first, cache.start + hi - first, write))
-        batches.append(MicroBatch(start, stop, tuple(specs)))
-    return batches
 
 
 def _synchronized(device: torch.device) -> float:

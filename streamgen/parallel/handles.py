@@ -116,6 +116,12 @@ class ShardedContext:
             raise InputError(f"context has {len(self.sources)} rows, expected 1 or {rows}")
         return tuple((base.context_id, row) for base, row in self.sources)
 
+    def row(self, index: int) -> ShardedContext:
+        """The one-row context of batch row ``index``."""
+        if self.sources is None:
+            return self
+        return ShardedContext(self.driver, None, self.num_layers, (self.sources[index],))
+
     def expand(self, rows: int) -> ShardedContext:
         if self.rows == rows:
             return self
@@ -141,3 +147,22 @@ class ShardedContext:
             raise InputError("concat needs at least one context")
         sources = tuple(c._base(row) for c in contexts for row in range(c.rows))
         return ShardedContext(contexts[0].driver, None, contexts[0].num_layers, sources)
+
+
+class ShardedDecoder:
+    """A stream's streaming-VAE decode state, which lives on the last rank (where its chunks are decoded).
+
+    The pipeline resets it with the stream; a checkpoint keeps the handle
+    (decoding happens on the ring, never inside a step that could be undone).
+    """
+
+    def __init__(self, driver: StageDriver, decoder_id: int) -> None:
+        self.driver = driver
+        self.decoder_id = decoder_id
+        weakref.finalize(self, driver.release, "decoder.drop", decoder_id)
+
+    def reset(self) -> None:
+        self.driver.reset_decoder(self.decoder_id)
+
+    def copy(self) -> ShardedDecoder:
+        return self

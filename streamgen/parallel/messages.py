@@ -88,3 +88,23 @@ def receive(peer: int, device: torch.device) -> Message:
         dist.recv(tensor, peer)
         tensors.append(tensor)
     return Message(described["op"], described["meta"], tensors)
+
+
+_exchange_group: Any = None
+
+
+def open_exchange_group(world: int) -> None:
+    """Every rank calls this once, right after joining: a second channel for moving blocks (:mod:`.rebalance`).
+
+    Moves run beside the ring: on two stages the last rank's results and a
+    block it hands to rank 0 travel between the same two ranks, and on one
+    channel rank 0's result thread could take a block's tensor for a message
+    header. A separate group keeps the two streams of tensors apart (gloo
+    and NCCL alike).
+    """
+    global _exchange_group
+    _exchange_group = dist.new_group(list(range(world)))
+
+
+def exchange_group() -> Any:
+    return _exchange_group

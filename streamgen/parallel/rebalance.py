@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from ..models.video.wan_context import CrossAttentionContext
 from ..sched.blocks import BlockSplit
+from .messages import exchange_group
 from .shard_loading import AbsentBlock
 from .stage_shard import StageShard
 
@@ -41,7 +42,7 @@ def exchange_blocks(shard: StageShard, old: BlockSplit, new: BlockSplit, *, rank
             tensors = _block_tensors(blocks[move.block], shard, local, cache_ids, context_ids)
             tensors = [t.detach().to(device).contiguous() for t in tensors]
             outgoing.append(tensors)
-            works += [dist.isend(t, move.target) for t in tensors]
+            works += [dist.isend(t, move.target, group=exchange_group()) for t in tensors]
     received: dict[int, tuple[torch.nn.Module, list[torch.Tensor], list[torch.Tensor]]] = {}
     for move in moves:
         if move.target == rank:
@@ -69,7 +70,7 @@ def _receive_block(template: torch.nn.Module, shard: StageShard, source: int, ca
     with torch.no_grad():
         for _, tensor in sorted(block.state_dict(keep_vars=True).items()):
             buffer = torch.empty_like(tensor, device=device)
-            dist.recv(buffer, source)
+            dist.recv(buffer, source, group=exchange_group())
             tensor.copy_(buffer.to(tensor.device))
     cache_layers = []
     for cache_id in cache_ids:
@@ -85,7 +86,7 @@ def _receive_block(template: torch.nn.Module, shard: StageShard, source: int, ca
 
 def _received_like(like: torch.Tensor, source: int, device: torch.device) -> torch.Tensor:
     buffer = torch.empty(like.shape, dtype=like.dtype, device=device)
-    dist.recv(buffer, source)
+    dist.recv(buffer, source, group=exchange_group())
     return buffer.to(like.device)
 
 

@@ -1,7 +1,9 @@
 """Build the part of a causal Wan transformer that one stage holds, loading only that part's weights.
 
 A stage's role is its block range plus, on the first stage, the patch, time
-and text embeddings and, on the last stage, the output head. Everything
+and text embeddings (and the VAE encoder and text encoder, which the
+driver's model holds) and, on the last stage, the output head and the VAE
+decoder. Everything
 else is absent: blocks of other stages are :class:`AbsentBlock`
 placeholders (so block indices keep their meaning) and foreign top-level
 modules are ``None``, so ``parameters()`` counts what the rank really holds.
@@ -32,6 +34,8 @@ import torch
 
 from ..errors import ModelLoadError
 from ..models.video.causal_wan import CausalWanTransformer
+from ..models.video.stream_vae import StreamingWanVAE
+from .stage_shard import StageShard
 
 EMBEDDING_MODULES = ("patch_embedding", "condition_embedder")
 HEAD_MODULES = ("norm_out", "proj_out")
@@ -227,3 +231,47 @@ def _load_owned(model: CausalWanTransformer, role: StageRole, state: dict[str, t
         for name, parameter in tr.named_parameters():
             if name in state:
                 parameter.copy_(state[name].to(parameter.dtype))
+
+
+# ---------------------------------------------------------------------- the VAE
+VAE_HALVES = {"encoder": ("encoder", "quant_conv"), "decoder": ("decoder", "post_quant_conv")}
+
+
+def keep_vae_half(vae: StreamingWanVAE, half: str) -> StreamingWanVAE:
+    """Drop the other half of the VAE (in place): rank 0 only encodes, the last rank only decodes."""
+    for other, modules in VAE_HALVES.items():
+        if other != half:
+            for name in modules:
+                setattr(vae.vae, name, None)
+    return vae
+
+
+def build_stage_vae(source: StageSource, device: torch.device, dtype: torch.dtype) -> StreamingWanVAE:
+    """The decoding half of ``source``'s VAE, for the last rank (the same weights rank 0's model was built with)."""
+    from ..models.video.tiny_video import place, seeded_build, tiny_wan_vae  # noqa: PLC0415
+
+    if source.model == "tiny-video":  # built first under seed + 1, as build_tiny_video_model builds it
+        vae = seeded_build(source.seed + 1, tiny_wan_vae)
+        return keep_vae_half(StreamingWanVAE(place(vae, device, dtype)), "decoder")
+    from diffusers import AutoencoderKLWan  # noqa: PLC0415
+
+    from ..models.loading.video_presets import VIDEO_PRESETS, _wan_snapshot  # noqa: PLC0415
+
+    if source.weights == "dummy":  # as build_dummy_video_model seeds it
+        from ..models.video.wan_build import building_on, seeded  # noqa: PLC0415
+
+        with seeded(source.seed + 1, device), building_on(device, dtype):
+            vae = AutoencoderKLWan()
+        return keep_vae_half(StreamingWanVAE(place(vae, device, dtype)), "decoder")
+    folder = _wan_snapshot(VIDEO_PRESETS[source.model], dtype) / "vae"
+    try:
+        vae = AutoencoderKLWan.from_pretrained(folder, torch_dtype=torch.float32 if dtype == torch.float16 else dtype)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"loading the Wan VAE in {folder} failed: {error}") from error
+    return keep_vae_half(StreamingWanVAE(place(vae, device, vae.dtype)), "decoder")
+
+
+def build_stage_shard(source: StageSource, role: StageRole, device: torch.device, dtype: torch.dtype) -> StageShard:
+    """A rank's whole part (ranks 1..): its blocks, and on the last rank the head and the VAE decoder."""
+    model = build_stage_transformer(source, role, device, dtype)
+    return StageShard(model, role.blocks, build_stage_vae(source, device, dtype) if role.head else None)

@@ -3,11 +3,12 @@
 A rank receives every message from the rank before it. Control messages
 change its shard (:func:`apply_control`) and are passed on unchanged, so
 they reach every rank in ring order. A forward runs the rank's blocks and
-passes the hidden states on; the last rank applies the output head and
-sends the flow prediction to rank 0. An exception in a forward becomes an
-``error`` message that travels on to rank 0 (the driver fails every stream
-with its text); the rank then keeps serving, since its shard is unchanged
-by a forward that raised before committing.
+passes the hidden states on; the last rank applies the output head, turns
+the rows that were a chunk's last step into clean latents and decodes them
+(it holds the VAE decoder and every stream's decode state), and sends the
+flow predictions and the decoded frames to rank 0. An exception in a
+forward becomes an ``error`` message that travels on to rank 0 (the driver
+fails every stream with its text).
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ import traceback
 
 import torch
 
+from ..models.video.causal_wan import EmbeddedChunk
+from ..models.video.flow import flow_x0
 from ..sched.blocks import BlockSplit
 from .messages import Message, Sender, receive
 from .stage_shard import RowContexts, SegmentSpec, StageShard, shard_inventory
 
 logger = logging.getLogger(__name__)
-CONTROL_OPS = ("cache.new", "cache.drop", "cache.reset", "cache.counters", "cache.journal", "context.define", "context.blend", "context.drop")
+CONTROL_OPS = (
+    "cache.new", "cache.drop", "cache.reset", "cache.counters", "context.define", "context.blend", "context.drop",
+    "decoder.new", "decoder.reset", "decoder.drop",
+)
 
 
 def apply_control(shard: StageShard, message: Message) -> None:
@@ -41,20 +47,18 @@ def apply_control(shard: StageShard, message: Message) -> None:
         cache = shard.caches[meta["id"]].row_view(meta["start"], meta["stop"])
         frames = torch.tensor(meta["frames_written"], dtype=torch.int64, device=cache.device)
         cache.restore_counters(frames, meta["frames_at_least"])
-    elif op == "cache.journal":
-        action = meta["action"]
-        if action == "begin":
-            shard.begin_journal(meta["id"])
-        elif action == "undo":
-            shard.undo_journal(meta["id"])
-        else:
-            shard.end_journal(meta["id"])
     elif op == "context.define":
         shard.define_context(meta["id"], message.tensors[0])
     elif op == "context.blend":
         shard.blend_context(meta["id"], meta["start"], meta["target"], meta["weight"])
     elif op == "context.drop":
         shard.drop_context(meta["id"])
+    elif op == "decoder.new":
+        shard.new_decoder(meta["id"])
+    elif op == "decoder.reset":
+        shard.reset_decoder(meta["id"])
+    elif op == "decoder.drop":
+        shard.drop_decoder(meta["id"])
     elif op not in ("rebalance", "shutdown"):
         raise ValueError(f"unknown stage operation {op!r}")
 
@@ -99,9 +103,8 @@ def run_stage(rank: int, shard: StageShard, split: BlockSplit, comm_device: torc
 def _forward(rank: int, shard: StageShard, message: Message, last: bool) -> Message:
     meta = message.meta
     try:
-        x, modulation, temb = message.tensors
         device = shard.device
-        x, modulation, temb = x.to(device), modulation.to(device), temb.to(device)
+        x, modulation, temb = (t.to(device) for t in message.tensors[:3])
         began = time.perf_counter()
         segments = [SegmentSpec.from_json(s) for s in meta["segments"]]
         grid = tuple(meta["grid"])
@@ -110,15 +113,26 @@ def _forward(rank: int, shard: StageShard, message: Message, last: bool) -> Mess
             blocks_done = _synchronized(device)
             times = [*meta["times"], [blocks_done - began, 0.0]]
             if last:
-                from ..models.video.causal_wan import EmbeddedChunk  # noqa: PLC0415
-
-                v = shard.model.head(x, EmbeddedChunk(x, temb, modulation, *grid))
-                times[-1][1] = _synchronized(device) - blocks_done
-                return Message("result", {"item": meta["item"], "times": times}, [v])
-        return Message("forward", {**meta, "times": times}, [x, modulation, temb])
+                return _finish(shard, message, x, times, blocks_done)
+        return Message("forward", {**meta, "times": times}, [x, modulation, temb, *message.tensors[3:]])
     except Exception as error:  # noqa: BLE001  - reported to the driver, which fails the streams with it
         logger.error("stage rank %d: forward failed:\n%s", rank, traceback.format_exc())
         return Message("error", {"rank": rank, "error": f"{type(error).__name__}: {error}", "item": meta.get("item")})
+
+
+def _finish(shard: StageShard, message: Message, x: torch.Tensor, times: list, blocks_done: float) -> Message:
+    """The last rank: head → flow predictions; a chunk's last step → clean latents → decoded frames."""
+    meta = message.meta
+    modulation, temb, *final = (t.to(shard.device) for t in message.tensors[1:])
+    v = shard.model.head(x, EmbeddedChunk(x, temb, modulation, *meta["grid"])).float()
+    frames = []
+    if meta["decode"]:
+        rows = [i for i, _ in meta["decode"]]
+        latents, sigmas = final
+        x0 = flow_x0(latents, v[rows], sigmas.view(-1, 1, 1, 1, 1))
+        frames = shard.decode(x0, [decoder for _, decoder in meta["decode"]])
+    times[-1][1] = _synchronized(shard.device) - blocks_done
+    return Message("result", {"item": meta["item"], "times": times}, [v, *frames])
 
 
 def _synchronized(device: torch.device) -> float:

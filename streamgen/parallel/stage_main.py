@@ -28,9 +28,9 @@ def main(argv: list[str]) -> int:
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     from ..sched.blocks import BlockSplit  # noqa: PLC0415
-    from .shard_loading import StageRole, StageSource, build_stage_transformer  # noqa: PLC0415
+    from .messages import open_exchange_group  # noqa: PLC0415
+    from .shard_loading import StageRole, StageSource, build_stage_shard  # noqa: PLC0415
     from .stage_loop import run_stage  # noqa: PLC0415
-    from .stage_shard import StageShard  # noqa: PLC0415
 
     rank, world = int(config["rank"]), int(config["world"])
     device = torch.device(config["device"])
@@ -41,12 +41,12 @@ def main(argv: list[str]) -> int:
     role = StageRole(rank, world, blocks.start, blocks.stop)
     dtype = getattr(torch, config["dtype"])
     with torch.inference_mode():
-        model = build_stage_transformer(StageSource.from_json(config["source"]), role, device, dtype)
-    shard = StageShard(model, blocks)
+        shard = build_stage_shard(StageSource.from_json(config["source"]), role, device, dtype)
     dist.init_process_group(
         config["backend"], init_method=config["init_method"], rank=rank, world_size=world,
         timeout=timedelta(seconds=float(config.get("timeout", 600))),
     )
+    open_exchange_group(world)
     comm_device = device if config["backend"] == "nccl" else torch.device("cpu")
     try:
         run_stage(rank, shard, split, comm_device)

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 
 from ..models.video.causal_wan import CacheSegment, CausalWanTransformer, commit_segments, plan_segments
-from ..models.video.kv_cache import CommitJournal, RollingKVCache
+from ..frames import model_to_uint8
+from ..models.video.kv_cache import RollingKVCache
+from ..models.video.stream_vae import DecodeState, StreamingWanVAE
 from ..models.video.wan_context import CrossAttentionContext
 
 
@@ -66,12 +68,13 @@ class RowContexts:
 class StageShard:
     """One rank's blocks ``blocks`` of ``model`` (a pruned transformer) and the per-stream data of those blocks."""
 
-    def __init__(self, model: CausalWanTransformer, blocks: range) -> None:
+    def __init__(self, model: CausalWanTransformer, blocks: range, vae: StreamingWanVAE | None = None) -> None:
         self.model = model
         self.blocks = blocks
         self.caches: dict[int, RollingKVCache] = {}
         self.contexts: dict[int, CrossAttentionContext] = {}
-        self.journals: dict[int, CommitJournal] = {}
+        self.vae = vae
+        self.decoders: dict[int, DecodeState] = {}
 
     @property
     def device(self) -> torch.device:
@@ -85,9 +88,6 @@ class StageShard:
 
     def drop_cache(self, cache_id: int) -> None:
         self.caches.pop(cache_id, None)
-        journal = self.journals.pop(cache_id, None)
-        if journal is not None:
-            journal.close()
 
     def reset_cache(self, cache_id: int, rows: list[int] | None) -> None:
         self.caches[cache_id].reset(rows)
@@ -96,24 +96,26 @@ class StageShard:
         cache = self.caches[cache_id]
         cache.restore_counters(torch.tensor(frames_written, dtype=torch.int64, device=cache.device), frames_at_least)
 
-    def begin_journal(self, cache_id: int) -> None:
-        self.end_journal(cache_id)
-        journal = CommitJournal()
-        self.journals[cache_id] = journal
-        self.caches[cache_id].journal = journal
+    # -------------------------------------------------------------- decoders
+    def new_decoder(self, decoder_id: int) -> None:
+        if self.vae is not None:
+            self.decoders[decoder_id] = self.vae.new_decode_state()
 
-    def undo_journal(self, cache_id: int) -> None:
-        journal = self.journals.get(cache_id)
-        if journal is not None:
-            journal.undo()
+    def reset_decoder(self, decoder_id: int) -> None:
+        if self.vae is not None:
+            self.decoders[decoder_id].reset()
 
-    def end_journal(self, cache_id: int) -> None:
-        journal = self.journals.pop(cache_id, None)
-        if journal is not None:
-            journal.close()
-            cache = self.caches.get(cache_id)
-            if cache is not None and cache.journal is journal:
-                cache.journal = None
+    def drop_decoder(self, decoder_id: int) -> None:
+        self.decoders.pop(decoder_id, None)
+
+    def decode(self, latents: torch.Tensor, decoder_ids: Sequence[int]) -> list[torch.Tensor]:
+        """Clean latents ``(k, C, T', h, w)`` of k streams' chunks → each chunk's frames ``(t, H, W, 3)`` uint8.
+
+        One VAE call per group of streams whose decode caches stack, as the
+        one-process pipeline decodes.
+        """
+        videos = self.vae.decode_batch(list(latents.split(1)), [self.decoders[i] for i in decoder_ids])
+        return [model_to_uint8(video[0].transpose(0, 1)) for video in videos]
 
     # -------------------------------------------------------------- contexts
     def define_context(self, context_id: int, text: torch.Tensor) -> CrossAttentionContext:
@@ -168,8 +170,9 @@ class StageShard:
 
 
 
-def shard_inventory(shard: StageShard, rank: int) -> dict[str, Any]:
-    """One rank's line of :meth:`~streamgen.parallel.driver.StageDriver.inventory`."""
+def shard_inventory(shard: StageShard, rank: int, vae: torch.nn.Module | None = None) -> dict[str, Any]:
+    """One rank's line of :meth:`~streamgen.parallel.driver.StageDriver.inventory` (``vae``: what it holds of the VAE)."""
+    vae = vae if vae is not None else (shard.vae.vae if shard.vae is not None else None)
     memory = torch.cuda.memory_allocated(shard.device) if shard.device.type == "cuda" else None
     return {
         "rank": rank,
@@ -177,6 +180,8 @@ def shard_inventory(shard: StageShard, rank: int) -> dict[str, Any]:
         "blocks": [shard.blocks.start, shard.blocks.stop],
         "parameters": shard.parameter_count(),
         "parameter_bytes": sum(p.numel() * p.element_size() for p in shard.model.parameters()),
+        "vae_parameters": sum(p.numel() for p in vae.parameters()) if vae is not None else 0,
+        "decoders": len(shard.decoders),
         "kv_cache_bytes": shard.cache_bytes(),
         "contexts": len(shard.contexts),
         "device_allocated_bytes": memory,

@@ -3,8 +3,11 @@
 :func:`load_staged_video_model` starts the ranks (:mod:`.launch`), builds
 the driver's part (embeddings, first blocks, VAE, text encoder) and wraps
 the :class:`~.driver.StageDriver` in :class:`StagedTransformer`, which
-answers the calls the video pipeline makes on a transformer. The pipeline,
-the server and :class:`~streamgen.VideoStream` run it unchanged.
+answers the calls the video pipeline makes on a transformer. It runs under
+:class:`~streamgen.pipeline.video_staged.StagedVideoPipeline`, which feeds
+the stages chunk by chunk (what :func:`~streamgen.pipeline.video_loading.video_pipeline_for`
+picks for such a model); the server and :class:`~streamgen.VideoStream` use
+it like any video pipeline.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ..sched.blocks import BlockBalancer, BlockSplit
 from .driver import StageDriver
 from .handles import ShardedContext, ShardedKVCache
 from .launch import StageGroup, StageLaunch, start_stage_group
-from .shard_loading import StageRole, StageSource, build_stage_transformer, prune
+from .shard_loading import StageRole, StageSource, build_stage_transformer, keep_vae_half, prune
 from .stage_shard import StageShard
 
 logger = logging.getLogger(__name__)
@@ -77,6 +80,8 @@ class StagedTransformer:
             "devices": list(self.group.launch.devices),
             "split": list(self.driver.split.bounds),
             "rebalances": self.driver.rebalances,
+            "micro_batches": self.driver.micro_batches,
+            "peak_micro_batches_on_ring": self.driver.peak_on_ring,
             "failure": self.driver.failure,
             "rank0_parameters": sum(p.numel() for p in self.local.parameters()),
         }
@@ -157,10 +162,12 @@ def load_staged_video_model(
     role = StageRole(0, len(devices), *_bounds(block_split, 0))
     with torch.inference_mode():
         video = _driver_side(source, preset, role, device, torch_dtype)
+    keep_vae_half(video.vae, "encoder")  # the last rank decodes
     local = video.transformer
     driver = StageDriver(
         StageShard(local, role.blocks), block_split, device if launch.backend == "nccl" else torch.device("cpu"),
         liveness=group.liveness, result_timeout=result_timeout, balancer=BlockBalancer(block_split) if rebalance else None,
+        encoder_vae=video.vae.vae,
     )
     staged = StagedTransformer(local, driver, group)
     atexit.register(staged.close)

@@ -20,7 +20,6 @@ balancer on rank 0 moves blocks from there on.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 
 def torchrun_rank() -> tuple[int, int] | None:
@@ -42,10 +41,10 @@ def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined:
     from ..models.loading.device import resolve_dtype  # noqa: PLC0415
     from ..models.loading.video_presets import VIDEO_PRESETS  # noqa: PLC0415
     from ..sched.blocks import BlockSplit  # noqa: PLC0415
-    from .shard_loading import StageRole, StageSource, build_stage_transformer  # noqa: PLC0415
+    from .messages import open_exchange_group  # noqa: PLC0415
+    from .shard_loading import StageRole, StageSource, build_stage_shard  # noqa: PLC0415
     from .staged_model import _num_blocks  # noqa: PLC0415
     from .stage_loop import run_stage  # noqa: PLC0415
-    from .stage_shard import StageShard  # noqa: PLC0415
 
     rank, world = joined
     if len(devices) != world:
@@ -59,11 +58,13 @@ def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined:
     source = StageSource(model)
     split = BlockSplit.even(_num_blocks(source, preset), world)
     blocks = split.blocks_of(rank)
-    shard_model: Any = build_stage_transformer(source, StageRole(rank, world, blocks.start, blocks.stop), device, resolve_dtype(dtype, device))
+    with torch.inference_mode():
+        shard = build_stage_shard(source, StageRole(rank, world, blocks.start, blocks.stop), device, resolve_dtype(dtype, device))
     backend = "nccl" if all(d.startswith("cuda") for d in devices) else "gloo"
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timedelta(minutes=10))
+    open_exchange_group(world)
     try:
-        run_stage(rank, StageShard(shard_model, blocks), split, device if backend == "nccl" else torch.device("cpu"))
+        run_stage(rank, shard, split, device if backend == "nccl" else torch.device("cpu"))
     finally:
         dist.destroy_process_group()
     return 0

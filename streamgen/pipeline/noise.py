@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.video.flow import flow_renoise, flow_x0  # noqa: F401  - the pipeline's flow arithmetic lives with the model
+
 FLOW_SHIFT = 8.0
 TRAIN_STEPS = 1000
 # The V2V timesteps of StreamDiffusionV2 for 1..4 denoising steps (unshifted grid).
@@ -92,16 +94,6 @@ def step_sigmas(base: torch.Tensor, level: torch.Tensor, shift: float = FLOW_SHI
 def model_timesteps(sigmas: torch.Tensor) -> torch.Tensor:
     """The timestep the DiT is given for noise level σ."""
     return sigmas * TRAIN_STEPS
-
-
-def flow_x0(x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Clean estimate ``x0 = x_t − σ · v`` (σ broadcast over rows)."""
-    return x_t - sigma * v
-
-
-def flow_renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """``x0`` brought to noise level σ with ``noise``: ``(1 − σ) · x0 + σ · ε``."""
-    return x0 + sigma * (noise - x0)
 
 
 def frame_motion(frames: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:

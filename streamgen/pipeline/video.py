@@ -77,6 +77,8 @@ class VideoPipeline:
     """Shared weights + the causal stream algorithm; all per-stream data lives in :class:`VideoState`."""
 
     def __init__(self, model: VideoModel) -> None:
+        if getattr(model, "stages", None) is not None and type(self) is VideoPipeline:
+            raise ConfigError("this model runs as pipeline stages: use StagedVideoPipeline (or video_pipeline_for(model))")
         self.model = model
 
     @property
@@ -243,6 +245,14 @@ class VideoPipeline:
         tags of the input frames they depict. The streams' chunks share DiT
         forwards and VAE calls (see module docstring).
         """
+        self._buffer_inputs(states, frames, tags)
+        outputs = self._run_ready_chunks(states)
+        for state in states:
+            settle_checkpoint(state)
+        return outputs
+
+    def _buffer_inputs(self, states: Sequence[VideoState], frames: Sequence[torch.Tensor | None], tags: Sequence[Any] | None) -> None:
+        """Check a step's inputs (before anything changes), apply queued updates, buffer the frames."""
         if len(frames) != len(states):
             raise InputError(f"got {len(frames)} frame batches for {len(states)} streams")
         if len(set(map(id, states))) != len(states):
@@ -257,10 +267,6 @@ class VideoPipeline:
             state.counters.frames_in += image.shape[0]
             state.pending_frames.extend(image.unbind(0))
             state.pending_tags.extend(tag)
-        outputs = self._run_ready_chunks(states)
-        for state in states:
-            settle_checkpoint(state)
-        return outputs
 
     @torch.inference_mode()
     def flush(self, state: VideoState) -> StepOutput:
@@ -268,16 +274,20 @@ class VideoPipeline:
 
         Padding frames carry the tag None (callers do not show them).
         """
-        self.apply_pending(state)
-        if state.pending_frames:
-            missing = state.frames_needed - len(state.pending_frames)
-            state.pending_frames.extend([state.pending_frames[-1]] * missing)
-            state.pending_tags.extend([None] * missing)
+        self._pad_last_chunk(state)
         parts = self._run_ready_chunks([state])
         while state.in_flight:
             parts += self._drain_round(state)
         settle_checkpoint(state)
         return _concat_outputs(parts, self._empty_frames(state))
+
+    def _pad_last_chunk(self, state: VideoState) -> None:
+        """End of a finite stream: apply queued updates, complete a partial chunk with copies of the last frame (tag None)."""
+        self.apply_pending(state)
+        if state.pending_frames:
+            missing = state.frames_needed - len(state.pending_frames)
+            state.pending_frames.extend([state.pending_frames[-1]] * missing)
+            state.pending_tags.extend([None] * missing)
 
     def _prepare_input(self, state: VideoState, frames: torch.Tensor | None) -> torch.Tensor:
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:

@@ -72,19 +72,26 @@ class VideoCheckpoint:
     generator_state: torch.Tensor
     base_timesteps: torch.Tensor
     cache: RollingKVCache
-    frames_written: torch.Tensor
+    frames_written: torch.Tensor | None  # None: the cache is not the step's to undo (pipeline stages)
     frames_at_least: tuple[int, ...]
     encoder: EncodeState
     decoder: DecodeState
     journal: CommitJournal
 
 
-def take_checkpoint(state: VideoState) -> VideoCheckpoint:
-    """Checkpoint ``state`` and start recording what the KV-cache commits overwrite."""
+def take_checkpoint(state: VideoState, *, track_cache: bool = True) -> VideoCheckpoint:
+    """Checkpoint ``state`` and start recording what the KV-cache commits overwrite.
+
+    ``track_cache=False``: the step never commits into the cache itself
+    (pipeline stages commit on the ring, after the step hands the chunk
+    over, and nothing on the ring is undone); the journal then only marks
+    the checkpoint spent or not.
+    """
     settle_checkpoint(state)
     journal = CommitJournal()
     state.journal = journal
-    state.cache.journal = journal
+    if track_cache:
+        state.cache.journal = journal
     with state._pending_lock:
         pending_params = state._pending
     return VideoCheckpoint(
@@ -100,8 +107,8 @@ def take_checkpoint(state: VideoState) -> VideoCheckpoint:
         generator_state=state.generator.get_state(),
         base_timesteps=state.base_timesteps,
         cache=state.cache,
-        frames_written=state.cache.frames_written.clone(),
-        frames_at_least=state.cache.frames_at_least,
+        frames_written=state.cache.frames_written.clone() if track_cache else None,
+        frames_at_least=state.cache.frames_at_least if track_cache else (),
         encoder=state.encoder.copy(),
         decoder=state.decoder.copy(),
         journal=journal,
@@ -141,9 +148,11 @@ def settle_checkpoint(state: VideoState) -> None:
 
 def _restore_cache(state: VideoState, checkpoint: VideoCheckpoint) -> None:
     state.cache = checkpoint.cache
+    state.base_timesteps = checkpoint.base_timesteps
+    if checkpoint.frames_written is None:
+        return
     state.cache.restore_counters(checkpoint.frames_written, checkpoint.frames_at_least)
     state.cache.journal = checkpoint.journal  # keeps recording: the checkpoint may be restored again
-    state.base_timesteps = checkpoint.base_timesteps
 
 
 def _restore_params(state: VideoState, checkpoint: VideoCheckpoint) -> None:

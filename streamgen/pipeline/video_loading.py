@@ -71,4 +71,13 @@ def _staged_pipeline(model: Any, devices: list[str], acceleration: Any, spec: di
         spec.pop(ignored, None)
     if spec.pop("lora", None):
         raise ConfigError("LoRAs are not supported for video models yet; remove the lora option")
-    return VideoPipeline(load_staged_video_model(model, devices, **spec))
+    return video_pipeline_for(load_staged_video_model(model, devices, **spec))
+
+
+def video_pipeline_for(model: Any) -> VideoPipeline:
+    """The pipeline that runs ``model``: :class:`StagedVideoPipeline` for a model on pipeline stages, else :class:`VideoPipeline`."""
+    if getattr(model, "stages", None) is not None:
+        from .video_staged import StagedVideoPipeline  # noqa: PLC0415
+
+        return StagedVideoPipeline(model)
+    return VideoPipeline(model)

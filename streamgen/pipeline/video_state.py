@@ -120,6 +120,7 @@ class VideoState:
     counters: StreamCounters = field(default_factory=StreamCounters)
     state_id: int = field(default_factory=lambda: next(_state_ids))
     journal: CommitJournal | None = field(default=None, repr=False)  # of the open checkpoint (video_checkpoint.py)
+    ring: Any = field(default=None, repr=False)  # its chunks on the pipeline stages (video_staged.py), else None
     _pending: VideoParams | None = None
     _pending_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -12,7 +12,10 @@ is never idle waiting for a conversion and nothing queues without bound:
   :func:`~streamgen.server.transaction.step_transactionally` (a step that
   raises leaves every session as it was; only the failing session is told),
   applies session resets between steps, and feeds each step's measured time
-  to the latency model the scheduler and admission control use;
+  to the latency model the scheduler and admission control use. A pipeline
+  that finishes work between steps (pipeline stages: a step hands chunks
+  over and returns) says so through ``add_output_listener``; the model
+  thread then collects the frames at once instead of at the next step;
 - **output** converts the results to one ``VideoFrame`` per consumer and
   hands them to the event loop.
 
@@ -131,6 +134,10 @@ class ModelWorker:
         self._stopping = False
         self._loop = None
         self._keys = 0
+        self._outputs_waiting = False
+        listen = getattr(pipeline, "add_output_listener", None)
+        if callable(listen):  # a pipeline that finishes work between steps (pipeline stages): collect it at once
+            listen(self._pipeline_output)
         self.setup = JobThread(f"streamgen-setup-{name}")
         self._threads = [
             threading.Thread(target=self._guard(self._input_loop), name=f"streamgen-input-{name}", daemon=True),
@@ -406,17 +413,38 @@ class ModelWorker:
             for member, _ in resets:
                 member.resets = []
             prepared, self._prepared = self._prepared, None
+            collect, self._outputs_waiting = self._outputs_waiting, False
             self._cond.notify_all()  # the hand-off is free: the input thread may prepare the next step
         for job, future in jobs:
             run_job(job, future)
         for member, futures in resets:
             self._reset(member, futures)
         if prepared is not None:
-            self._run_step(prepared)
+            self._run_step(prepared)  # a step returns what came back too
+        elif collect:
+            self._collect_outputs()
         return True
 
     def _model_has_work(self) -> bool:
-        return self._stopping or bool(self._model_jobs) or self._prepared is not None or any(m.resets for m in self._members)
+        return (
+            self._stopping or bool(self._model_jobs) or self._prepared is not None or self._outputs_waiting
+            or any(m.resets for m in self._members)
+        )
+
+    def _pipeline_output(self) -> None:
+        """The pipeline finished frames outside a step (called on its own thread)."""
+        with self._cond:
+            self._outputs_waiting = True
+            self._cond.notify_all()
+
+    def _collect_outputs(self) -> None:
+        """Hand frames the pipeline finished between steps to the output thread, without waiting for the next input frame."""
+        with self._cond:
+            members = [m for m in self._members if not m.client.closed and m.client.state is not None]
+        outputs = self.pipeline.collect([m.client.state for m in members])
+        done = [(m, Outcome(output=o)) for m, o in zip(members, outputs) if o.frames.shape[0]]
+        if done:
+            self._hand_to_output(_Finished([m for m, _ in done], [o for _, o in done]))
 
     def _reset(self, member: _Member, futures: list[concurrent.futures.Future]) -> None:
         state = member.client.state
@@ -456,9 +484,12 @@ class ModelWorker:
                 self._cond.notify_all()
         self.learn(shapes, seconds)
         self._metrics.observe_step(self.name, seconds, len(entries), late=len(prepared.plan.late), deferred=len(prepared.plan.deferred))
+        self._hand_to_output(_Finished(members, outcomes))
+
+    def _hand_to_output(self, finished: _Finished) -> None:
         with self._cond:
             self._cond.wait_for(lambda: self._stopping or len(self._finished) < 2)
-            self._finished.append(_Finished(members, outcomes))
+            self._finished.append(finished)
             self._cond.notify_all()
 
     def learn(self, shapes: list[StepShape], seconds: float) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from streamgen.models.loading.video_presets import build_tiny_video_model
-from streamgen.pipeline.video import VideoPipeline
+from streamgen.pipeline.video_loading import video_pipeline_for
 
 SIZE = 64
 FRAMES = 33  # 1 + 8 chunks of 4: more chunks than the 3 + 3 frame cache window
@@ -33,7 +33,7 @@ def input_frames(count: int = FRAMES, seed: int = 0) -> list[torch.Tensor]:
 
 def stream_frames(model, *, stream_batch: bool, frames: Sequence[torch.Tensor], seed: int = 3, steps: int = 2, between=None) -> torch.Tensor:
     """Every output frame of one stream fed ``frames`` one by one, then flushed; ``between(i)`` runs before step i."""
-    pipeline = VideoPipeline(model)
+    pipeline = video_pipeline_for(model)
     state = pipeline.create_state(
         {"width": SIZE, "height": SIZE, "use_denoising_batch": stream_batch},
         {"prompt": "a red fox", "num_inference_steps": steps, "seed": seed},

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from streamgen.parallel.errors import StageFailure
-from streamgen.pipeline.video import VideoPipeline
+from streamgen.pipeline.video_loading import video_pipeline_for
 from streamgen.server.app import close_pipeline_stages
 from streamgen.server.client import connect_offer
 from streamgen.server.synthetic import MarkerVideoTrack
@@ -23,7 +23,7 @@ def _all_exited(model) -> bool:
 
 def test_a_killed_rank_fails_the_streams_with_its_reason_and_no_rank_survives() -> None:
     with staged_tiny(3, 3) as model:
-        pipeline = VideoPipeline(model)
+        pipeline = video_pipeline_for(model)
         state = pipeline.create_state({"width": SIZE, "height": SIZE}, {"prompt": "a fox"})
         frames = input_frames(9)
         for frame in frames[:5]:
@@ -39,14 +39,15 @@ def test_a_killed_rank_fails_the_streams_with_its_reason_and_no_rank_survives() 
 
 def test_a_hung_rank_is_reported_after_the_timeout_and_killed_at_close() -> None:
     with staged_tiny(2, 2, result_timeout=3.0) as model:
-        pipeline = VideoPipeline(model)
+        pipeline = video_pipeline_for(model)
         state = pipeline.create_state({"width": SIZE, "height": SIZE, "use_denoising_batch": False}, {"prompt": "a fox"})
         rank1 = model.stages.group.processes[0]
         os.kill(rank1.pid, signal.SIGSTOP)
         try:
+            for frame in input_frames(9):  # steps hand chunks over without waiting for them
+                pipeline.step([state], [frame])
             with pytest.raises(StageFailure, match=r"no answer from the pipeline stages within 3 s"):
-                for frame in input_frames(9):
-                    pipeline.step([state], [frame])
+                pipeline.flush(state)  # waits for the stream's chunks
         finally:
             model.stages.close()  # a stopped process cannot exit by itself: close kills it
     assert _all_exited(model)
@@ -54,7 +55,7 @@ def test_a_hung_rank_is_reported_after_the_timeout_and_killed_at_close() -> None
 
 async def test_the_server_ends_the_sessions_of_a_dead_stage_refuses_new_ones_and_stays_up() -> None:
     with staged_tiny(2, 2) as model:
-        pipeline = VideoPipeline(model)
+        pipeline = video_pipeline_for(model)
         async with running_server(pipeline) as server:
             _, health, _ = await server.request("GET", "/health")
             assert health["workers"][0]["stages"]["split"] == [0, 1, 2]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from streamgen.models.loading.video_presets import build_tiny_video_model
-from streamgen.pipeline.video import VideoPipeline
+from streamgen.pipeline.video_loading import video_pipeline_for
 from streamgen.sched.blocks import BlockSplit
 
 from .staging import SIZE, input_frames, reference_frames, staged_tiny, stream_frames
@@ -25,7 +25,7 @@ def test_stages_give_the_frames_of_one_process_in_both_modes(ranks: int, layers:
 
 def _two_streams(model) -> list[torch.Tensor]:
     """Two streams (different prompts, seeds and modes) stepped together: their rows share each forward."""
-    pipeline = VideoPipeline(model)
+    pipeline = video_pipeline_for(model)
     states = [
         pipeline.create_state({"width": SIZE, "height": SIZE, "use_denoising_batch": True}, {"prompt": "a fox", "seed": 1}),
         pipeline.create_state({"width": SIZE, "height": SIZE, "use_denoising_batch": False}, {"prompt": "a boat", "seed": 2, "num_inference_steps": 3}),
@@ -47,7 +47,10 @@ def test_streams_sharing_forwards_match_one_process_through_a_prompt_transition(
     with staged_tiny(2, 3, rebalance=False) as model:
         got = _two_streams(model)
     for g, e in zip(got, expected):
-        assert torch.equal(g, e)
+        # The DiT rows are exact; the last rank decodes the chunks that finish together in one VAE call, which may
+        # group the two streams differently from one process and round differently in the last bit (as batching does there).
+        assert g.shape == e.shape
+        assert (g.int() - e.int()).abs().max() <= 1
 
 
 def test_moving_blocks_in_the_middle_of_a_stream_keeps_the_frames() -> None:
@@ -75,7 +78,7 @@ def test_each_rank_holds_only_its_own_blocks() -> None:
     embeddings = sum(p.numel() for name in ("patch_embedding", "condition_embedder") for p in getattr(full, name).parameters())
     head = sum(p.numel() for p in full.proj_out.parameters()) + full.scale_shift_table.numel()
     with staged_tiny(3, 4, split=[0, 1, 3, 4], rebalance=False) as model:
-        pipeline = VideoPipeline(model)
+        pipeline = video_pipeline_for(model)
         state = pipeline.create_state({"width": SIZE, "height": SIZE}, {"prompt": "x"})
         ranks = model.stages.driver.inventory()
         rows, (h, w) = state.cache.rows, state.latent_size

@@ -449,7 +449,26 @@ class CausalWanTransformer(torch.nn.Module):
         return self.head(x, embedded)
 
     def embed(self, latents: torch.Tensor, timesteps: torch.Tensor) -> EmbeddedChunk:
-        """Patch embedding and per-frame time embedding: what the blocks and the head take besides the context."""
+        """Patch embedding and per-frame time embedding: what the blocks and the head take besides the context.
+
+        Row by row: a convolution or a small matmul over 1 row may round
+        differently from the same row inside a batch of 4 (another kernel),
+        and the blocks and the head are row-invariant already (their matmuls
+        run over every token), so embedding each row alone makes a row's
+        flow prediction independent of which rows share its forward. The
+        pipeline stages rely on it (their micro-batches form as work arrives);
+        the cost is a few small kernel launches per forward.
+        """
+        if latents.shape[0] > 1:
+            rows = [self._embed(latents[i : i + 1], timesteps[i : i + 1]) for i in range(latents.shape[0])]
+            first = rows[0]
+            return EmbeddedChunk(
+                torch.cat([r.x for r in rows]), torch.cat([r.temb for r in rows]), torch.cat([r.modulation for r in rows]),
+                first.grid_h, first.grid_w,
+            )
+        return self._embed(latents, timesteps)
+
+    def _embed(self, latents: torch.Tensor, timesteps: torch.Tensor) -> EmbeddedChunk:
         tr = self.transformer
         x = tr.patch_embedding(latents.to(self.dtype))  # (B, dim, T, gh, gw)
         _, _, frames, grid_h, grid_w = x.shape

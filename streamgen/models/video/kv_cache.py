@@ -595,14 +595,7 @@ class CommitJournal:
 
     def __init__(self) -> None:
         self._records: list[_CommitUndo] = []
-        self._followers: list[JournalFollower] = []
         self.closed = False
-
-    def follow(self, follower: JournalFollower) -> None:
-        """Have ``follower`` undo and close with this journal: the shards of a cache that other processes hold
-        (:mod:`streamgen.parallel`) keep journals of their own that must move in step with this one."""
-        if follower not in self._followers:
-            self._followers.append(follower)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -636,21 +629,8 @@ class CommitJournal:
         for record in reversed(self._records):
             record.apply()
         self._records.clear()
-        for follower in self._followers:
-            follower.undo()
 
     def close(self) -> None:
         """Stop recording and drop the records (the commits are final)."""
         self.closed = True
         self._records.clear()
-        followers, self._followers = self._followers, []
-        for follower in followers:
-            follower.close()
-
-
-class JournalFollower(Protocol):
-    """Something that undoes and closes together with a :class:`CommitJournal` (see :meth:`CommitJournal.follow`)."""
-
-    def undo(self) -> None: ...
-
-    def close(self) -> None: ...

@@ -1,0 +1,204 @@
+"""The causal video stream over pipeline stages: each chunk moves on the moment its input exists.
+
+:class:`VideoPipeline` runs a step as rounds of DiT forwards and waits for
+each. Over pipeline stages (:mod:`streamgen.parallel`) that would leave all
+but one rank idle most of the time: a forward goes rank 0 → … → S−1 and
+the next cannot start before it returns. :class:`StagedVideoPipeline`
+instead hands every (chunk, step) to the stages as a row of its own:
+
+- a step encodes the chunks its frames complete (on rank 0, as before) and
+  submits each chunk's first denoising step at once, then returns the
+  frames that have come back since the last call; it does not wait for
+  the stages;
+- when a chunk's flow prediction comes back, rank 0 computes the chunk's
+  next step (the same ``x0`` / re-noise arithmetic as
+  :mod:`~streamgen.pipeline.video_batch`) and submits it on the spot;
+- a chunk's last step is decoded on the last rank, which holds the VAE
+  decoder and every stream's decode state; its frames come back to rank 0
+  and wait, in chunk order, for the next :meth:`step` or :meth:`collect`.
+
+So with a steady input, chunk c+1's first step runs on rank 0 while chunk
+c is on rank 1, and all S ranks work at once. Each row attends to its own
+stream's cache row, in the order its steps were submitted, so the frames
+equal the one-process pipeline's in either mode (the DiT's embedding is
+row-invariant, :meth:`~streamgen.models.video.causal_wan.CausalWanTransformer.embed`;
+decoding several streams' chunks in one VAE call may round differently in
+the last bit, as in one process). The two denoising modes are one dataflow
+here; ``use_denoising_batch`` does not change what runs.
+
+At most ``depth`` chunks (default: twice the stages) are on the stages;
+a step that would enter more waits until one finishes, so a source faster
+than the stages is slowed to their pace instead of queueing without bound.
+
+Undo: a step changes the stream on rank 0 (buffers, encoder cache, noise,
+generator) before it hands chunks over, and a checkpoint restores exactly
+that. What is on the ring is never undone; a stage fault ends every stream
+(:class:`~streamgen.parallel.errors.StageFailure`).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..models.video.video_model import VideoModel
+from ..parallel.rows import DecodeRequest, RowTicket, StageRow
+from .noise import flow_x0, model_timesteps
+from .output import StepOutput
+from .video import VideoPipeline, _concat_outputs
+from .video_batch import _advance
+from .video_checkpoint import VideoCheckpoint, settle_checkpoint, take_checkpoint
+from .video_state import ChunkInFlight, VideoState
+
+WAIT_SECONDS = 0.25
+
+
+@dataclass(eq=False)
+class _ChunkOnStages:
+    """A chunk handed to the stages, with what its rows need (captured when it entered)."""
+
+    state: VideoState
+    chunk: ChunkInFlight
+    cache: Any  # the stream's ShardedKVCache when the chunk entered
+    decoder: Any  # the stream's ShardedDecoder
+    ticket: RowTicket = field(default_factory=RowTicket)
+
+
+@dataclass(eq=False)
+class StreamRing:
+    """One stream's chunks on the stages (in entry order) and the frames that came back."""
+
+    chunks: list[_ChunkOnStages] = field(default_factory=list)
+    outputs: deque[StepOutput] = field(default_factory=deque)
+
+
+class StagedVideoPipeline(VideoPipeline):
+    """The video pipeline over pipeline stages (see module docstring)."""
+
+    def __init__(self, model: VideoModel, depth: int | None = None) -> None:
+        stages = getattr(model, "stages", None)
+        if stages is None:
+            raise ConfigError("StagedVideoPipeline runs a model loaded with devices=[...] (pipeline stages)")
+        super().__init__(model)
+        self.driver = stages.driver
+        self.depth = depth or 2 * self.driver.stages
+        self._flow = threading.Condition()
+        self._on_stages = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ states
+    def create_state(self, config=None, params=None) -> VideoState:
+        state = super().create_state(config, params)
+        state.decoder = self.driver.new_decoder()
+        state.ring = StreamRing()
+        return state
+
+    def checkpoint(self, state: VideoState) -> VideoCheckpoint:
+        return take_checkpoint(state, track_cache=False)
+
+    def reset(self, state: VideoState) -> None:
+        """Forget the stream's history; its chunks on the stages are dropped (their rows and results are discarded)."""
+        ring = state.ring
+        if ring is not None:
+            with self._flow:
+                for entry in ring.chunks:
+                    entry.ticket.cancelled = True
+                self._on_stages -= len(ring.chunks)
+                ring.chunks.clear()
+                ring.outputs.clear()
+                self._flow.notify_all()
+        super().reset(state)
+
+    # ------------------------------------------------------------------- flow
+    def add_output_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` is called (on the stages' result thread) whenever a chunk's frames come back."""
+        self._listeners.append(listener)
+
+    def collect(self, states: Sequence[VideoState]) -> list[StepOutput]:
+        """The frames that came back for each stream since its last step or collect (no model work)."""
+        return [self._take_outputs(state) for state in states]
+
+    def pending_chunks(self, state: VideoState) -> int:
+        """The stream's chunks on the stages now."""
+        with self._flow:
+            return len(state.ring.chunks)
+
+    @torch.inference_mode()
+    def flush(self, state: VideoState) -> StepOutput:
+        """End of a finite stream: complete a partial chunk, hand it over and wait for every chunk of the stream."""
+        self._pad_last_chunk(state)
+        first = self._run_ready_chunks([state])[0]
+        with self._flow:
+            while state.ring.chunks:
+                self._flow.wait(WAIT_SECONDS)
+                self.driver.check()
+        settle_checkpoint(state)
+        return _concat_outputs([first, self._take_outputs(state)], self._empty_frames(state))
+
+    def _run_ready_chunks(self, states: Sequence[VideoState]) -> list[StepOutput]:
+        """Encode every chunk the buffered frames complete (a checkpoint undoes this), then hand them all over (nothing undoes that)."""
+        self.driver.check()
+        entered: list[tuple[VideoState, ChunkInFlight]] = []
+        while ready := [s for s in states if len(s.pending_frames) >= s.frames_needed]:
+            entered += zip(ready, self._enter_chunks(ready))
+        for state, chunk in entered:
+            self._hand_over(state, chunk)
+        return [self._take_outputs(state) for state in states]
+
+    def _hand_over(self, state: VideoState, chunk: ChunkInFlight) -> None:
+        entry = _ChunkOnStages(state, chunk, state.cache, state.decoder)
+        with self._flow:
+            while self._on_stages >= self.depth:
+                self._flow.wait(WAIT_SECONDS)
+                self.driver.check()
+            self._on_stages += 1
+            state.ring.chunks.append(entry)
+        self.driver.submit([self._row(entry)])
+
+    def _row(self, entry: _ChunkOnStages) -> StageRow:
+        """The chunk's next step as a stage row (its timestep, its cache row, its context; decoding after the last)."""
+        chunk = entry.chunk
+        step = chunk.step
+        sigma = chunk.sigmas[step : step + 1]
+        timesteps = model_timesteps(sigma)[:, None].expand(1, chunk.latents.shape[2])
+        last = step == chunk.num_steps - 1
+        return StageRow(
+            chunk.latents, timesteps, entry.cache.row_view(step, step + 1), chunk.context,
+            functools.partial(self._on_result, entry),
+            decode=DecodeRequest(entry.decoder.decoder_id, sigma) if last else None,
+            ticket=entry.ticket,
+        )
+
+    def _on_result(self, entry: _ChunkOnStages, result: torch.Tensor) -> None:
+        """On the result thread: a flow prediction moves the chunk to its next step; decoded frames finish it."""
+        chunk = entry.chunk
+        if chunk.step < chunk.num_steps - 1:
+            _advance(chunk, flow_x0(chunk.latents, result, chunk.sigmas[chunk.step]))
+            self.driver.submit([self._row(entry)])
+            return
+        chunk.step = chunk.num_steps
+        if result.shape[0] != len(chunk.tags):
+            raise RuntimeError(f"decoded {result.shape[0]} frames for a chunk of {len(chunk.tags)} inputs")
+        state = entry.state
+        with self._flow:
+            if entry in state.ring.chunks:
+                state.ring.chunks.remove(entry)
+                self._on_stages -= 1
+                state.counters.frames_processed += sum(t is not None for t in chunk.tags)
+                state.ring.outputs.append(StepOutput(result, tags=chunk.tags))
+            self._flow.notify_all()
+        for listener in self._listeners:
+            listener()
+
+    def _take_outputs(self, state: VideoState) -> StepOutput:
+        with self._flow:
+            parts = list(state.ring.outputs)
+            state.ring.outputs.clear()
+        return _concat_outputs(parts, self._empty_frames(state))
