@@ -4,14 +4,16 @@
    ``--layers`` blocks at ``--size``, stream batch, ``--steps`` steps) fed
    ``--frames`` frames, once in one process and once over ``--ranks`` CPU
    ranks with ONE thread each, in the same run: throughput (frames per
-   second), per-frame latency (one step's wall time), the frames' equality
-   and every rank's weights and KV cache (from the ranks themselves).
+   second, until every frame is out) fed flat out, per-frame latency
+   fed flat out (queueing included) and fed live at ``--pace`` × one
+   process's rate (the latency a camera's frames see),
+   the frames' equality, the most micro-batches that were on the ring at
+   once, and every rank's weights and KV cache (from the ranks themselves).
 2. **Projected** (bench.scaling_projection): Wan-1.3B and 14B at 512×512 on
    1/2/4/8 GPUs from published single-H100 figures, in two placements of
-   the VAE: ``rank0-vae``, where streamgen runs it today (the driver, rank
-   0, encodes AND decodes), and ``decode-last``, the decoder on the last
-   rank (the issue's plan, not implemented yet). The difference is what
-   moving the decoder would buy.
+   the VAE: ``decode-last``, where streamgen runs it (rank 0 encodes, the
+   last rank decodes), and ``rank0-vae``, rank 0 doing both (what
+   StreamDiffusionV2's layout and streamgen's first staged version did).
 
 Prints tables and writes ``bench/out/scaling.json``.
 """
@@ -30,22 +32,69 @@ from .common import machine, table, write_json
 
 
 def measure_stream(model: Any, frames: list[torch.Tensor], size: int, steps: int) -> tuple[float, list[float], torch.Tensor]:
-    """(frames per second, per-step seconds, output frames) of one stream fed ``frames`` one call each."""
+    """(frames per second, per-frame latencies in seconds, every output frame) of one stream fed ``frames`` as fast as it takes them.
+
+    The clock runs from the first timed frame until the flush has returned
+    every frame, so a pipeline that hands chunks over and returns (stages)
+    is timed on what it finished, not on how fast it accepted input. A
+    frame's latency runs from the call that fed it to the call that
+    returned it; feeding as fast as possible, that includes the wait behind
+    the frames ahead of it.
+    """
     from streamgen.pipeline.video_loading import video_pipeline_for
 
     pipeline = video_pipeline_for(model)
     state = pipeline.create_state({"width": size, "height": size, "use_denoising_batch": True}, {"prompt": "a fox", "num_inference_steps": steps})
-    for frame in frames[:9]:  # warm-up: fill the window (not timed)
-        pipeline.step([state], [frame])
-    step_seconds, outputs = [], []
+    outputs, latencies = [], []
+
+    def keep(output: Any) -> None:
+        now = time.perf_counter()
+        outputs.append(output.frames)
+        latencies.extend(now - tag for tag in output.tags if tag is not None)
+
+    for frame in frames[:9]:  # warm-up: fill the window (untagged: not timed)
+        keep(pipeline.step([state], [frame])[0])
     began = time.perf_counter()
     for frame in frames[9:]:
-        start = time.perf_counter()
-        outputs.append(pipeline.step([state], [frame])[0].frames)
-        step_seconds.append(time.perf_counter() - start)
+        keep(pipeline.step([state], [frame], [(time.perf_counter(),)])[0])
+    keep(pipeline.flush(state))
     elapsed = time.perf_counter() - began
-    produced = sum(o.shape[0] for o in outputs)
-    return produced / elapsed, step_seconds, torch.cat(outputs)
+    return len(latencies) / elapsed, latencies, torch.cat(outputs)
+
+
+def paced_latency(model: Any, frames: list[torch.Tensor], size: int, steps: int, fps: float) -> dict[str, float]:
+    """Per-frame latency of one stream fed at ``fps`` (a live source): from feeding a frame to its output being available.
+
+    A pipeline that finishes frames between steps (stages) is polled every
+    2 ms, as the server's worker collects them when told; one process
+    returns frames from the step that completes them.
+    """
+    from streamgen.pipeline.video_loading import video_pipeline_for
+
+    pipeline = video_pipeline_for(model)
+    state = pipeline.create_state({"width": size, "height": size, "use_denoising_batch": True}, {"prompt": "a fox", "num_inference_steps": steps})
+    latencies: list[float] = []
+
+    def keep(output: Any) -> None:
+        now = time.perf_counter()
+        latencies.extend(now - tag for tag in output.tags if tag is not None)
+
+    for frame in frames[:9]:
+        pipeline.step([state], [frame])
+    collect = getattr(pipeline, "collect", None)
+    due = time.perf_counter()
+    for frame in frames[9:]:
+        while (now := time.perf_counter()) < due:
+            if collect is not None:
+                keep(collect([state])[0])
+                time.sleep(0.002)
+            else:
+                time.sleep(due - now)
+        keep(pipeline.step([state], [frame], [(time.perf_counter(),)])[0])
+        due += 1.0 / fps
+    keep(pipeline.flush(state))
+    ordered = sorted(latencies)
+    return {"paced_fps": round(fps, 2), "paced_ms_p50": round(ordered[len(ordered) // 2] * 1e3, 1), "paced_ms_p99": round(ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1e3, 1)}
 
 
 def measured(settings: argparse.Namespace) -> list[dict[str, Any]]:
@@ -56,22 +105,30 @@ def measured(settings: argparse.Namespace) -> list[dict[str, Any]]:
     generator = torch.Generator().manual_seed(0)
     frames = [torch.randint(0, 256, (1, settings.size, settings.size, 3), generator=generator, dtype=torch.uint8) for _ in range(settings.frames)]
     rows = []
-    one = build_tiny_video_model(seed=0, layers=settings.layers)
-    fps, steps, reference = measure_stream(one, frames, settings.size, settings.steps)
+    dit = _dit_sizes(settings.width)
+    one = build_tiny_video_model(seed=0, layers=settings.layers, dit=dit)
+    fps, latencies, reference = measure_stream(one, frames, settings.size, settings.steps)
     params = sum(p.numel() for p in one.transformer.parameters())
-    rows.append({"ranks": 1, "fps": round(fps, 2), **_latency(steps), "equal": True, "rank_params": [params]})
+    pace = settings.pace * fps  # a live source the one process keeps up with
+    rows.append({"ranks": 1, "fps": round(fps, 2), **_latency(latencies), **paced_latency(one, frames, settings.size, settings.steps, pace),
+                 "equal": True, "rank_params": [params]})
     del one
     for ranks in settings.ranks:
-        staged = load_staged_video_model("tiny-video", ["cpu"] * ranks, layers=settings.layers, threads=1, rebalance=settings.rebalance)
+        staged = load_staged_video_model(
+            "tiny-video", ["cpu"] * ranks, layers=settings.layers, tiny_dit=dit, threads=1, rebalance=not settings.no_rebalance,
+        )
         try:
-            fps, steps, out = measure_stream(staged, frames, settings.size, settings.steps)
+            fps, latencies, out = measure_stream(staged, frames, settings.size, settings.steps)
+            paced = paced_latency(staged, frames, settings.size, settings.steps, pace)
             inventory = staged.stages.driver.inventory()
             split = list(staged.stages.driver.split.bounds)
+            peak = staged.stages.driver.peak_on_ring
         finally:
             staged.stages.close()
         rows.append({
-            "ranks": ranks, "fps": round(fps, 2), **_latency(steps), "equal": bool(torch.equal(out, reference)),
-            "split": split, "rank_params": [r["parameters"] for r in inventory], "rank_kv_bytes": [r["kv_cache_bytes"] for r in inventory],
+            "ranks": ranks, "fps": round(fps, 2), **_latency(latencies), **paced, "equal": bool(torch.equal(out, reference)), "peak_on_ring": peak,
+            "split": split, "rank_params": [r["parameters"] for r in inventory], "rank_vae_params": [r["vae_parameters"] for r in inventory],
+            "rank_kv_bytes": [r["kv_cache_bytes"] for r in inventory],
         })
     base = rows[0]["fps"]
     for row in rows:
@@ -79,9 +136,18 @@ def measured(settings: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _latency(steps: list[float]) -> dict[str, float]:
-    ordered = sorted(steps)
-    return {"step_ms_p50": round(ordered[len(ordered) // 2] * 1e3, 1), "step_ms_p99": round(ordered[int(len(ordered) * 0.99) - 1] * 1e3, 1)}
+def _dit_sizes(width: int | None) -> dict[str, int] | None:
+    """tiny-video's DiT at ``width`` channels (64 per head, a 4x MLP), or its own 48 (None)."""
+    if width is None:
+        return None
+    if width % 64:
+        raise SystemExit("--width must be a multiple of 64")
+    return {"num_attention_heads": width // 64, "attention_head_dim": 64, "ffn_dim": 4 * width}
+
+
+def _latency(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {"latency_ms_p50": round(ordered[len(ordered) // 2] * 1e3, 1), "latency_ms_p99": round(ordered[max(0, int(len(ordered) * 0.99) - 1)] * 1e3, 1)}
 
 
 def projected(stages: list[int], steps: list[int]) -> list[dict[str, Any]]:
@@ -111,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=8, help="tiny-video DiT blocks (default 8)")
     parser.add_argument("--size", type=int, default=128, help="frame size in pixels (default 128)")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps = stream batch rows (default 2)")
-    parser.add_argument("--frames", type=int, default=89, help="input frames (default 89)")
+    parser.add_argument("--frames", type=int, default=289, help="input frames (default 289: enough micro-batches for the balancer to settle)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[2], help="CPU rank counts to measure (default 2)")
-    parser.add_argument("--rebalance", action="store_true", help="let the block balancer move blocks while measuring")
+    parser.add_argument("--pace", type=float, default=0.8, help="live-source rate for the latency run, as a share of one process's fps (default 0.8)")
+    parser.add_argument("--width", type=int, default=None, help="DiT width (multiple of 64; default: tiny-video's own 48)")
+    parser.add_argument("--no-rebalance", action="store_true", help="keep the even split (the block balancer moves blocks by default)")
     parser.add_argument("--skip-measure", action="store_true", help="projection only")
     parser.add_argument("--out", default=None, help="JSON path (default bench/out/scaling.json)")
     args = parser.parse_args(argv)
@@ -121,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine(), "settings": vars(args)}
     if not args.skip_measure:
         report["measured"] = measured(args)
-        print(f"measured here: tiny-video, {args.layers} blocks, {args.size}x{args.size}, {args.steps} steps, 1 thread per rank")
-        print(table(report["measured"], [("ranks", "ranks"), ("fps", "fps"), ("speedup", "x"), ("step_ms_p50", "step p50 ms"), ("step_ms_p99", "p99 ms"), ("equal", "frames equal"), ("split", "split"), ("rank_params", "params per rank")]))
+        width = f", width {args.width}" if args.width else ""
+        print(f"measured here: tiny-video, {args.layers} blocks{width}, {args.size}x{args.size}, {args.steps} steps, 1 thread per rank")
+        print(table(report["measured"], [("ranks", "ranks"), ("fps", "fps"), ("speedup", "x"), ("latency_ms_p50", "flat-out p50 ms"), ("paced_fps", "live fps"), ("paced_ms_p50", "live p50 ms"), ("paced_ms_p99", "live p99 ms"), ("equal", "frames equal"), ("peak_on_ring", "peak on ring"), ("split", "split"), ("rank_params", "DiT params per rank"), ("rank_vae_params", "VAE params per rank")]))
     report["projected"] = projected([1, 2, 4, 8], [1, 4])
     print("\nprojected (published 1xH100 figures, NVLink; see bench/scaling_projection.py):")
     print(table(report["projected"], [("model", "model"), ("steps", "steps"), ("vae", "VAE"), ("stages", "GPUs"), ("fps", "fps"), ("speedup", "x"), ("split", "split"), ("p50_ms", "p50 ms"), ("misses", "misses"), ("max_rank_gib", "max GiB/rank")]))

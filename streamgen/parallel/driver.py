@@ -110,6 +110,7 @@ class StageDriver:
         self._on_ring: dict[int, _OnTheRing] = {}
         self._answers: dict[int, concurrent.futures.Future] = {}
         self._timings: list[list[tuple[float, float]]] = []
+        self._rank0_work: list[Any] = []  # seconds, or (start, end) CUDA events, of rank 0's work outside the ring
         self._pending_split: BlockSplit | None = None
         self._closed = False
         self._receiver = threading.Thread(target=self._receive_results, name="stage-results", daemon=True)
@@ -330,7 +331,8 @@ class StageDriver:
                     return
                 batch = take_micro_batch(self._ready, self.max_rows)
             try:
-                self._run_micro_batch(batch)
+                with torch.inference_mode():
+                    self._run_micro_batch(batch)
             except StageFailure:
                 pass  # already failed: callers see it at their next call
             except Exception as error:  # noqa: BLE001  - rank 0's own forward broke: no stream can go on consistently
@@ -394,7 +396,8 @@ class StageDriver:
                 if future is not None and not future.done():
                     future.set_result(message.meta["ranks"])
             elif message.op == "result":
-                self._deliver(message)
+                with torch.inference_mode():
+                    self._deliver(message)
 
     def _deliver(self, message: Message) -> None:
         """Hand each row its prediction or its frames, in row order."""
@@ -446,15 +449,27 @@ class StageDriver:
         return f"the connection to stage rank {peer} broke ({detail})"
 
     # ------------------------------------------------------------- rebalance
+    def note_rank0_work(self, work: float | tuple[Any, Any]) -> None:
+        """Rank 0 also encodes (the pipeline's step): ``work`` seconds, or CUDA events around it, count as its fixed time."""
+        self._rank0_work.append(work)
+
     def stage_timings(self) -> list[StageTiming]:
-        """Mean per-micro-batch times of each stage over the micro-batches since the last call."""
+        """Mean per-micro-batch times of each stage over the micro-batches since the last call.
+
+        Rank 0's fixed time includes the encoding the pipeline did meanwhile,
+        spread over the window's micro-batches: on one device it competes
+        with rank 0's blocks, so the balancer must see it to give rank 0
+        fewer blocks.
+        """
         window, self._timings = self._timings, []
+        extra, self._rank0_work = self._rank0_work, []
         if not window:
             return []
+        encoding = sum(_seconds(work) for work in extra) / len(window)
         timings = []
         for stage in range(self.stages):
             block = sum(t[stage][0] for t in window) / len(window)
-            fixed = sum(t[stage][1] for t in window) / len(window)
+            fixed = sum(t[stage][1] for t in window) / len(window) + (encoding if stage == 0 else 0.0)
             timings.append(StageTiming(stage, len(self.split.blocks_of(stage)), block, fixed, 0.0))
         return timings
 
@@ -467,7 +482,7 @@ class StageDriver:
 
     def rebalance(self, split: BlockSplit) -> None:
         """Move blocks (weights, KV-cache layers, context layers) so that ``split`` holds, before the next micro-batch."""
-        with self._lock:
+        with self._lock, torch.inference_mode():
             self._pending_split = split
             self._apply_pending_split()
 
@@ -483,6 +498,14 @@ class StageDriver:
         self.rebalances += 1
         self._timings = []
         logger.info("pipeline stages rebalanced to blocks %s in %.0f ms", list(split.bounds), (time.perf_counter() - began) * 1e3)
+
+
+def _seconds(work: float | tuple[Any, Any]) -> float:
+    if isinstance(work, tuple):
+        start, end = work
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    return float(work)
 
 
 def _synchronized(device: torch.device) -> float:

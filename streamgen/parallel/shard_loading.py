@@ -83,12 +83,13 @@ class StageSource:
     weights: str = "pretrained"
     seed: int = 0
     layers: int | None = None  # tiny-video only
+    tiny_dit: dict[str, int] | None = None  # tiny-video only: other DiT sizes (benchmarks)
     checkpoint: str | None = None
     checkpoint_key: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("model", "weights", "seed", "layers", "checkpoint", "checkpoint_key", "options")}
+        return {k: getattr(self, k) for k in ("model", "weights", "seed", "layers", "tiny_dit", "checkpoint", "checkpoint_key", "options")}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> StageSource:
@@ -129,7 +130,7 @@ def build_stage_transformer(source: StageSource, role: StageRole, device: torch.
     if source.model == "tiny-video":
         from ..models.video.tiny_video_dit import tiny_causal_wan  # noqa: PLC0415
 
-        overrides = {} if source.layers is None else {"num_layers": source.layers}
+        overrides = {**(source.tiny_dit or {}), **({} if source.layers is None else {"num_layers": source.layers})}
         return prune(tiny_causal_wan(seed=source.seed, device=device, dtype=dtype, **overrides), role)
     from ..models.loading.video_presets import VIDEO_PRESETS  # noqa: PLC0415
 

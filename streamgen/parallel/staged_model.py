@@ -134,6 +134,7 @@ def load_staged_video_model(
     rebalance: bool = True,
     result_timeout: float = 60.0,
     threads: int | None = None,
+    tiny_dit: dict[str, int] | None = None,
 ) -> VideoModel:
     """``model`` (a video preset) with its DiT blocks split over ``devices`` (see module docstring)."""
     from ..models.loading.device import resolve_dtype  # noqa: PLC0415
@@ -145,11 +146,11 @@ def load_staged_video_model(
     preset = VIDEO_PRESETS.get(model)
     if preset is None:
         raise ConfigError(f"pipeline stages run the causal video models ({', '.join(VIDEO_PRESETS)}); {model!r} is not one")
-    if layers is not None and preset.repo is not None:
-        raise ConfigError("layers= applies to tiny-video only")
+    if (layers is not None or tiny_dit) and preset.repo is not None:
+        raise ConfigError("layers= and tiny_dit= apply to tiny-video only")
     device = torch.device(devices[0])
     torch_dtype = resolve_dtype(dtype, device)
-    source = StageSource(model, weights, seed, layers, checkpoint, checkpoint_key)
+    source = StageSource(model, weights, seed, layers, tiny_dit, checkpoint, checkpoint_key)
     num_blocks = _num_blocks(source, preset)
     if len(devices) > num_blocks:
         raise ConfigError(f"{model} has {num_blocks} blocks: at most {num_blocks} stages, got {len(devices)} devices")
@@ -203,7 +204,7 @@ def _driver_side(source: StageSource, preset: Any, role: StageRole, device: torc
     from ..models.loading import video_presets  # noqa: PLC0415
 
     if source.model == "tiny-video":
-        video = video_presets.build_tiny_video_model(seed=source.seed, device=device, dtype=dtype, layers=source.layers)
+        video = video_presets.build_tiny_video_model(seed=source.seed, device=device, dtype=dtype, layers=source.layers, dit=source.tiny_dit)
         prune(video.transformer, role)
         return video
     transformer = build_stage_transformer(source, role, device, dtype)

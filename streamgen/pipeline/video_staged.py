@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -147,7 +148,9 @@ class StagedVideoPipeline(VideoPipeline):
         self.driver.check()
         entered: list[tuple[VideoState, ChunkInFlight]] = []
         while ready := [s for s in states if len(s.pending_frames) >= s.frames_needed]:
-            entered += zip(ready, self._enter_chunks(ready))
+            with _timed(self.device) as work:
+                entered += zip(ready, self._enter_chunks(ready))
+            self.driver.note_rank0_work(work.result)
         for state, chunk in entered:
             self._hand_over(state, chunk)
         return [self._take_outputs(state) for state in states]
@@ -202,3 +205,27 @@ class StagedVideoPipeline(VideoPipeline):
             parts = list(state.ring.outputs)
             state.ring.outputs.clear()
         return _concat_outputs(parts, self._empty_frames(state))
+
+
+class _timed:
+    """Wall seconds of a block on the CPU; CUDA events around it on a GPU (read later, without a sync now)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.result: Any = 0.0
+
+    def __enter__(self) -> _timed:
+        if self.device.type == "cuda":
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._began = time.perf_counter()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if self.device.type == "cuda":
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.result = (self._start, end)
+        else:
+            self.result = time.perf_counter() - self._began

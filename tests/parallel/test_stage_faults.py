@@ -29,6 +29,7 @@ def test_a_killed_rank_fails_the_streams_with_its_reason_and_no_rank_survives() 
         for frame in frames[:5]:
             pipeline.step([state], [frame])
         model.stages.group.processes[1].kill()  # rank 2
+        model.stages.group.processes[1].wait(10)
         with pytest.raises(StageFailure, match=r"stage rank 2 on cpu exited with code -9"):
             for frame in frames[5:]:
                 pipeline.step([state], [frame])

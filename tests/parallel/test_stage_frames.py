@@ -84,6 +84,10 @@ def test_each_rank_holds_only_its_own_blocks() -> None:
         rows, (h, w) = state.cache.rows, state.latent_size
     assert [r["blocks"] for r in ranks] == [[0, 1], [1, 3], [3, 4]]
     assert [r["parameters"] for r in ranks] == [embeddings + block, 2 * block, block + head]
+    vae = build_tiny_video_model(seed=0, layers=4).vae.vae
+    encoder, decoder = ({n: sum(p.numel() for p in getattr(vae, n).parameters()) for n in names} for names in (("encoder", "quant_conv"), ("decoder", "post_quant_conv")))
+    assert [r["vae_parameters"] for r in ranks] == [sum(encoder.values()), 0, sum(decoder.values())]  # rank 0 encodes, the last rank decodes
+    assert [r["decoders"] for r in ranks] == [0, 0, 1]  # the stream's decode state lives where it decodes
     one_process = build_tiny_video_model(seed=0, layers=4).transformer
     layer_caches = [one_process.new_cache(rows, h, w, num_layers=n).nbytes for n in (1, 2, 1)]
     assert [r["kv_cache_bytes"] for r in ranks] == layer_caches  # each rank: its blocks' layers of the stream's cache

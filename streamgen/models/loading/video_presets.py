@@ -161,13 +161,20 @@ def _video_spec(model: str | ModelSpec, spec: Mapping[str, Any]) -> VideoSpec:
 
 # ------------------------------------------------------------------- builders
 def build_tiny_video_model(
-    seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, layers: int | None = None
+    seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, layers: int | None = None,
+    dit: dict[str, int] | None = None,
 ) -> VideoModel:
-    """The ``tiny-video`` preset, deterministic for ``seed`` (``layers``: another number of DiT blocks than 2)."""
+    """The ``tiny-video`` preset, deterministic for ``seed``.
+
+    ``layers``: another number of DiT blocks than 2; ``dit``: other DiT sizes
+    (e.g. ``{"num_attention_heads": 8, "attention_head_dim": 64, "ffn_dim": 2048}``),
+    for benchmarks that need the DiT to weigh what it weighs in Wan.
+    """
     from ..video.tiny_video_dit import tiny_causal_wan  # noqa: PLC0415
 
     device = torch.device(device)
-    transformer = tiny_causal_wan(seed=seed, device=device, dtype=dtype, **({} if layers is None else {"num_layers": layers}))
+    overrides = {**(dit or {}), **({} if layers is None else {"num_layers": layers})}
+    transformer = tiny_causal_wan(seed=seed, device=device, dtype=dtype, **overrides)
     vae, text_encoder = seeded_build(seed + 1, lambda: (tiny_wan_vae(), tiny_umt5_encoder(transformer.text_dim)))
     return VideoModel(
         name="tiny-video",

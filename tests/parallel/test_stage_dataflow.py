@@ -1,0 +1,150 @@
+"""The stages work at once: rank 0 sends on while later ranks work, resets drop what is on the ring, the server collects between steps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from fractions import Fraction
+
+import numpy as np
+import torch
+from av import VideoFrame
+
+from streamgen.models.loading.video_presets import build_tiny_video_model
+from streamgen.pipeline.video import VideoPipeline
+from streamgen.pipeline.video_loading import video_pipeline_for
+from streamgen.sched import Slo
+from streamgen.server.metrics import ServerMetrics
+from streamgen.server.pipelines import create_session_state
+from streamgen.server.slot import FrameTag, LatestFrames
+from streamgen.server.step_shape import StreamShape
+from streamgen.server.worker import ModelWorker
+
+from .staging import SIZE, input_frames, reference_frames, staged_tiny, stream_frames
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_rank0_keeps_sending_while_the_next_stage_is_busy_and_the_frames_stay_exact() -> None:
+    """With rank 1 stopped, no answer can come back, yet rank 0 puts the next chunks on the ring: it never waits for a result."""
+    frames = input_frames(13)  # four chunks: 1 + 4 + 4 + 4 frames
+    expected = reference_frames(2, stream_batch=True, frames=frames, steps=1)
+    with staged_tiny(2, 2, rebalance=False) as model:
+        driver = model.stages.driver
+        rank1 = model.stages.group.processes[0]
+        pipeline = video_pipeline_for(model)
+        state = pipeline.create_state({"width": SIZE, "height": SIZE}, {"prompt": "a red fox", "num_inference_steps": 1, "seed": 3})
+        driver.inventory()  # a round trip: rank 1 has taken every message so far and waits for the next
+        os.kill(rank1.pid, signal.SIGSTOP)
+        try:
+            outputs = [pipeline.step([state], [frame])[0].frames for frame in frames]  # returns at once: nothing waits for rank 1
+            _wait_for(lambda: driver.on_ring >= 3, 20, "three micro-batches on the ring")
+            assert sum(o.shape[0] for o in outputs) == 0
+        finally:
+            os.kill(rank1.pid, signal.SIGCONT)
+        outputs.append(pipeline.flush(state).frames)
+        assert driver.peak_on_ring >= 3
+    got = torch.cat(outputs)
+    assert torch.equal(got, expected)
+
+
+def test_a_reset_drops_the_chunks_on_the_ring_and_the_stream_restarts_exactly() -> None:
+    """A change of steps resets the stream while chunks are on the ring: none of them comes out after, and the rest is a fresh stream."""
+    frames = input_frames(33)
+    cut = 17
+    before = stream_frames(build_tiny_video_model(seed=0, layers=3), stream_batch=False, frames=frames[:cut])
+    after = stream_frames(build_tiny_video_model(seed=0, layers=3), stream_batch=False, frames=frames[cut:], steps=1)
+    with staged_tiny(2, 3, rebalance=False) as model:
+        pipeline = video_pipeline_for(model)
+        state = pipeline.create_state({"width": SIZE, "height": SIZE}, {"prompt": "a red fox", "num_inference_steps": 2, "seed": 3})
+        tags, outputs = [], []
+        for index, frame in enumerate(frames):
+            if index == cut:
+                pipeline.update(state, num_inference_steps=1)
+            out = pipeline.step([state], [frame], [(index,)])[0]
+            tags += list(out.tags)
+            outputs.append(out.frames)
+        out = pipeline.flush(state)
+        tags += list(out.tags)
+        outputs.append(out.frames)
+    got = torch.cat(outputs)
+    kept = [i for i, t in enumerate(tags) if t is not None]
+    early = [i for i in kept if tags[i] < cut]
+    late = [i for i in kept if tags[i] >= cut]
+    assert [tags[i] for i in early] == list(range(len(early)))  # what came out before the reset: a prefix, in order
+    assert torch.equal(got[early], before[: len(early)])
+    assert [tags[i] for i in late] == list(range(cut, len(frames)))  # every frame after it, once, in order
+    assert torch.equal(got[late], after[: len(late)])
+
+
+def test_a_staged_model_needs_the_staged_pipeline() -> None:
+    with staged_tiny(2, 2, rebalance=False) as model:
+        try:
+            VideoPipeline(model)
+        except Exception as error:  # noqa: BLE001
+            assert "StagedVideoPipeline" in str(error)
+        else:
+            raise AssertionError("VideoPipeline accepted a staged model")
+
+
+class _Client:
+    def __init__(self, state) -> None:
+        self.slot = LatestFrames(1)  # a video session steps on every frame
+        self.state = state
+        self.closed = False
+        self.delivered: list = []
+        self.failures: list = []
+
+    def consumer_count(self) -> int:
+        return 1
+
+    def fallback_pts(self) -> int:
+        return 0
+
+    def deliver(self, frames, produced_at) -> None:
+        self.delivered.extend(frames)
+
+    def fail(self, error, is_user_error) -> None:
+        self.failures.append(error)
+
+    def feed(self, index: int) -> None:
+        frame = VideoFrame.from_ndarray(np.full((SIZE, SIZE, 3), 40 * index % 256, dtype=np.uint8), format="rgb24")
+        frame.pts, frame.time_base = index * 3000, Fraction(1, 90000)
+        self.slot.put(frame, FrameTag(frame.pts, frame.time_base, time.monotonic(), index))
+
+
+async def test_the_worker_delivers_frames_that_finish_after_the_last_input() -> None:
+    """A step hands the chunk over and returns; its frames must still reach the session without another input frame."""
+    with staged_tiny(2, 2, rebalance=False) as model:
+        pipeline = video_pipeline_for(model)
+        worker = ModelWorker(pipeline, "staged", ServerMetrics())
+        worker.start(asyncio.get_running_loop())
+        try:
+            settings = {"width": SIZE, "height": SIZE, "prompt": "a fox", "num_inference_steps": 2}
+            state = await asyncio.wrap_future(worker.submit(create_session_state, pipeline, settings))
+            client = _Client(state)
+            shape = StreamShape("video", SIZE, SIZE, 1, 2, True)
+            worker.attach(client, worker.reserve(shape, Slo(deadline_s=30.0)))
+            for index in range(5):  # two chunks: frame 0, then frames 1..4; nothing after
+                client.feed(index)
+                worker.notify()
+                deadline = time.monotonic() + 30
+                while client.slot.ready():
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+            deadline = time.monotonic() + 60
+            while len(client.delivered) < 5:
+                assert time.monotonic() < deadline, f"only {len(client.delivered)} of 5 frames arrived"
+                await asyncio.sleep(0.02)
+            assert [f.tag.index for f in client.delivered] == list(range(5))
+            assert client.failures == []
+        finally:
+            worker.stop()
+            worker.join(10)
