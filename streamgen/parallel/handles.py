@@ -1,13 +1,15 @@
-"""Driver-side stand-ins for a stream's KV cache and a prompt's context whose layers live on several ranks.
+"""Driver-side stand-ins for a stream's KV cache, a prompt's context and a decode state that live on other ranks.
 
-The video pipeline keeps a cache and contexts in each stream's state and
-calls a handful of methods on them (row views, reset, counters, a commit
-journal for rollback; expand, blend, concat). :class:`ShardedKVCache` and
-:class:`ShardedContext` answer those calls: the driver's own layers change
+The video pipeline keeps a cache, contexts and a decode state in each
+stream's state and calls a handful of methods on them (row views, reset,
+counters; expand, blend, concat). :class:`ShardedKVCache`,
+:class:`ShardedContext` and :class:`ShardedDecoder` answer those calls: the driver's own layers change
 at once, and the same change goes to every other rank as a message
 (:mod:`.driver`). They hold ids, not data, so when a block moves to
 another rank (:mod:`.rebalance`) no handle goes stale; when the last handle
-of a cache or context is garbage-collected, the ranks are told to free it.
+of a cache, context or decoder is garbage-collected, the ranks are told to
+free it. A stage cache keeps no undo journal (its chunks commit on the
+ring, which is never rolled back); the ``journal`` property says so.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A :class:`~streamgen.models.video.video_model.VideoModel` whose DiT runs as pipeline stages.
 
 :func:`load_staged_video_model` starts the ranks (:mod:`.launch`), builds
-the driver's part (embeddings, first blocks, VAE, text encoder) and wraps
+the driver's part (embeddings, first blocks, VAE encoder, text encoder) and wraps
 the :class:`~.driver.StageDriver` in :class:`StagedTransformer`, which
 answers the calls the video pipeline makes on a transformer. It runs under
 :class:`~streamgen.pipeline.video_staged.StagedVideoPipeline`, which feeds
@@ -200,7 +200,7 @@ def _num_blocks(source: StageSource, preset: Any) -> int:
 
 
 def _driver_side(source: StageSource, preset: Any, role: StageRole, device: torch.device, dtype: torch.dtype) -> VideoModel:
-    """The driver's model: its stage of the DiT plus the VAE, the text encoder and the tokenizer."""
+    """The driver's model: its stage of the DiT plus the VAE (the caller drops its decoder), the text encoder and the tokenizer."""
     from ..models.loading import video_presets  # noqa: PLC0415
 
     if source.model == "tiny-video":

@@ -10,8 +10,9 @@ machines with two GPUs each::
         --devices cuda:0,cuda:1,cuda:0,cuda:1 --host 0.0.0.0
 
 ``--devices`` lists one device per global rank (rank i uses entry i, the
-GPU on its own machine). Rank 0 loads the VAE, the text encoder and the
-first blocks and serves HTTP; every other rank builds its blocks and runs
+GPU on its own machine). Rank 0 loads the VAE encoder, the text encoder
+and the first blocks and serves HTTP; every other rank builds its blocks
+(the last one also the head and the VAE decoder) and runs
 the stage loop until rank 0 shuts down. The block split is the even one
 (the same computation on every rank, from the same arguments), and the
 balancer on rank 0 moves blocks from there on.
