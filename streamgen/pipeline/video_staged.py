@@ -26,9 +26,13 @@ decoding several streams' chunks in one VAE call may round differently in
 the last bit, as in one process). The two denoising modes are one dataflow
 here; ``use_denoising_batch`` does not change what runs.
 
-At most ``depth`` chunks (default: twice the stages) are on the stages;
-a step that would enter more waits until one finishes, so a source faster
-than the stages is slowed to their pace instead of queueing without bound.
+Each stream has at most ``depth`` chunks on the stages (default: one per
+stage and one more, which keeps every stage busy with a single stream); a
+step that would hand over more waits until one of the stream's chunks
+finishes, so a source faster than the stages is slowed to their pace
+instead of queueing without bound. Streams do not wait for each other:
+their rows share micro-batches, which is where a GPU's throughput comes
+from.
 
 Undo: a step changes the stream on rank 0 (buffers, encoder cache, noise,
 generator) before it hands chunks over, and a checkpoint restores exactly
@@ -89,9 +93,8 @@ class StagedVideoPipeline(VideoPipeline):
             raise ConfigError("StagedVideoPipeline runs a model loaded with devices=[...] (pipeline stages)")
         super().__init__(model)
         self.driver = stages.driver
-        self.depth = depth or 2 * self.driver.stages
+        self.depth = depth or self.driver.stages + 1
         self._flow = threading.Condition()
-        self._on_stages = 0
         self._listeners: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ states
@@ -111,7 +114,6 @@ class StagedVideoPipeline(VideoPipeline):
             with self._flow:
                 for entry in ring.chunks:
                     entry.ticket.cancelled = True
-                self._on_stages -= len(ring.chunks)
                 ring.chunks.clear()
                 ring.outputs.clear()
                 self._flow.notify_all()
@@ -158,10 +160,9 @@ class StagedVideoPipeline(VideoPipeline):
     def _hand_over(self, state: VideoState, chunk: ChunkInFlight) -> None:
         entry = _ChunkOnStages(state, chunk, state.cache, state.decoder)
         with self._flow:
-            while self._on_stages >= self.depth:
+            while len(state.ring.chunks) >= self.depth:
                 self._flow.wait(WAIT_SECONDS)
                 self.driver.check()
-            self._on_stages += 1
             state.ring.chunks.append(entry)
         self.driver.submit([self._row(entry)])
 
@@ -193,7 +194,6 @@ class StagedVideoPipeline(VideoPipeline):
         with self._flow:
             if entry in state.ring.chunks:
                 state.ring.chunks.remove(entry)
-                self._on_stages -= 1
                 state.counters.frames_processed += sum(t is not None for t in chunk.tags)
                 state.ring.outputs.append(StepOutput(result, tags=chunk.tags))
             self._flow.notify_all()
