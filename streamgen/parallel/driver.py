@@ -59,6 +59,7 @@ from .stage_shard import RowContexts, SegmentSpec, StageShard, shard_inventory
 
 logger = logging.getLogger(__name__)
 WATCH_SECONDS = 0.25
+SERVICE_DECAY = 0.2
 
 
 @dataclass
@@ -101,6 +102,7 @@ class StageDriver:
         self.rebalances = 0
         self.micro_batches = 0
         self.peak_on_ring = 0
+        self.row_seconds: float | None = None  # the slowest stage's seconds per row (moving mean): the stages' service time
         self._lock = threading.RLock()  # everything that sends, and rank 0's shard
         self._ready_cond = threading.Condition()  # the rows waiting for rank 0 (never held while computing)
         self._ready: deque[StageRow] = deque()
@@ -405,7 +407,9 @@ class StageDriver:
         if flight is None:
             self._fail(f"pipeline stages answered micro-batch {message.meta['item']}, which was never sent")
             return
-        self._timings.append([tuple(t) for t in message.meta["times"]])
+        times = [tuple(t) for t in message.meta["times"]]
+        self._timings.append(times)
+        self._observe_service(max(block + fixed for block, fixed in times) / len(flight.rows))
         self._maybe_plan_rebalance()
         predictions, *frames = message.tensors
         predictions = predictions.to(self.shard.device)
@@ -420,6 +424,10 @@ class StageDriver:
                 logger.exception("pipeline stages: a result could not be handled")
                 self._fail(f"handling a stage result failed: {type(error).__name__}: {error}")
                 return
+
+    def _observe_service(self, seconds_per_row: float) -> None:
+        old = self.row_seconds
+        self.row_seconds = seconds_per_row if old is None else old + SERVICE_DECAY * (seconds_per_row - old)
 
     def inventory(self) -> list[dict[str, Any]]:
         """What every rank holds: its blocks, parameter count, KV-cache bytes and decoders (asked through the ring)."""

@@ -34,6 +34,13 @@ instead of queueing without bound. Streams do not wait for each other:
 their rows share micro-batches, which is where a GPU's throughput comes
 from.
 
+What a step costs: it returns long before its chunks are done, so its
+wall time says nothing about the model's load. :attr:`last_step_service`
+is what the worker's latency model learns instead (the stages' service
+time of the rows the step handed over: the slowest stage's seconds per
+row, times the rows, plus rank 0's encoding), so admission control counts
+the stages' throughput.
+
 Undo: a step changes the stream on rank 0 (buffers, encoder cache, noise,
 generator) before it hands chunks over, and a checkpoint restores exactly
 that. What is on the ring is never undone; a stage fault ends every stream
@@ -96,6 +103,7 @@ class StagedVideoPipeline(VideoPipeline):
         self.depth = depth or self.driver.stages + 1
         self._flow = threading.Condition()
         self._listeners: list[Callable[[], None]] = []
+        self.last_step_service: float | None = None  # see module docstring; None until the stages answered once
 
     # ------------------------------------------------------------------ states
     def create_state(self, config=None, params=None) -> VideoState:
@@ -149,10 +157,15 @@ class StagedVideoPipeline(VideoPipeline):
         """Encode every chunk the buffered frames complete (a checkpoint undoes this), then hand them all over (nothing undoes that)."""
         self.driver.check()
         entered: list[tuple[VideoState, ChunkInFlight]] = []
+        encoding = 0.0
         while ready := [s for s in states if len(s.pending_frames) >= s.frames_needed]:
             with _timed(self.device) as work:
                 entered += zip(ready, self._enter_chunks(ready))
             self.driver.note_rank0_work(work.result)
+            encoding += work.seconds
+        row_seconds = self.driver.row_seconds
+        rows = sum(chunk.num_steps for _, chunk in entered)
+        self.last_step_service = None if row_seconds is None else rows * row_seconds + encoding
         for state, chunk in entered:
             self._hand_over(state, chunk)
         return [self._take_outputs(state) for state in states]
@@ -229,3 +242,11 @@ class _timed:
             self.result = (self._start, end)
         else:
             self.result = time.perf_counter() - self._began
+
+    @property
+    def seconds(self) -> float:
+        """The time, if known without waiting (a GPU's events may still be pending: 0 then)."""
+        if isinstance(self.result, tuple):
+            start, end = self.result
+            return start.elapsed_time(end) / 1e3 if end.query() else 0.0
+        return self.result

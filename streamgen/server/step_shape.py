@@ -183,6 +183,8 @@ def step_shape_of_state(state: Any, new_frames: int, settings_shape: StreamShape
         needed = getattr(state, "frames_needed", 1)
         if pending + new_frames < needed:
             return StepShape(unit.bucket, 0, 1)
+        if getattr(state, "ring", None) is not None:  # pipeline stages: the chunk's every step is handed over now
+            return StepShape(unit.bucket, shape.steps, 1)
         if shape.stream_batch:
             in_flight = len(getattr(state, "in_flight", ()))
             return StepShape(unit.bucket, min(in_flight + 1, shape.steps), 1)

@@ -482,7 +482,7 @@ class ModelWorker:
             with self._cond:
                 self._step_started = None
                 self._cond.notify_all()
-        self.learn(shapes, seconds)
+        self.learn(shapes, self._service_seconds(seconds))
         self._metrics.observe_step(self.name, seconds, len(entries), late=len(prepared.plan.late), deferred=len(prepared.plan.deferred))
         self._hand_to_output(_Finished(members, outcomes))
 
@@ -491,6 +491,11 @@ class ModelWorker:
             self._cond.wait_for(lambda: self._stopping or len(self._finished) < 2)
             self._finished.append(finished)
             self._cond.notify_all()
+
+    def _service_seconds(self, wall: float) -> float:
+        """What the step cost the model: its wall time, or what a pipeline that hands work over (stages) says it cost."""
+        service = getattr(self.pipeline, "last_step_service", None)
+        return wall if service is None else service
 
     def learn(self, shapes: list[StepShape], seconds: float) -> None:
         """Feed the latency model: only steps of one bucket and one pass count are unambiguous samples."""

@@ -15,6 +15,7 @@ from av import VideoFrame
 from streamgen.models.loading.video_presets import build_tiny_video_model
 from streamgen.pipeline.video import VideoPipeline
 from streamgen.pipeline.video_loading import video_pipeline_for
+from streamgen.pipeline.video_staged import StagedVideoPipeline
 from streamgen.sched import Slo
 from streamgen.server.metrics import ServerMetrics
 from streamgen.server.pipelines import create_session_state
@@ -120,10 +121,25 @@ class _Client:
         self.slot.put(frame, FrameTag(frame.pts, frame.time_base, time.monotonic(), index))
 
 
-async def test_the_worker_delivers_frames_that_finish_after_the_last_input() -> None:
-    """A step hands the chunk over and returns; its frames must still reach the session without another input frame."""
+class _SlowHandOver(StagedVideoPipeline):
+    """Every step takes a second longer than its work: the wall time a step takes is not what the stages cost."""
+
+    def step(self, states, frames, tags=None):
+        time.sleep(STEP_DELAY)
+        return super().step(states, frames, tags)
+
+
+STEP_DELAY = 1.0
+
+
+async def test_the_worker_delivers_frames_that_finish_after_the_last_input_and_learns_the_stages_cost() -> None:
+    """A step hands the chunk over and returns; its frames must still reach the session without another input frame.
+
+    And the latency model (admission control) learns what the rows cost the
+    stages, not how long the step call took.
+    """
     with staged_tiny(2, 2, rebalance=False) as model:
-        pipeline = video_pipeline_for(model)
+        pipeline = _SlowHandOver(model)
         worker = ModelWorker(pipeline, "staged", ServerMetrics())
         worker.start(asyncio.get_running_loop())
         try:
@@ -132,7 +148,7 @@ async def test_the_worker_delivers_frames_that_finish_after_the_last_input() -> 
             client = _Client(state)
             shape = StreamShape("video", SIZE, SIZE, 1, 2, True)
             worker.attach(client, worker.reserve(shape, Slo(deadline_s=30.0)))
-            for index in range(5):  # two chunks: frame 0, then frames 1..4; nothing after
+            for index in range(9):  # three chunks: frame 0, frames 1..4, frames 5..8; nothing after
                 client.feed(index)
                 worker.notify()
                 deadline = time.monotonic() + 30
@@ -140,11 +156,16 @@ async def test_the_worker_delivers_frames_that_finish_after_the_last_input() -> 
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.01)
             deadline = time.monotonic() + 60
-            while len(client.delivered) < 5:
-                assert time.monotonic() < deadline, f"only {len(client.delivered)} of 5 frames arrived"
+            while len(client.delivered) < 9:
+                assert time.monotonic() < deadline, f"only {len(client.delivered)} of 9 frames arrived"
                 await asyncio.sleep(0.02)
-            assert [f.tag.index for f in client.delivered] == list(range(5))
+            assert [f.tag.index for f in client.delivered] == list(range(9))
             assert client.failures == []
+            learned = worker.latency.samples(shape.bucket)[2]  # a chunk of a 2-step stream: 2 rows
+            # The first chunk's step had no stage measurement yet (its wall time counts); the later ones count the
+            # stages' service time, far below the STEP_DELAY every step took.
+            assert pipeline.driver.row_seconds is not None
+            assert learned < STEP_DELAY, learned
         finally:
             worker.stop()
             worker.join(10)
