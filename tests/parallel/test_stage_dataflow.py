@@ -6,11 +6,8 @@ import asyncio
 import os
 import signal
 import time
-from fractions import Fraction
 
-import numpy as np
 import torch
-from av import VideoFrame
 
 from streamgen.models.loading.video_presets import build_tiny_video_model
 from streamgen.pipeline.video import VideoPipeline
@@ -19,10 +16,10 @@ from streamgen.pipeline.video_staged import StagedVideoPipeline
 from streamgen.sched import Slo
 from streamgen.server.metrics import ServerMetrics
 from streamgen.server.pipelines import create_session_state
-from streamgen.server.slot import FrameTag, LatestFrames
 from streamgen.server.step_shape import StreamShape
 from streamgen.server.worker import ModelWorker
 
+from ..server.worker_client import Client
 from .staging import SIZE, input_frames, reference_frames, staged_tiny, stream_frames
 
 
@@ -95,32 +92,6 @@ def test_a_staged_model_needs_the_staged_pipeline() -> None:
             raise AssertionError("VideoPipeline accepted a staged model")
 
 
-class _Client:
-    def __init__(self, state) -> None:
-        self.slot = LatestFrames(1)  # a video session steps on every frame
-        self.state = state
-        self.closed = False
-        self.delivered: list = []
-        self.failures: list = []
-
-    def consumer_count(self) -> int:
-        return 1
-
-    def fallback_pts(self) -> int:
-        return 0
-
-    def deliver(self, frames, produced_at) -> None:
-        self.delivered.extend(frames)
-
-    def fail(self, error, is_user_error) -> None:
-        self.failures.append(error)
-
-    def feed(self, index: int) -> None:
-        frame = VideoFrame.from_ndarray(np.full((SIZE, SIZE, 3), 40 * index % 256, dtype=np.uint8), format="rgb24")
-        frame.pts, frame.time_base = index * 3000, Fraction(1, 90000)
-        self.slot.put(frame, FrameTag(frame.pts, frame.time_base, time.monotonic(), index))
-
-
 class _SlowHandOver(StagedVideoPipeline):
     """Every step takes a second longer than its work: the wall time a step takes is not what the stages cost."""
 
@@ -145,7 +116,7 @@ async def test_the_worker_delivers_frames_that_finish_after_the_last_input_and_l
         try:
             settings = {"width": SIZE, "height": SIZE, "prompt": "a fox", "num_inference_steps": 2}
             state = await asyncio.wrap_future(worker.submit(create_session_state, pipeline, settings))
-            client = _Client(state)
+            client = Client(state, SIZE)
             shape = StreamShape("video", SIZE, SIZE, 1, 2, True)
             worker.attach(client, worker.reserve(shape, Slo(deadline_s=30.0)))
             for index in range(9):  # three chunks: frame 0, frames 1..4, frames 5..8; nothing after

@@ -9,20 +9,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from fractions import Fraction
 
-import numpy as np
 import pytest
-from av import VideoFrame
 
 from streamgen.pipeline import ImagePipeline
 from streamgen.sched import Slo
-from streamgen.server.frame_convert import OutputFrame
 from streamgen.server.metrics import ServerMetrics
 from streamgen.server.pipelines import create_session_state, parse_update, warm_prompts
-from streamgen.server.slot import FrameTag, LatestFrames
 from streamgen.server.step_shape import StreamShape
 from streamgen.server.worker import ModelWorker
+
+from .worker_client import Client
 
 SETTINGS = {"width": 64, "height": 64, "prompt": "a lighthouse", "num_inference_steps": 1}  # one slot: output i depicts input i
 
@@ -40,34 +37,6 @@ class BlockingPipeline(ImagePipeline):
         self.entered.set()
         self.gate.wait(60)
         return super().step(states, frames, tags)
-
-
-class Client:
-    """The least a session offers the worker."""
-
-    def __init__(self, state) -> None:
-        self.slot = LatestFrames(1)
-        self.state = state
-        self.closed = False
-        self.delivered: list[OutputFrame] = []
-        self.failures: list[BaseException] = []
-
-    def consumer_count(self) -> int:
-        return 1
-
-    def fallback_pts(self) -> int:
-        return 0
-
-    def deliver(self, frames, produced_at) -> None:
-        self.delivered.extend(frames)
-
-    def fail(self, error, is_user_error) -> None:
-        self.failures.append(error)
-
-    def feed(self, index: int) -> None:
-        frame = VideoFrame.from_ndarray(np.full((64, 64, 3), index % 256, dtype=np.uint8), format="rgb24")
-        frame.pts, frame.time_base = index * 3000, Fraction(1, 90000)
-        self.slot.put(frame, FrameTag(frame.pts, frame.time_base, time.monotonic(), index))
 
 
 SHAPE = StreamShape("image", 64, 64, 1, 1, True)
