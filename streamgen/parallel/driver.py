@@ -51,7 +51,7 @@ from ..models.video.causal_wan import CacheSegment
 from ..sched.blocks import BlockBalancer, BlockSplit, StageTiming
 from .errors import StageFailure
 from .handles import ShardedContext, ShardedDecoder, ShardedKVCache
-from .messages import Message, Sender, receive
+from .messages import Message, Sender, receive, return_group
 from .rebalance import exchange_blocks
 from .rows import StageRow, take_micro_batch
 from .stage_loop import apply_control
@@ -384,7 +384,7 @@ class StageDriver:
         last = self.stages - 1
         while True:
             try:
-                message = receive(last, self.comm_device)
+                message = receive(last, self.comm_device, return_group())
             except RuntimeError as error:
                 if not self._closed:
                     self._fail(self._broken_link_reason(last, error))

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError, ModelLoadError
 from ..sched.blocks import BlockSplit
-from .messages import open_exchange_group
+from .messages import open_side_channels
 from .shard_loading import StageSource
 from .torchrun import torchrun_rank
 
@@ -120,7 +120,7 @@ def start_stage_group(launch: StageLaunch) -> StageGroup:
         if joined != (0, len(launch.devices)):
             raise ConfigError(f"torchrun started {joined[1]} ranks (this is rank {joined[0]}) but --devices names {len(launch.devices)}")
         dist.init_process_group(launch.backend, init_method="env://", rank=0, world_size=joined[1], timeout=timedelta(seconds=launch.rendezvous_timeout))
-        open_exchange_group(joined[1])
+        open_side_channels(joined[1])
         return StageGroup(launch, [])
     world = len(launch.devices)
     port = _free_port()
@@ -153,7 +153,7 @@ def start_stage_group(launch: StageLaunch) -> StageGroup:
                 launch.backend, init_method=init_method, rank=0, world_size=world,
                 timeout=timedelta(seconds=launch.rendezvous_timeout),
             )
-            open_exchange_group(world)
+            open_side_channels(world)
         except BaseException as error:  # noqa: BLE001  - re-raised below, in the caller's thread
             failure.append(error)
 

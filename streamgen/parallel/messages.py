@@ -40,10 +40,11 @@ class Message:
 class Sender:
     """Asynchronous sends to one peer with at most ``max_in_flight`` unfinished messages."""
 
-    def __init__(self, peer: int, device: torch.device, max_in_flight: int = 2) -> None:
+    def __init__(self, peer: int, device: torch.device, max_in_flight: int = 2, group: Any = None) -> None:
         self.peer = peer
         self.device = device
         self.max_in_flight = max_in_flight
+        self.group = group
         self._in_flight: deque[tuple[list[Any], list[torch.Tensor]]] = deque()
 
     def send(self, message: Message) -> None:
@@ -58,7 +59,7 @@ class Sender:
         body = torch.frombuffer(bytearray(json.dumps(described).encode("utf-8")), dtype=torch.uint8).to(self.device)
         header = torch.tensor([body.numel(), len(tensors)], dtype=torch.int64, device=self.device)
         parts = [header, body, *tensors]
-        works = [dist.isend(part, self.peer) for part in parts]
+        works = [dist.isend(part, self.peer, group=self.group) for part in parts]
         self._in_flight.append((works, parts))
 
     def flush(self) -> None:
@@ -72,39 +73,46 @@ class Sender:
             work.wait()
 
 
-def receive(peer: int, device: torch.device) -> Message:
+def receive(peer: int, device: torch.device, group: Any = None) -> Message:
     """The next message from ``peer`` (blocks)."""
     header = torch.empty(HEADER_INTS, dtype=torch.int64, device=device)
-    dist.recv(header, peer)
+    dist.recv(header, peer, group=group)
     length, count = (int(v) for v in header.tolist())
     body = torch.empty(length, dtype=torch.uint8, device=device)
-    dist.recv(body, peer)
+    dist.recv(body, peer, group=group)
     described = json.loads(bytes(body.cpu().numpy()).decode("utf-8"))
     if len(described["tensors"]) != count:
         raise RuntimeError(f"a stage message announced {count} tensors but describes {len(described['tensors'])}")
     tensors = []
     for dtype_name, shape in described["tensors"]:
         tensor = torch.empty(shape, dtype=DTYPES[dtype_name], device=device)
-        dist.recv(tensor, peer)
+        dist.recv(tensor, peer, group=group)
         tensors.append(tensor)
     return Message(described["op"], described["meta"], tensors)
 
 
-_exchange_group: Any = None
+_groups: dict[str, Any] = {}
 
 
-def open_exchange_group(world: int) -> None:
-    """Every rank calls this once, right after joining: a second channel for moving blocks (:mod:`.rebalance`).
+def open_side_channels(world: int) -> None:
+    """Every rank calls this once, right after joining (in the same order): the channels besides the ring.
 
-    Moves run beside the ring: on two stages the last rank's results and a
-    block it hands to rank 0 travel between the same two ranks, and on one
-    channel rank 0's result thread could take a block's tensor for a message
-    header. A separate group keeps the two streams of tensors apart (gloo
-    and NCCL alike).
+    - **return**: the last rank's results to rank 0. On two stages the ring
+      (0 → 1) and the results (1 → 0) join the same two ranks; rank 0 sends
+      from one thread and receives on another, and on one NCCL communicator
+      a receive waiting for data would hold up the send queued behind it
+      while the peer waits for that send. Separate groups are separate
+      communicators;
+    - **exchange**: blocks moved by a rebalance (:mod:`.rebalance`), beside
+      both, so that no receiver takes a block's tensor for a message header.
     """
-    global _exchange_group
-    _exchange_group = dist.new_group(list(range(world)))
+    for name in ("return", "exchange"):
+        _groups[name] = dist.new_group(list(range(world)))
+
+
+def return_group() -> Any:
+    return _groups.get("return")
 
 
 def exchange_group() -> Any:
-    return _exchange_group
+    return _groups.get("exchange")

@@ -22,7 +22,7 @@ import torch
 from ..models.video.causal_wan import EmbeddedChunk
 from ..models.video.flow import flow_x0
 from ..sched.blocks import BlockSplit
-from .messages import Message, Sender, receive
+from .messages import Message, Sender, receive, return_group
 from .stage_shard import RowContexts, SegmentSpec, StageShard, shard_inventory
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def run_stage(rank: int, shard: StageShard, split: BlockSplit, comm_device: torc
     """Serve as stage ``rank`` (>= 1) until a shutdown message arrives."""
     stages = split.stages
     last = rank == stages - 1
-    sender = Sender(0 if last else rank + 1, comm_device)
+    sender = Sender(0, comm_device, group=return_group()) if last else Sender(rank + 1, comm_device)
     while True:
         message = receive(rank - 1, comm_device)
         if message.op == "shutdown":

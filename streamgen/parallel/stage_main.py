@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     from ..sched.blocks import BlockSplit  # noqa: PLC0415
-    from .messages import open_exchange_group  # noqa: PLC0415
+    from .messages import open_side_channels  # noqa: PLC0415
     from .shard_loading import StageRole, StageSource, build_stage_shard  # noqa: PLC0415
     from .stage_loop import run_stage  # noqa: PLC0415
 
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
         config["backend"], init_method=config["init_method"], rank=rank, world_size=world,
         timeout=timedelta(seconds=float(config.get("timeout", 600))),
     )
-    open_exchange_group(world)
+    open_side_channels(world)
     comm_device = device if config["backend"] == "nccl" else torch.device("cpu")
     try:
         run_stage(rank, shard, split, comm_device)

@@ -42,7 +42,7 @@ def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined:
     from ..models.loading.device import resolve_dtype  # noqa: PLC0415
     from ..models.loading.video_presets import VIDEO_PRESETS  # noqa: PLC0415
     from ..sched.blocks import BlockSplit  # noqa: PLC0415
-    from .messages import open_exchange_group  # noqa: PLC0415
+    from .messages import open_side_channels  # noqa: PLC0415
     from .shard_loading import StageRole, StageSource, build_stage_shard  # noqa: PLC0415
     from .staged_model import _num_blocks  # noqa: PLC0415
     from .stage_loop import run_stage  # noqa: PLC0415
@@ -63,7 +63,7 @@ def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined:
         shard = build_stage_shard(source, StageRole(rank, world, blocks.start, blocks.stop), device, resolve_dtype(dtype, device))
     backend = "nccl" if all(d.startswith("cuda") for d in devices) else "gloo"
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timedelta(minutes=10))
-    open_exchange_group(world)
+    open_side_channels(world)
     try:
         run_stage(rank, shard, split, device if backend == "nccl" else torch.device("cpu"))
     finally:
