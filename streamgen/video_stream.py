@@ -14,6 +14,11 @@ later. ``stream(frame)`` therefore always returns a *list* of frames (each
 of the input's kind: numpy array, torch tensor or ``av.VideoFrame`` with the
 pts of the input frame it depicts). Many ``VideoStream`` objects may share
 one :class:`~streamgen.pipeline.video.VideoPipeline`; each keeps its own state.
+
+With ``devices=[...]`` (pipeline stages) a call hands the chunk to the
+stages and returns at once with the frames finished since the last call,
+so outputs arrive a call or more later than in one process; :meth:`flush`
+waits for all of them.
 """
 
 from __future__ import annotations
