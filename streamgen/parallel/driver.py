@@ -49,7 +49,7 @@ import torch
 from ..errors import InputError
 from ..models.video.causal_wan import CacheSegment
 from ..sched.blocks import BlockBalancer, BlockSplit, StageTiming
-from .errors import StageFailure
+from .errors import StageFailure, StreamFault
 from .handles import ShardedContext, ShardedDecoder, ShardedKVCache
 from .messages import Message, Sender, receive, return_group
 from .rebalance import exchange_blocks
@@ -305,6 +305,7 @@ class StageDriver:
                 staged.append(StageRow(
                     latents[row : row + 1], timesteps[row : row + 1], cache.row_view(offset, offset + 1),
                     contexts.row(row), results[row].set_result, write=write,
+                    on_error=lambda reason, future=results[row]: future.set_exception(StreamFault(reason)),
                 ))
                 row += 1
         self.submit(staged)
@@ -337,9 +338,9 @@ class StageDriver:
                     self._run_micro_batch(batch)
             except StageFailure:
                 pass  # already failed: callers see it at their next call
-            except Exception as error:  # noqa: BLE001  - rank 0's own forward broke: no stream can go on consistently
-                logger.exception("pipeline stage 0 failed")
-                self._fail(f"stage rank 0 failed: {type(error).__name__}: {error}")
+            except Exception as error:  # noqa: BLE001  - rank 0's forward raised before committing or sending: only these rows
+                logger.exception("pipeline stage 0 failed on a micro-batch")
+                self._fail_rows(batch, f"stage rank 0 failed: {type(error).__name__}: {error}")
 
     def _run_micro_batch(self, batch: list[StageRow]) -> None:
         """Embed the rows, run rank 0's blocks, send the hidden states on (the lock keeps control messages out of the middle)."""
@@ -392,7 +393,7 @@ class StageDriver:
             if message.op == "bye":
                 return
             if message.op == "error":
-                self._fail(f"stage rank {message.meta.get('rank')} failed: {message.meta.get('error')}")
+                self._row_error(message.meta.get("item"), f"stage rank {message.meta.get('rank')} failed: {message.meta.get('error')}")
             elif message.op == "inventory":
                 future = self._answers.pop(message.meta["item"], None)
                 if future is not None and not future.done():
@@ -428,6 +429,23 @@ class StageDriver:
     def _observe_service(self, seconds_per_row: float) -> None:
         old = self.row_seconds
         self.row_seconds = seconds_per_row if old is None else old + SERVICE_DECAY * (seconds_per_row - old)
+
+    def _row_error(self, item: int | None, reason: str) -> None:
+        """A rank's forward or decode raised: the rows of that micro-batch fail; a failed control operation fails all."""
+        flight = self._on_ring.pop(item, None) if item is not None else None
+        if flight is None:
+            self._fail(reason)
+            return
+        logger.error("pipeline stages: %s (the streams of that micro-batch end)", reason)
+        self._fail_rows(flight.rows, reason)
+
+    def _fail_rows(self, rows: Sequence[StageRow], reason: str) -> None:
+        if any(row.on_error is None for row in rows if not row.ticket.cancelled):
+            self._fail(reason)
+            return
+        for row in rows:
+            if not row.ticket.cancelled:
+                row.on_error(reason)
 
     def inventory(self) -> list[dict[str, Any]]:
         """What every rank holds: its blocks, parameter count, KV-cache bytes and decoders (asked through the ring)."""

@@ -47,7 +47,9 @@ class StageRow:
 
     ``on_result`` is called on rank 0's result thread with the flow
     prediction ``(1, C, T', h, w)`` float32, or, for a row with ``decode``,
-    the chunk's decoded frames ``(t, H, W, 3)`` uint8.
+    the chunk's decoded frames ``(t, H, W, 3)`` uint8. ``on_error`` gets the
+    reason instead when a rank's forward (or the decode) raised on the
+    row's micro-batch; without one, such an error fails every stream.
     """
 
     latents: torch.Tensor  # (1, C, T', h, w) at this step's noise level
@@ -56,6 +58,7 @@ class StageRow:
     context: ShardedContext  # one row
     on_result: Callable[[torch.Tensor], None]
     decode: DecodeRequest | None = None
+    on_error: Callable[[str], None] | None = None
     write: bool | None = None  # None: commit the chunk (the pipeline always does)
     ticket: RowTicket = field(default_factory=RowTicket)
 

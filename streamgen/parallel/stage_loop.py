@@ -7,8 +7,10 @@ passes the hidden states on; the last rank applies the output head, turns
 the rows that were a chunk's last step into clean latents and decodes them
 (it holds the VAE decoder and every stream's decode state), and sends the
 flow predictions and the decoded frames to rank 0. An exception in a
-forward becomes an ``error`` message that travels on to rank 0 (the driver
-fails every stream with its text).
+forward becomes an ``error`` message that travels on to rank 0, which ends
+the streams of that micro-batch with its text; the rank's shard is as it
+was (a forward commits only after its last block). A control operation
+that raises leaves the rank out of step: rank 0 fails every stream.
 """
 
 from __future__ import annotations

@@ -43,7 +43,10 @@ the stages' throughput.
 
 Undo: a step changes the stream on rank 0 (buffers, encoder cache, noise,
 generator) before it hands chunks over, and a checkpoint restores exactly
-that. What is on the ring is never undone; a stage fault ends every stream
+that. What is on the ring is never undone. A rank's forward or decode that
+raises ends the streams whose rows were in that micro-batch
+(:class:`~streamgen.parallel.errors.StreamFault` at their next step); a
+rank that dies or hangs ends every stream
 (:class:`~streamgen.parallel.errors.StageFailure`).
 """
 
@@ -61,6 +64,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.video.video_model import VideoModel
+from ..parallel.errors import StreamFault
 from ..parallel.rows import DecodeRequest, RowTicket, StageRow
 from .noise import flow_x0, model_timesteps
 from .output import StepOutput
@@ -89,6 +93,7 @@ class StreamRing:
 
     chunks: list[_ChunkOnStages] = field(default_factory=list)
     outputs: deque[StepOutput] = field(default_factory=deque)
+    failure: str | None = None  # the stages failed on its rows: the stream cannot go on
 
 
 class StagedVideoPipeline(VideoPipeline):
@@ -141,15 +146,28 @@ class StagedVideoPipeline(VideoPipeline):
         with self._flow:
             return len(state.ring.chunks)
 
+    def step(self, states, frames, tags=None) -> list[StepOutput]:
+        for state in states:
+            self._check_stream(state)
+        return super().step(states, frames, tags)
+
+    def _check_stream(self, state: VideoState) -> None:
+        """Raise :class:`StreamFault` for a stream whose rows the stages failed on (before anything changes)."""
+        failure = state.ring.failure if state.ring is not None else None
+        if failure is not None:
+            raise StreamFault(f"this stream cannot go on: {failure}")
+
     @torch.inference_mode()
     def flush(self, state: VideoState) -> StepOutput:
         """End of a finite stream: complete a partial chunk, hand it over and wait for every chunk of the stream."""
+        self._check_stream(state)
         self._pad_last_chunk(state)
         first = self._run_ready_chunks([state])[0]
         with self._flow:
             while state.ring.chunks:
                 self._flow.wait(WAIT_SECONDS)
                 self.driver.check()
+        self._check_stream(state)
         settle_checkpoint(state)
         return _concat_outputs([first, self._take_outputs(state)], self._empty_frames(state))
 
@@ -190,8 +208,22 @@ class StagedVideoPipeline(VideoPipeline):
             chunk.latents, timesteps, entry.cache.row_view(step, step + 1), chunk.context,
             functools.partial(self._on_result, entry),
             decode=DecodeRequest(entry.decoder.decoder_id, sigma) if last else None,
+            on_error=functools.partial(self._on_error, entry),
             ticket=entry.ticket,
         )
+
+    def _on_error(self, entry: _ChunkOnStages, reason: str) -> None:
+        """On the result thread: the stages failed on one of the stream's rows; its other chunks are dropped."""
+        ring = entry.state.ring
+        with self._flow:
+            if ring.failure is None:
+                ring.failure = reason
+            for other in ring.chunks:
+                other.ticket.cancelled = True
+            ring.chunks.clear()
+            self._flow.notify_all()
+        for listener in self._listeners:
+            listener()
 
     def _on_result(self, entry: _ChunkOnStages, result: torch.Tensor) -> None:
         """On the result thread: a flow prediction moves the chunk to its next step; decoded frames finish it."""

@@ -7,9 +7,12 @@ import os
 import signal
 import time
 
+import pytest
 import torch
 
 from streamgen.models.loading.video_presets import build_tiny_video_model
+from streamgen.parallel.errors import StreamFault
+from streamgen.parallel.messages import Message
 from streamgen.pipeline.video import VideoPipeline
 from streamgen.pipeline.video_loading import video_pipeline_for
 from streamgen.pipeline.video_staged import StagedVideoPipeline
@@ -140,3 +143,52 @@ async def test_the_worker_delivers_frames_that_finish_after_the_last_input_and_l
         finally:
             worker.stop()
             worker.join(10)
+
+
+def _fail_next_forward_of(driver, cache_id: int) -> dict:
+    """Make rank 1 raise on the next micro-batch of cache ``cache_id`` (it names a cache rank 1 does not hold)."""
+    original, switch = driver._send_raw, {"armed": False}
+
+    def send(message: Message) -> None:
+        if switch["armed"] and message.op == "forward" and message.meta["segments"][0][0] == cache_id:
+            switch["armed"] = False
+            segments = [[10**6, *message.meta["segments"][0][1:]]]
+            message = Message("forward", {**message.meta, "segments": segments}, message.tensors)
+        original(message)
+
+    driver._send_raw = send
+    return switch
+
+
+def test_a_forward_that_fails_on_one_stream_ends_that_stream_and_the_others_go_on() -> None:
+    frames_a, frames_b = input_frames(seed=1), input_frames(seed=2)
+    expected_a = stream_frames(build_tiny_video_model(seed=0, layers=2), stream_batch=True, frames=frames_a, seed=1)
+    with staged_tiny(2, 2, rebalance=False) as model:
+        driver = model.stages.driver
+        driver.max_rows = 1  # one row per micro-batch, so the fault meets stream B's rows only
+        pipeline = video_pipeline_for(model)
+        a = pipeline.create_state({"width": SIZE, "height": SIZE}, {"prompt": "a red fox", "num_inference_steps": 2, "seed": 1})
+        b = pipeline.create_state({"width": SIZE, "height": SIZE}, {"prompt": "a red fox", "num_inference_steps": 2, "seed": 2})
+        switch = _fail_next_forward_of(driver, b.cache.cache_id)
+        outputs, faults = [], []
+        for index, (frame_a, frame_b) in enumerate(zip(frames_a, frames_b)):
+            switch["armed"] |= index == 10
+            if not faults:
+                try:
+                    outputs.append(pipeline.step([a, b], [frame_a, frame_b])[0].frames)
+                    continue
+                except StreamFault as fault:  # raised before anything changed: A steps again alone
+                    faults.append(fault)
+            outputs.append(pipeline.step([a], [frame_a])[0].frames)
+        outputs.append(pipeline.flush(a).frames)
+        if not faults:
+            with pytest.raises(StreamFault) as raised:
+                pipeline.flush(b)
+            faults.append(raised.value)
+        assert "stage rank 1 failed: KeyError" in str(faults[0])
+        assert driver.failure is None  # the stages go on
+        with pytest.raises(StreamFault):
+            pipeline.step([b], [frames_b[0]])
+    got = torch.cat(outputs)
+    assert got.shape == expected_a.shape  # every frame of A came out
+    assert (got.int() - expected_a.int()).abs().max() <= 1  # A shared VAE encode calls with B until the fault, as in one process
