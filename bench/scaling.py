@@ -98,15 +98,21 @@ def paced_latency(model: Any, frames: list[torch.Tensor], size: int, steps: int,
 
 
 def measured(settings: argparse.Namespace) -> list[dict[str, Any]]:
-    from streamgen.models.loading.video_presets import build_tiny_video_model
+    from streamgen.models.loading.video_presets import build_tiny_video_model, load_video_model
     from streamgen.parallel.staged_model import load_staged_video_model
 
-    torch.set_num_threads(1)
+    tiny = settings.model == "tiny-video"
+    if not settings.cuda:
+        torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
     frames = [torch.randint(0, 256, (1, settings.size, settings.size, 3), generator=generator, dtype=torch.uint8) for _ in range(settings.frames)]
     rows = []
-    dit = _dit_sizes(settings.width)
-    one = build_tiny_video_model(seed=0, layers=settings.layers, dit=dit)
+    dit = _dit_sizes(settings.width) if tiny else None
+    device = "cuda:0" if settings.cuda else "cpu"
+    if tiny:
+        one = build_tiny_video_model(seed=0, layers=settings.layers, dit=dit, device=device)
+    else:  # the real architecture with random weights (a stage seeds its blocks itself: frames are not comparable)
+        one = load_video_model(settings.model, weights="dummy", device=device, dtype="auto")
     fps, latencies, reference = measure_stream(one, frames, settings.size, settings.steps)
     params = sum(p.numel() for p in one.transformer.parameters())
     pace = settings.pace * fps  # a live source the one process keeps up with
@@ -114,8 +120,10 @@ def measured(settings: argparse.Namespace) -> list[dict[str, Any]]:
                  "equal": True, "rank_params": [params]})
     del one
     for ranks in settings.ranks:
+        devices = [f"cuda:{i}" for i in range(ranks)] if settings.cuda else ["cpu"] * ranks
+        options = {"layers": settings.layers, "tiny_dit": dit} if tiny else {"weights": "dummy"}
         staged = load_staged_video_model(
-            "tiny-video", ["cpu"] * ranks, layers=settings.layers, tiny_dit=dit, threads=1, rebalance=not settings.no_rebalance,
+            settings.model, devices, threads=None if settings.cuda else 1, rebalance=not settings.no_rebalance, **options,
         )
         try:
             fps, latencies, out = measure_stream(staged, frames, settings.size, settings.steps)
@@ -126,7 +134,7 @@ def measured(settings: argparse.Namespace) -> list[dict[str, Any]]:
         finally:
             staged.stages.close()
         rows.append({
-            "ranks": ranks, "fps": round(fps, 2), **_latency(latencies), **paced, "equal": bool(torch.equal(out, reference)), "peak_on_ring": peak,
+            "ranks": ranks, "fps": round(fps, 2), **_latency(latencies), **paced, "equal": bool(torch.equal(out.cpu(), reference.cpu())) if tiny else None, "peak_on_ring": peak,
             "split": split, "rank_params": [r["parameters"] for r in inventory], "rank_vae_params": [r["vae_parameters"] for r in inventory],
             "rank_kv_bytes": [r["kv_cache_bytes"] for r in inventory],
         })
@@ -179,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="denoising steps = stream batch rows (default 2)")
     parser.add_argument("--frames", type=int, default=289, help="input frames (default 289: enough micro-batches for the balancer to settle)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[2], help="CPU rank counts to measure (default 2)")
+    parser.add_argument("--cuda", action="store_true", help="ranks on cuda:0, cuda:1, ... (one process on cuda:0) instead of CPU ranks")
+    parser.add_argument("--model", default="tiny-video", help="tiny-video (default), or a Wan preset run with dummy weights (GPU)")
     parser.add_argument("--pace", type=float, default=0.8, help="live-source rate for the latency run, as a share of one process's fps (default 0.8)")
     parser.add_argument("--width", type=int, default=768, help="DiT width, a multiple of 64 (default 768: the DiT takes ~60 %% of the time, as in Wan; 0 = tiny-video's own 48, where the VAE takes 95 %%)")
     parser.add_argument("--no-rebalance", action="store_true", help="keep the even split (the block balancer moves blocks by default)")
@@ -189,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine(), "settings": vars(args)}
     if not args.skip_measure:
         report["measured"] = measured(args)
-        width = f", width {args.width}" if args.width else ""
-        print(f"measured here: tiny-video, {args.layers} blocks{width}, {args.size}x{args.size}, {args.steps} steps, 1 thread per rank")
+        width = f", {args.layers} blocks, width {args.width or 48}" if args.model == "tiny-video" else ", dummy weights"
+        where = "GPU ranks" if args.cuda else "1 thread per CPU rank"
+        print(f"measured here: {args.model}{width}, {args.size}x{args.size}, {args.steps} steps, {where}")
         print(table(report["measured"], [("ranks", "ranks"), ("fps", "fps"), ("speedup", "x"), ("latency_ms_p50", "flat-out p50 ms"), ("paced_fps", "live fps"), ("paced_ms_p50", "live p50 ms"), ("paced_ms_p99", "live p99 ms"), ("equal", "frames equal"), ("peak_on_ring", "peak on ring"), ("split", "split"), ("rank_params", "DiT params per rank"), ("rank_vae_params", "VAE params per rank")]))
     report["projected"] = projected([1, 2, 4, 8], [1, 4])
     print("\nprojected (published 1xH100 figures, NVLink; see bench/scaling_projection.py):")
