@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if joined is not None and joined[0] != 0:  # a torchrun rank other than 0 serves only its pipeline stage
         from ..parallel.torchrun import run_torchrun_stage  # noqa: PLC0415
 
-        return run_torchrun_stage(args.model, _devices_flag(args.devices), args.dtype, joined)
+        return run_torchrun_stage(args.model, _devices_flag(args.devices), args.dtype, joined, args.acceleration)
     # The port is taken first (before torch and the model load, for seconds) and handed
     # to aiohttp: a port in use is one line at once, and nothing can take it in between.
     sockets = open_listening_sockets(args.host, args.port)

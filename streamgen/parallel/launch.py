@@ -46,6 +46,7 @@ class StageLaunch:
     split: BlockSplit
     dtype: str = "float32"
     threads: int | None = None  # per rank (CPU ranks)
+    acceleration: str = "none"  # or "compile": every rank compiles its blocks
     rendezvous_timeout: float = 600.0
     env: dict[str, str] = field(default_factory=dict)
 
@@ -137,6 +138,7 @@ def start_stage_group(launch: StageLaunch) -> StageGroup:
             "source": launch.source.to_json(),
             "bounds": list(launch.split.bounds),
             "threads": launch.threads,
+            "acceleration": launch.acceleration,
             "timeout": launch.rendezvous_timeout,
             "parent_pid": os.getpid(),
         }

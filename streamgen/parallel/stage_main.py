@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
     dtype = getattr(torch, config["dtype"])
     with torch.inference_mode():
         shard = build_stage_shard(StageSource.from_json(config["source"]), role, device, dtype)
+    shard.accelerate(config.get("acceleration", "none"))
     dist.init_process_group(
         config["backend"], init_method=config["init_method"], rank=rank, world_size=world,
         timeout=timedelta(seconds=float(config.get("timeout", 600))),

@@ -70,7 +70,9 @@ class StageShard:
 
     def __init__(self, model: CausalWanTransformer, blocks: range, vae: StreamingWanVAE | None = None) -> None:
         self.model = model
-        self.blocks = blocks
+        self._blocks = blocks
+        self.acceleration = "none"
+        self._core: Any = None
         self.caches: dict[int, RollingKVCache] = {}
         self.contexts: dict[int, CrossAttentionContext] = {}
         self.vae = vae
@@ -79,6 +81,36 @@ class StageShard:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def blocks(self) -> range:
+        return self._blocks
+
+    @blocks.setter
+    def blocks(self, blocks: range) -> None:
+        """A rebalance gave the rank other blocks: a compiled core is made again for them (on first use)."""
+        self._blocks = blocks
+        self._core = None
+
+    def accelerate(self, acceleration: str) -> None:
+        """``"compile"``: the rank's blocks run as one torch.compile graph (planning and committing stay eager)."""
+        if acceleration not in ("none", "compile"):
+            raise ValueError(f"pipeline stages run eager or compiled blocks, not {acceleration!r}")
+        self.acceleration = acceleration
+        self._core = None
+
+    def _blocks_core(self) -> Any:
+        """The rank's layers over plain tensors (what one graph captures), compiled once per block range."""
+        if self._core is None:
+            from ..runtime.compile_backend import compiled_call  # noqa: PLC0415
+
+            model, blocks = self.model, self._blocks
+
+            def layers(x, modulation, context, planned, grid_h, grid_w):
+                return model.run_blocks(x, modulation, context, model.planned_attention(planned, grid_h, grid_w), blocks)
+
+            self._core = compiled_call(f"stage blocks {blocks.start}-{blocks.stop - 1}", layers)
+        return self._core
 
     # ---------------------------------------------------------------- caches
     def new_cache(self, cache_id: int, rows: int, latent_h: int, latent_w: int, options: dict[str, Any]) -> RollingKVCache:
@@ -151,8 +183,11 @@ class StageShard:
         """This rank's blocks over hidden states ``x`` (B, T, tokens, dim); commits the chunk into the caches."""
         cache_segments = [self._segment(spec) for spec in segments]
         layouts, planned = plan_segments(cache_segments, frames)
-        attend = self.model.planned_attention(planned, *grid)
-        out = self.model.run_blocks(x, modulation, self.row_context(rows), attend, self.blocks)
+        context = self.row_context(rows)
+        if self.acceleration == "compile":
+            out = self._blocks_core()(x, modulation, context, planned, *grid)
+        else:
+            out = self.model.run_blocks(x, modulation, context, self.model.planned_attention(planned, *grid), self.blocks)
         commit_segments(cache_segments, layouts)
         return out
 
@@ -184,5 +219,7 @@ def shard_inventory(shard: StageShard, rank: int, vae: torch.nn.Module | None = 
         "decoders": len(shard.decoders),
         "kv_cache_bytes": shard.cache_bytes(),
         "contexts": len(shard.contexts),
+        "acceleration": shard.acceleration,
+        "compiled": shard._core is not None,
         "device_allocated_bytes": memory,
     }

@@ -30,6 +30,8 @@ from .shard_loading import StageRole, StageSource, build_stage_transformer, keep
 from .stage_shard import StageShard
 
 logger = logging.getLogger(__name__)
+STAGE_ACCELERATIONS = ("none", "compile")
+COMPILE_RESULT_TIMEOUT = 900.0
 
 
 class StagedTransformer:
@@ -79,6 +81,7 @@ class StagedTransformer:
             "stages": self.driver.stages,
             "devices": list(self.group.launch.devices),
             "split": list(self.driver.split.bounds),
+            "acceleration": self.driver.shard.acceleration,
             "rebalances": self.driver.rebalances,
             "micro_batches": self.driver.micro_batches,
             "peak_micro_batches_on_ring": self.driver.peak_on_ring,
@@ -135,12 +138,17 @@ def load_staged_video_model(
     result_timeout: float = 60.0,
     threads: int | None = None,
     tiny_dit: dict[str, int] | None = None,
+    acceleration: str = "none",
 ) -> VideoModel:
     """``model`` (a video preset) with its DiT blocks split over ``devices`` (see module docstring)."""
     from ..models.loading.device import resolve_dtype  # noqa: PLC0415
     from ..models.loading.video_presets import VIDEO_PRESETS  # noqa: PLC0415
 
     devices = parse_devices(devices)
+    if acceleration not in STAGE_ACCELERATIONS:
+        raise ConfigError(
+            f"acceleration {acceleration!r} does not run with pipeline stages; use compile (each rank compiles its blocks) or none"
+        )
     if len(devices) < 2:
         raise ConfigError("pipeline stages need at least two devices")
     preset = VIDEO_PRESETS.get(model)
@@ -157,7 +165,7 @@ def load_staged_video_model(
     block_split = split if isinstance(split, BlockSplit) else (BlockSplit(tuple(split)) if split else BlockSplit.even(num_blocks, len(devices)))
     if block_split.stages != len(devices) or block_split.num_blocks != num_blocks:
         raise ConfigError(f"block split {list(block_split.bounds)} does not fit {num_blocks} blocks on {len(devices)} devices")
-    launch = StageLaunch(devices, source, block_split, str(torch_dtype).removeprefix("torch."), threads)
+    launch = StageLaunch(devices, source, block_split, str(torch_dtype).removeprefix("torch."), threads, acceleration=acceleration)
     logger.info("starting %d pipeline stages on %s (blocks %s)", len(devices), ", ".join(devices), list(block_split.bounds))
     group = start_stage_group(launch)
     role = StageRole(0, len(devices), *_bounds(block_split, 0))
@@ -165,9 +173,13 @@ def load_staged_video_model(
         video = _driver_side(source, preset, role, device, torch_dtype)
     keep_vae_half(video.vae, "encoder")  # the last rank decodes
     local = video.transformer
+    shard = StageShard(local, role.blocks)
+    shard.accelerate(acceleration)
     driver = StageDriver(
-        StageShard(local, role.blocks), block_split, device if launch.backend == "nccl" else torch.device("cpu"),
-        liveness=group.liveness, result_timeout=result_timeout, balancer=BlockBalancer(block_split) if rebalance else None,
+        shard, block_split, device if launch.backend == "nccl" else torch.device("cpu"),
+        liveness=group.liveness, balancer=BlockBalancer(block_split) if rebalance else None,
+        # a rank that compiles a graph answers late, not never: the first graphs of a large model take minutes
+        result_timeout=max(result_timeout, COMPILE_RESULT_TIMEOUT) if acceleration == "compile" else result_timeout,
         encoder_vae=video.vae.vae,
     )
     staged = StagedTransformer(local, driver, group)

@@ -31,7 +31,7 @@ def torchrun_rank() -> tuple[int, int] | None:
     return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
 
 
-def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined: tuple[int, int]) -> int:
+def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined: tuple[int, int], acceleration: str = "none") -> int:
     """Serve as stage ``rank`` of a torchrun job (see module docstring); returns the exit code."""
     from datetime import timedelta  # noqa: PLC0415
 
@@ -61,6 +61,7 @@ def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined:
     blocks = split.blocks_of(rank)
     with torch.inference_mode():
         shard = build_stage_shard(source, StageRole(rank, world, blocks.start, blocks.stop), device, resolve_dtype(dtype, device))
+    shard.accelerate(acceleration)
     backend = "nccl" if all(d.startswith("cuda") for d in devices) else "gloo"
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timedelta(minutes=10))
     open_side_channels(world)

@@ -63,15 +63,13 @@ def _staged_pipeline(model: Any, devices: list[str], acceleration: Any, spec: di
         model = model.source
     if not isinstance(model, str):
         raise ConfigError("pipeline stages load the model themselves: pass a video preset name, not a loaded model")
-    if acceleration and acceleration != "none":
-        raise ConfigError(f"acceleration {acceleration!r} does not run with pipeline stages yet; use --acceleration none with --devices")
     if spec.pop("device", "auto") not in ("auto", None):
         raise ConfigError("give either device or devices, not both")
     for ignored in ("vae", "fuse_lora"):
         spec.pop(ignored, None)
     if spec.pop("lora", None):
         raise ConfigError("LoRAs are not supported for video models yet; remove the lora option")
-    return video_pipeline_for(load_staged_video_model(model, devices, **spec))
+    return video_pipeline_for(load_staged_video_model(model, devices, acceleration=acceleration or "none", **spec))
 
 
 def video_pipeline_for(model: Any) -> VideoPipeline:

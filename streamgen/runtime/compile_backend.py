@@ -128,6 +128,16 @@ class CompileBackend:
 
 
 # ---------------------------------------------------------------------- parts
+def compiled_call(what: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call`` compiled as one graph (no CUDA graphs: it writes caches in place), failures raised as EngineError naming ``what``.
+
+    For the layers of a pipeline stage (:mod:`streamgen.parallel`), which
+    compile their own part of the DiT the way :meth:`accelerate_video`
+    compiles the whole chunk core.
+    """
+    return _Compiled(what, call, cuda=False, mark_rows=False)
+
+
 class _Compiled:
     """``torch.compile(call, fullgraph=True)`` whose first dim is dynamic; failures become EngineError naming ``what``.
 

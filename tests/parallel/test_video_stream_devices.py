@@ -37,7 +37,7 @@ def test_a_stream_over_two_cpu_ranks_equals_the_one_process_stream():
     ("options", "words"),
     [
         ({"devices": ["cpu", "cpu"], "device": "cpu"}, "either device or devices"),
-        ({"devices": ["cpu", "cpu"], "acceleration": "compile"}, "does not run with pipeline stages"),
+        ({"devices": ["cpu", "cpu"], "acceleration": "onnxruntime"}, "does not run with pipeline stages"),
         ({"devices": ["cpu", "gpu:0"]}, "not a device name"),
         ({"devices": ["cpu"] * 3}, "at most 2 stages"),
     ],
