@@ -31,6 +31,9 @@ import torch
 from .common import machine, table, write_json
 
 
+WARMUP = [9]  # frames fed before timing (--warmup)
+
+
 def measure_stream(model: Any, frames: list[torch.Tensor], size: int, steps: int) -> tuple[float, list[float], torch.Tensor]:
     """(frames per second, per-frame latencies in seconds, every output frame) of one stream fed ``frames`` as fast as it takes them.
 
@@ -52,10 +55,10 @@ def measure_stream(model: Any, frames: list[torch.Tensor], size: int, steps: int
         outputs.append(output.frames)
         latencies.extend(now - tag for tag in output.tags if tag is not None)
 
-    for frame in frames[:9]:  # warm-up: fill the window (untagged: not timed)
+    for frame in frames[:WARMUP[0]]:  # warm-up: fill the window (untagged: not timed)
         keep(pipeline.step([state], [frame])[0])
     began = time.perf_counter()
-    for frame in frames[9:]:
+    for frame in frames[WARMUP[0]:]:
         keep(pipeline.step([state], [frame], [(time.perf_counter(),)])[0])
     keep(pipeline.flush(state))
     elapsed = time.perf_counter() - began
@@ -79,11 +82,11 @@ def paced_latency(model: Any, frames: list[torch.Tensor], size: int, steps: int,
         now = time.perf_counter()
         latencies.extend(now - tag for tag in output.tags if tag is not None)
 
-    for frame in frames[:9]:
+    for frame in frames[:WARMUP[0]]:
         pipeline.step([state], [frame])
     collect = getattr(pipeline, "collect", None)
     due = time.perf_counter()
-    for frame in frames[9:]:
+    for frame in frames[WARMUP[0]:]:
         while (now := time.perf_counter()) < due:
             if collect is not None:
                 keep(collect([state])[0])
@@ -113,6 +116,10 @@ def measured(settings: argparse.Namespace) -> list[dict[str, Any]]:
         one = build_tiny_video_model(seed=0, layers=settings.layers, dit=dit, device=device)
     else:  # the real architecture with random weights (a stage seeds its blocks itself: frames are not comparable)
         one = load_video_model(settings.model, weights="dummy", device=device, dtype="auto")
+    if settings.acceleration != "none":
+        from streamgen.runtime import accelerate
+
+        accelerate(one, settings.acceleration)
     fps, latencies, reference = measure_stream(one, frames, settings.size, settings.steps)
     params = sum(p.numel() for p in one.transformer.parameters())
     pace = settings.pace * fps  # a live source the one process keeps up with
@@ -123,7 +130,8 @@ def measured(settings: argparse.Namespace) -> list[dict[str, Any]]:
         devices = [f"cuda:{i}" for i in range(ranks)] if settings.cuda else ["cpu"] * ranks
         options = {"layers": settings.layers, "tiny_dit": dit} if tiny else {"weights": "dummy"}
         staged = load_staged_video_model(
-            settings.model, devices, threads=None if settings.cuda else 1, rebalance=not settings.no_rebalance, **options,
+            settings.model, devices, threads=None if settings.cuda else 1, rebalance=not settings.no_rebalance,
+            acceleration=settings.acceleration, **options,
         )
         try:
             fps, latencies, out = measure_stream(staged, frames, settings.size, settings.steps)
@@ -189,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks", type=int, nargs="+", default=[2], help="CPU rank counts to measure (default 2)")
     parser.add_argument("--cuda", action="store_true", help="ranks on cuda:0, cuda:1, ... (one process on cuda:0) instead of CPU ranks")
     parser.add_argument("--model", default="tiny-video", help="tiny-video (default), or a Wan preset run with dummy weights (GPU)")
+    parser.add_argument("--warmup", type=int, default=9, help="frames fed before timing (default 9; with compile, feed past the cache window, e.g. 97, so no graph compiles while timed)")
+    parser.add_argument("--acceleration", default="none", choices=("none", "compile"), help="eager (default) or torch.compile, in one process and on every rank")
     parser.add_argument("--pace", type=float, default=0.8, help="live-source rate for the latency run, as a share of one process's fps (default 0.8)")
     parser.add_argument("--width", type=int, default=768, help="DiT width, a multiple of 64 (default 768: the DiT takes ~60 %% of the time, as in Wan; 0 = tiny-video's own 48, where the VAE takes 95 %%)")
     parser.add_argument("--no-rebalance", action="store_true", help="keep the even split (the block balancer moves blocks by default)")
@@ -196,11 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="JSON path (default bench/out/scaling.json)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    WARMUP[0] = args.warmup
     report: dict[str, Any] = {"machine": machine(), "settings": vars(args)}
     if not args.skip_measure:
         report["measured"] = measured(args)
         width = f", {args.layers} blocks, width {args.width or 48}" if args.model == "tiny-video" else ", dummy weights"
-        where = "GPU ranks" if args.cuda else "1 thread per CPU rank"
+        where = ("GPU ranks" if args.cuda else "1 thread per CPU rank") + (f", {args.acceleration}" if args.acceleration != "none" else "")
         print(f"measured here: {args.model}{width}, {args.size}x{args.size}, {args.steps} steps, {where}")
         print(table(report["measured"], [("ranks", "ranks"), ("fps", "fps"), ("speedup", "x"), ("latency_ms_p50", "flat-out p50 ms"), ("paced_fps", "live fps"), ("paced_ms_p50", "live p50 ms"), ("paced_ms_p99", "live p99 ms"), ("equal", "frames equal"), ("peak_on_ring", "peak on ring"), ("split", "split"), ("rank_params", "DiT params per rank"), ("rank_vae_params", "VAE params per rank")]))
     report["projected"] = projected([1, 2, 4, 8], [1, 4])
