@@ -142,7 +142,8 @@ def measured(settings: argparse.Namespace) -> list[dict[str, Any]]:
         finally:
             staged.stages.close()
         rows.append({
-            "ranks": ranks, "fps": round(fps, 2), **_latency(latencies), **paced, "equal": bool(torch.equal(out.cpu(), reference.cpu())) if tiny else None, "peak_on_ring": peak,
+            "ranks": ranks, "fps": round(fps, 2), **_latency(latencies), **paced, "equal": bool(torch.equal(out.cpu(), reference.cpu())) if tiny else None,
+            "max_diff": int((out.cpu().int() - reference.cpu().int()).abs().max()) if tiny and out.shape == reference.shape else None, "peak_on_ring": peak,
             "split": split, "rank_params": [r["parameters"] for r in inventory], "rank_vae_params": [r["vae_parameters"] for r in inventory],
             "rank_kv_bytes": [r["kv_cache_bytes"] for r in inventory],
         })
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         width = f", {args.layers} blocks, width {args.width or 48}" if args.model == "tiny-video" else ", dummy weights"
         where = ("GPU ranks" if args.cuda else "1 thread per CPU rank") + (f", {args.acceleration}" if args.acceleration != "none" else "")
         print(f"measured here: {args.model}{width}, {args.size}x{args.size}, {args.steps} steps, {where}")
-        print(table(report["measured"], [("ranks", "ranks"), ("fps", "fps"), ("speedup", "x"), ("latency_ms_p50", "flat-out p50 ms"), ("paced_fps", "live fps"), ("paced_ms_p50", "live p50 ms"), ("paced_ms_p99", "live p99 ms"), ("equal", "frames equal"), ("peak_on_ring", "peak on ring"), ("split", "split"), ("rank_params", "DiT params per rank"), ("rank_vae_params", "VAE params per rank")]))
+        print(table(report["measured"], [("ranks", "ranks"), ("fps", "fps"), ("speedup", "x"), ("latency_ms_p50", "flat-out p50 ms"), ("paced_fps", "live fps"), ("paced_ms_p50", "live p50 ms"), ("paced_ms_p99", "live p99 ms"), ("equal", "frames equal"), ("max_diff", "max diff /255"), ("peak_on_ring", "peak on ring"), ("split", "split"), ("rank_params", "DiT params per rank"), ("rank_vae_params", "VAE params per rank")]))
     report["projected"] = projected([1, 2, 4, 8], [1, 4])
     print("\nprojected (published 1xH100 figures, NVLink; see bench/scaling_projection.py):")
     print(table(report["projected"], [("model", "model"), ("steps", "steps"), ("vae", "VAE"), ("stages", "GPUs"), ("fps", "fps"), ("speedup", "x"), ("split", "split"), ("p50_ms", "p50 ms"), ("misses", "misses"), ("max_rank_gib", "max GiB/rank")]))
