@@ -91,3 +91,20 @@ def test_each_rank_holds_only_its_own_blocks() -> None:
     one_process = build_tiny_video_model(seed=0, layers=4).transformer
     layer_caches = [one_process.new_cache(rows, h, w, num_layers=n).nbytes for n in (1, 2, 1)]
     assert [r["kv_cache_bytes"] for r in ranks] == layer_caches  # each rank: its blocks' layers of the stream's cache
+
+
+def test_the_staged_transformer_forward_equals_the_one_process_forward() -> None:
+    """``model.transformer.forward_chunks`` on stages (what tools call directly): the same flow predictions, chunk after chunk."""
+    one = build_tiny_video_model(seed=0, layers=3).transformer
+    generator = torch.Generator().manual_seed(5)
+    text = torch.randn(1, 8, one.text_dim, generator=generator)
+    with staged_tiny(2, 3, rebalance=False) as model:
+        staged = model.transformer
+        caches = staged.new_cache(2, 8, 8), one.new_cache(2, 8, 8)
+        contexts = staged.encode_context(text), one.encode_context(text)
+        for _ in range(4):
+            latents = torch.randn(2, one.in_channels, 1, 8, 8, generator=generator)
+            timesteps = torch.tensor([[700.0], [500.0]])
+            got = staged.forward_chunks(latents, timesteps, [caches[0]], contexts[0])
+            expected = one.forward_chunks(latents, timesteps, [caches[1]], contexts[1])
+            assert torch.equal(got, expected)
