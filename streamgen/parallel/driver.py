@@ -221,18 +221,6 @@ class StageDriver:
                 return  # nothing to keep in step any more; the stream fails at its next step
             self._send(Message("cache.reset", {"id": cache.cache_id, "start": cache.start, "stop": cache.stop, "rows": rows}))
 
-    def restore_counters(self, cache: ShardedKVCache, frames_written: list[int], frames_at_least: list[int]) -> None:
-        with self._lock:
-            if self.failure is not None:
-                return
-            meta = {"id": cache.cache_id, "start": cache.start, "stop": cache.stop, "frames_written": frames_written, "frames_at_least": frames_at_least}
-            self._send(Message("cache.counters", meta))
-
-    def attach_journal(self, cache_id: int, journal: Any) -> None:
-        """Stage caches keep no undo journal: their chunks commit on the ring, never inside a step that could be undone."""
-        if journal is not None:
-            raise RuntimeError("pipeline-stage caches are not journalled (StagedVideoPipeline checkpoints without them)")
-
     # -------------------------------------------------------------- decoders
     def new_decoder(self) -> ShardedDecoder:
         """A stream's decode state on the last rank."""

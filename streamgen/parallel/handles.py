@@ -2,7 +2,7 @@
 
 The video pipeline keeps a cache, contexts and a decode state in each
 stream's state and calls a handful of methods on them (row views, reset,
-counters; expand, blend, concat). :class:`ShardedKVCache`,
+reset; expand, blend, concat). :class:`ShardedKVCache`,
 :class:`ShardedContext` and :class:`ShardedDecoder` answer those calls: the driver's own layers change
 at once, and the same change goes to every other rank as a message
 (:mod:`.driver`). They hold ids, not data, so when a block moves to
@@ -61,18 +61,6 @@ class ShardedKVCache:
             return self
         return ShardedKVCache(self.driver, self.cache_id, self.start + start, self.start + stop, self._root or self)
 
-    # -------------------------------------------------------------- counters
-    @property
-    def frames_written(self) -> torch.Tensor:
-        return self.local.frames_written
-
-    @property
-    def frames_at_least(self) -> tuple[int, ...]:
-        return self.local.frames_at_least
-
-    def restore_counters(self, frames_written: torch.Tensor, frames_at_least: Sequence[int]) -> None:
-        self.driver.restore_counters(self, [int(v) for v in frames_written.tolist()], [int(v) for v in frames_at_least])
-
     def reset(self, rows: torch.Tensor | Sequence[int] | None = None) -> None:
         if isinstance(rows, torch.Tensor) and rows.dtype == torch.bool:
             rows = [i for i, flag in enumerate(rows.tolist()) if flag]
@@ -82,12 +70,14 @@ class ShardedKVCache:
 
     # --------------------------------------------------------------- journal
     @property
-    def journal(self) -> CommitJournal | None:
-        return self.driver.shard.caches[self.cache_id].journal
+    def journal(self) -> None:
+        """Never one: a stage cache's chunks commit on the ring, after the step that could be undone."""
+        return None
 
     @journal.setter
     def journal(self, journal: CommitJournal | None) -> None:
-        self.driver.attach_journal(self.cache_id, journal)
+        if journal is not None:
+            raise RuntimeError("pipeline-stage caches are not journalled (StagedVideoPipeline checkpoints without them)")
 
 
 class ShardedContext:

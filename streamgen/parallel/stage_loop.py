@@ -29,7 +29,7 @@ from .stage_shard import RowContexts, SegmentSpec, StageShard, shard_inventory
 
 logger = logging.getLogger(__name__)
 CONTROL_OPS = (
-    "cache.new", "cache.drop", "cache.reset", "cache.counters", "context.define", "context.blend", "context.drop",
+    "cache.new", "cache.drop", "cache.reset", "context.define", "context.blend", "context.drop",
     "decoder.new", "decoder.reset", "decoder.drop",
 )
 
@@ -45,10 +45,6 @@ def apply_control(shard: StageShard, message: Message) -> None:
     elif op == "cache.reset":
         cache = shard.caches[meta["id"]].row_view(meta["start"], meta["stop"])
         cache.reset(meta["rows"])
-    elif op == "cache.counters":
-        cache = shard.caches[meta["id"]].row_view(meta["start"], meta["stop"])
-        frames = torch.tensor(meta["frames_written"], dtype=torch.int64, device=cache.device)
-        cache.restore_counters(frames, meta["frames_at_least"])
     elif op == "context.define":
         shard.define_context(meta["id"], message.tensors[0])
     elif op == "context.blend":

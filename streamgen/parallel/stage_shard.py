@@ -121,13 +121,6 @@ class StageShard:
     def drop_cache(self, cache_id: int) -> None:
         self.caches.pop(cache_id, None)
 
-    def reset_cache(self, cache_id: int, rows: list[int] | None) -> None:
-        self.caches[cache_id].reset(rows)
-
-    def restore_counters(self, cache_id: int, frames_written: list[int], frames_at_least: list[int]) -> None:
-        cache = self.caches[cache_id]
-        cache.restore_counters(torch.tensor(frames_written, dtype=torch.int64, device=cache.device), frames_at_least)
-
     # -------------------------------------------------------------- decoders
     def new_decoder(self, decoder_id: int) -> None:
         if self.vae is not None:

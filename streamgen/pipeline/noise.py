@@ -40,7 +40,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.video.flow import flow_renoise, flow_x0  # noqa: F401  - the pipeline's flow arithmetic lives with the model
 
 FLOW_SHIFT = 8.0
 TRAIN_STEPS = 1000

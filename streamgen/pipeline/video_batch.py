@@ -33,7 +33,8 @@ import torch
 from ..models.video.causal_wan import CacheSegment
 from ..models.video.wan_context import CrossAttentionContext
 from ..models.video.kv_cache import RollingKVCache
-from .noise import flow_renoise, flow_x0, model_timesteps
+from ..models.video.flow import flow_renoise, flow_x0
+from .noise import model_timesteps
 from .video_state import ChunkInFlight, VideoState
 
 # forward_chunks(latents, timesteps, segments, context) -> flow prediction (the model's, or a runtime's)

@@ -66,7 +66,8 @@ from ..errors import ConfigError
 from ..models.video.video_model import VideoModel
 from ..parallel.errors import StreamFault
 from ..parallel.rows import DecodeRequest, RowTicket, StageRow
-from .noise import flow_x0, model_timesteps
+from ..models.video.flow import flow_x0
+from .noise import model_timesteps
 from .output import StepOutput
 from .video import VideoPipeline, _concat_outputs
 from .video_batch import _advance
@@ -140,11 +141,6 @@ class StagedVideoPipeline(VideoPipeline):
     def collect(self, states: Sequence[VideoState]) -> list[StepOutput]:
         """The frames that came back for each stream since its last step or collect (no model work)."""
         return [self._take_outputs(state) for state in states]
-
-    def pending_chunks(self, state: VideoState) -> int:
-        """The stream's chunks on the stages now."""
-        with self._flow:
-            return len(state.ring.chunks)
 
     def step(self, states, frames, tags=None) -> list[StepOutput]:
         for state in states:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from streamgen.models.video.flow import flow_renoise, flow_x0
 from streamgen.pipeline.noise import (
     MotionNoiseController,
     MotionNoiseSettings,
     V2V_TIMESTEPS,
     base_timesteps,
     first_timestep,
-    flow_renoise,
-    flow_x0,
     frame_motion,
     shifted_sigma,
     step_sigmas,
