@@ -13,9 +13,17 @@ the measured points. That follows any curve shape without assuming one, and
 old measurements fade (``decay``) so the model tracks a machine whose load
 changes (another process starts, the GPU clocks down).
 
-A bucket never measured is predicted from the nearest measured bucket, scaled
-by the ratio of work per row (``bucket_work``, e.g. pixels), so the first
-session at a new resolution already gets a sensible estimate.
+A step never costs less than a step of fewer rows of the same bucket: the
+means are read through their running maximum, so noise that makes 2 rows
+look cheaper than 1 never makes a loaded worker look cheaper than an idle one.
+
+A bucket never measured is predicted, in this order, from what a *prior*
+measured of that very bucket (another replica of the same model: see
+:class:`LatencyPrior`), from the nearest bucket this model measured, scaled
+by the ratio of work per row (``bucket_work``, e.g. pixels), and from the
+prior's own guess; so the first session at a new resolution already gets a
+sensible estimate, and replicas that compare their predictions to pick a
+home for a session compare measurements of the same thing.
 """
 
 from __future__ import annotations
@@ -23,8 +31,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 Bucket = Hashable
+
+
+class LatencyPrior(Protocol):
+    """What a model that has not measured a bucket may ask of another one (thread-safe on the caller's side)."""
+
+    def measured(self, bucket: Bucket) -> bool: ...
+
+    def predict(self, bucket: Bucket, rows: int) -> float: ...
+
+    def any_measured(self) -> bool: ...
 
 
 @dataclass
@@ -42,6 +61,11 @@ class _Curve:
         self.means[rows] = seconds if old is None else old + weight * (seconds - old)
 
     def predict(self, rows: int) -> float:
+        """The fitted curve at ``rows``, never below what fewer rows were measured to cost."""
+        floor = max((s for r, s in self.means.items() if r < rows), default=0.0)
+        return max(floor, self._fitted(rows))
+
+    def _fitted(self, rows: int) -> float:
         points = sorted(self.means.items())
         if rows in self.means:
             return self.means[rows]
@@ -77,7 +101,8 @@ class LatencyModel:
     ``bucket_work(bucket)`` gives a bucket's work per row (any consistent
     unit, e.g. pixels per row); it is only used to predict buckets never
     measured from ones that were. ``default_seconds_per_row`` is the guess
-    before anything at all was measured.
+    before anything at all was measured. ``prior`` answers for buckets this
+    model has not measured (see module docstring).
     """
 
     def __init__(
@@ -86,6 +111,7 @@ class LatencyModel:
         decay: float = 0.2,
         bucket_work: Callable[[Bucket], float] | None = None,
         default_seconds_per_row: float = 0.01,
+        prior: LatencyPrior | None = None,
     ) -> None:
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
@@ -93,6 +119,7 @@ class LatencyModel:
         self._curves: dict[Bucket, _Curve] = {}
         self._bucket_work = bucket_work
         self._default = default_seconds_per_row
+        self._prior = prior
 
     # ---------------------------------------------------------------- fitting
     def observe(self, bucket: Bucket, rows: int, seconds: float) -> None:
@@ -103,6 +130,9 @@ class LatencyModel:
 
     def measured(self, bucket: Bucket) -> bool:
         return bucket in self._curves
+
+    def any_measured(self) -> bool:
+        return bool(self._curves)
 
     def samples(self, bucket: Bucket) -> dict[int, float]:
         """The fitted mean latency per measured row count (for /metrics and benchmarks)."""
@@ -117,6 +147,11 @@ class LatencyModel:
         curve = self._curves.get(bucket)
         if curve is not None:
             return curve.predict(rows)
+        prior = self._prior
+        if prior is not None and prior.measured(bucket):
+            return prior.predict(bucket, rows)
+        if not self._curves and prior is not None and prior.any_measured():
+            return prior.predict(bucket, rows)
         return self._predict_unmeasured(bucket, rows)
 
     def predict_mixed(self, rows_by_bucket: dict[Bucket, int]) -> float:

@@ -58,9 +58,10 @@ from .routes_api import add_routes as add_api_routes
 from .routes_streams import add_routes as add_stream_routes
 from .routes_webrtc import add_routes as add_webrtc_routes
 from .sessions import SessionManager
+from .shared_latency import SharedLatency
 from .static import add_routes as add_static_routes
 from .static import find_web_dir
-from .step_shape import StepShape, shape_of_settings, step_shape_of_state
+from .step_shape import StepShape, bucket_work, shape_of_settings, step_shape_of_state
 from .worker import ModelWorker
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     if not pipelines:
         raise ValueError("create_app needs at least one pipeline")
     metrics = ServerMetrics()
-    workers = [ModelWorker(p, f"replica-{i}", metrics) for i, p in enumerate(pipelines)]
+    shared = SharedLatency(bucket_work)  # what one replica measured is the others' prior (shared_latency.py)
+    workers = [ModelWorker(p, f"replica-{i}", metrics, shared=shared) for i, p in enumerate(pipelines)]
     manager = SessionManager(config, workers, metrics)
     web_dir = find_web_dir(config.web_dir)
     middlewares = [host_check(HostRules.for_server(config.host, config.allowed_hosts)), cors(CorsPolicy(config.cors_origins)), json_errors]

@@ -44,6 +44,7 @@ from ..sched import Admission, Candidate, Demand, LatencyModel, Slo, StepPlan, a
 from .frame_convert import OutputFrame, frames_to_tensor, to_model_device, to_output_frames
 from .jobs import STOPPED, JobThread, run_job
 from .metrics import ServerMetrics
+from .shared_latency import SharedLatency
 from .pipelines import stream_size, takes_no_frames
 from .slot import FrameTag, LatestFrames
 from .step_shape import StepShape, StreamShape, bucket_work, step_shape_of_state
@@ -117,10 +118,13 @@ class _Finished:
 class ModelWorker:
     """One pipeline replica and its threads (see module docstring)."""
 
-    def __init__(self, pipeline: Any, name: str, metrics: ServerMetrics, *, latency: LatencyModel | None = None) -> None:
+    def __init__(
+        self, pipeline: Any, name: str, metrics: ServerMetrics, *, latency: LatencyModel | None = None, shared: SharedLatency | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.name = name
-        self.latency = latency or LatencyModel(bucket_work=bucket_work)
+        self._shared = shared
+        self.latency = latency or LatencyModel(bucket_work=bucket_work, prior=shared)
         self._metrics = metrics
         self._cond = threading.Condition()
         self._members: list[_Member] = []
@@ -504,8 +508,11 @@ class ModelWorker:
         if len(buckets) != 1 or len(passes) != 1:
             return
         rows = sum(s.rows for s in shapes)
+        bucket, per_pass = buckets.pop(), seconds / passes.pop()
         with self._cond:
-            self.latency.observe(buckets.pop(), rows, seconds / passes.pop())
+            self.latency.observe(bucket, rows, per_pass)
+        if self._shared is not None:
+            self._shared.observe(bucket, rows, per_pass)
 
     # -- output ----------------------------------------------------------------
     def _output_loop(self) -> bool:

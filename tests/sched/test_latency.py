@@ -73,3 +73,46 @@ def test_ignores_nonsense_samples():
     model.observe("a", 1, float("nan"))
     model.observe("a", 1, -1.0)
     assert not model.measured("a")
+
+
+def test_a_step_is_never_predicted_cheaper_than_one_of_fewer_rows():
+    """Noise that measured 2 rows below 1 row must not make a loaded worker look cheaper than an idle one."""
+    model = LatencyModel()
+    model.observe("a", 1, 0.030)
+    model.observe("a", 2, 0.025)
+    assert model.predict("a", 2) == pytest.approx(0.030)
+    assert model.predict("a", 1) == pytest.approx(0.030)
+    assert model.predict("a", 3) >= model.predict("a", 2)
+
+
+class _Prior:
+    def __init__(self, model):
+        self.model = model
+
+    def measured(self, bucket):
+        return self.model.measured(bucket)
+
+    def any_measured(self):
+        return self.model.any_measured()
+
+    def predict(self, bucket, rows):
+        return self.model.predict(bucket, rows)
+
+
+def test_a_bucket_another_replica_measured_beats_a_scaled_guess_from_another_bucket():
+    work = {"128": 128 * 128, "256": 256 * 256}
+    sibling = LatencyModel(bucket_work=work.__getitem__)
+    sibling.observe("128", 1, 0.031)
+    own = LatencyModel(bucket_work=work.__getitem__, prior=_Prior(sibling))
+    own.observe("256", 1, 0.200)  # scaled by pixels this would guess 0.05 for 128
+    assert own.predict("128", 1) == pytest.approx(0.031)
+    own.observe("128", 1, 0.040)  # its own measurement wins once it has one
+    assert own.predict("128", 1) == pytest.approx(0.040)
+
+
+def test_with_nothing_measured_itself_the_prior_guesses_before_the_default():
+    work = {"128": 1.0, "256": 4.0}
+    sibling = LatencyModel(bucket_work=work.__getitem__)
+    sibling.observe("128", 1, 0.02)
+    own = LatencyModel(bucket_work=work.__getitem__, prior=_Prior(sibling), default_seconds_per_row=1.0)
+    assert own.predict("256", 1) == pytest.approx(0.08)

@@ -67,9 +67,35 @@ def transformers_dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
 
 
+CPU_ALIGNMENT = 64  # bytes: a cache line, what oneDNN/MKL kernels vectorise over
+
+
 def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Move to ``device``/``dtype`` and freeze for inference (no-op moves are skipped)."""
+    """Move to ``device``/``dtype``, own aligned memory on the CPU, and freeze for inference (no-op moves are skipped)."""
     first = next(module.parameters(), None)
     if first is not None and (first.device != device or first.dtype != dtype):
         module = module.to(device=device, dtype=dtype)
+    realign_cpu_tensors(module)
     return module.eval().requires_grad_(False)
+
+
+def realign_cpu_tensors(module: torch.nn.Module) -> int:
+    """Copy CPU parameters and buffers that start off a cache-line boundary into memory of their own; returns how many.
+
+    Recent safetensors/transformers releases hand out tensors that are views
+    into one buffer per file, at whatever offset the file puts them. CPU
+    kernels pick their vector path by alignment, so the same weights at
+    another offset round differently (a saved model would not reproduce the
+    frames of the one it was saved from) and run on the slower path. A GPU
+    move copies anyway; on the CPU this does it once, at load.
+    """
+    moved = 0
+    with torch.no_grad():
+        for sub in module.modules():
+            for table in (sub._parameters, sub._buffers):  # noqa: SLF001 - the tensors themselves, tied ones included
+                for tensor in table.values():
+                    if tensor is None or tensor.device.type != "cpu" or tensor.data_ptr() % CPU_ALIGNMENT == 0:
+                        continue
+                    tensor.data = tensor.data.clone(memory_format=torch.preserve_format)
+                    moved += 1
+    return moved
