@@ -23,7 +23,12 @@ A stream on S stages (ranks):
   after its last step and sends the frames back;
 - control messages (a new cache, a reset, a prompt's text, a decoder, a new
   block split) travel the same ring, so every rank sees them in the same
-  order as the micro-batches around them and the shards never disagree.
+  order as the micro-batches around them and the shards never disagree;
+- every header and control message goes over gloo, and NCCL carries only
+  tensors a header announced (:mod:`.links`, :mod:`.messages`): no rank
+  waits in NCCL for work that may not come, an idle hour is not a hang
+  (keep-alives), and each thread on a GPU has its own CUDA stream
+  (:mod:`.device_streams`).
 
 :mod:`.launch` starts and supervises the ranks (or joins a ``torchrun``
 job), :mod:`.rebalance` moves blocks between ranks while streaming, using

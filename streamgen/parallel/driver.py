@@ -51,7 +51,9 @@ from ..models.video.causal_wan import CacheSegment
 from ..sched.blocks import BlockBalancer, BlockSplit, StageTiming
 from .errors import StageFailure, StreamFault
 from .handles import ShardedContext, ShardedDecoder, ShardedKVCache
-from .messages import Message, Sender, receive, return_group
+from .device_streams import bind_device, finished, mark, new_stream, on_stream, wait_for
+from .links import current_links, keepalive_seconds
+from .messages import Message, Sender, receive
 from .rebalance import exchange_blocks
 from .rows import StageRow, take_micro_batch
 from .stage_loop import apply_control
@@ -97,7 +99,11 @@ class StageDriver:
         self.window = window
         self.max_rows = max_rows
         self.encoder_vae = encoder_vae
-        self.sender = Sender(1, comm_device, max_in_flight)
+        links = current_links()
+        self.links = links
+        self.sender = Sender(1, links.ring, comm_device, max_in_flight=max_in_flight, keepalive_s=keepalive_seconds(links.timeout_s), name="stage-0")
+        self._compute_stream = new_stream(shard.device)  # rank 0's blocks (the executor thread)
+        self._receive_stream = new_stream(shard.device)  # results landing (the result thread)
         self.failure: str | None = None
         self.rebalances = 0
         self.micro_batches = 0
@@ -165,6 +171,7 @@ class StageDriver:
             if self.failure is not None:
                 return False
             try:
+                self.sender.close()  # no keep-alive after the goodbye: the ranks exit on it
                 self.sender.send(Message("shutdown"))
                 self.sender.flush()
             except RuntimeError as error:  # a rank is gone: the launcher kills the rest
@@ -254,8 +261,16 @@ class StageDriver:
 
     # ------------------------------------------------------------------ rows
     def submit(self, rows: Sequence[StageRow]) -> None:
-        """Queue rows for rank 0 (any thread; never blocks on a micro-batch in progress)."""
+        """Queue rows for rank 0 (any thread; never blocks on a micro-batch in progress).
+
+        On a GPU the rows' tensors may still be in the making on the
+        caller's stream: an event marks that point, and rank 0's stream
+        waits for it (not for the whole device).
+        """
         self.check()
+        ready = mark(self.shard.device)
+        for row in rows:
+            row.ready = ready
         with self._ready_cond:
             self._ready.extend(rows)
             self._ready_cond.notify_all()
@@ -310,6 +325,7 @@ class StageDriver:
     # ------------------------------------------------------------- stage 0
     def _execute(self) -> None:
         """The stage-0 executor thread (see module docstring)."""
+        bind_device(self.shard.device)
         while True:
             with self._ready_cond:
                 while not self._ready and not self._closed:
@@ -322,7 +338,7 @@ class StageDriver:
                     return
                 batch = take_micro_batch(self._ready, self.max_rows)
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), on_stream(self._compute_stream):
                     self._run_micro_batch(batch)
             except StageFailure:
                 pass  # already failed: callers see it at their next call
@@ -341,14 +357,16 @@ class StageDriver:
             self._apply_pending_split()
             self._send_releases()
             model = self.shard.model
+            for event in {id(r.ready): r.ready for r in batch}.values():
+                wait_for(self._compute_stream, event)
             began = time.perf_counter()
             embedded = model.embed(torch.cat([r.latents for r in batch]), torch.cat([r.timesteps for r in batch]))
-            embedded_at = _synchronized(self.shard.device)
+            embedded_at = finished(self.shard.device)
             segments = [SegmentSpec(r.cache.cache_id, r.cache.start, r.cache.stop, None if r.write is None else (r.write,)) for r in batch]
             contexts = RowContexts(tuple(r.context.row_sources(1)[0] for r in batch))
             frames = batch[0].latents.shape[2]
             x = self.shard.run(embedded.x, embedded.modulation, frames, (embedded.grid_h, embedded.grid_w), segments, contexts)
-            done = _synchronized(self.shard.device)
+            done = finished(self.shard.device)
             finals = [i for i, r in enumerate(batch) if r.decode is not None]
             item = next(self._items)
             meta = {
@@ -370,10 +388,11 @@ class StageDriver:
 
     # --------------------------------------------------------------- results
     def _receive_results(self) -> None:
+        bind_device(self.shard.device)
         last = self.stages - 1
         while True:
             try:
-                message = receive(last, self.comm_device, return_group())
+                message = receive(last, self.links.back, self.comm_device, self._receive_stream)
             except RuntimeError as error:
                 if not self._closed:
                     self._fail(self._broken_link_reason(last, error))
@@ -507,7 +526,7 @@ class StageDriver:
             return
         began = time.perf_counter()
         self._send(Message("rebalance", {"bounds": list(split.bounds)}))
-        exchange_blocks(self.shard, self.split, split, rank=0, device=self.comm_device)
+        exchange_blocks(self.shard, self.split, split, rank=0, device=self.comm_device, group=self.links.exchange)
         self.split = split
         self.rebalances += 1
         self._timings = []
@@ -521,9 +540,3 @@ def _seconds(work: float | tuple[Any, Any]) -> float:
         return start.elapsed_time(end) / 1e3
     return float(work)
 
-
-def _synchronized(device: torch.device) -> float:
-    """``perf_counter`` after the device finished its queued work (so stage times are compute, not launch)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError, ModelLoadError
 from ..sched.blocks import BlockSplit
-from .messages import open_side_channels
+from .links import open_links, stage_timeout_seconds
 from .shard_loading import StageSource
 from .torchrun import torchrun_rank
 
@@ -47,7 +47,7 @@ class StageLaunch:
     dtype: str = "float32"
     threads: int | None = None  # per rank (CPU ranks)
     acceleration: str = "none"  # or "compile": every rank compiles its blocks
-    rendezvous_timeout: float = 600.0
+    timeout: float = field(default_factory=stage_timeout_seconds)  # the process groups': rendezvous and any one wait (links.py)
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -120,8 +120,8 @@ def start_stage_group(launch: StageLaunch) -> StageGroup:
     if joined is not None:  # torchrun started every rank: this is rank 0; rendezvous from its environment
         if joined != (0, len(launch.devices)):
             raise ConfigError(f"torchrun started {joined[1]} ranks (this is rank {joined[0]}) but --devices names {len(launch.devices)}")
-        dist.init_process_group(launch.backend, init_method="env://", rank=0, world_size=joined[1], timeout=timedelta(seconds=launch.rendezvous_timeout))
-        open_side_channels(joined[1])
+        dist.init_process_group(launch.backend, init_method="env://", rank=0, world_size=joined[1], **_group_options(launch))
+        open_links(joined[1], launch.backend, launch.timeout)
         return StageGroup(launch, [])
     world = len(launch.devices)
     port = _free_port()
@@ -139,7 +139,7 @@ def start_stage_group(launch: StageLaunch) -> StageGroup:
             "bounds": list(launch.split.bounds),
             "threads": launch.threads,
             "acceleration": launch.acceleration,
-            "timeout": launch.rendezvous_timeout,
+            "timeout": launch.timeout,
             "parent_pid": os.getpid(),
         }
         env = {**os.environ, **launch.env}
@@ -151,11 +151,8 @@ def start_stage_group(launch: StageLaunch) -> StageGroup:
 
     def join() -> None:
         try:
-            dist.init_process_group(
-                launch.backend, init_method=init_method, rank=0, world_size=world,
-                timeout=timedelta(seconds=launch.rendezvous_timeout),
-            )
-            open_side_channels(world)
+            dist.init_process_group(launch.backend, init_method=init_method, rank=0, world_size=world, **_group_options(launch))
+            open_links(world, launch.backend, launch.timeout)
         except BaseException as error:  # noqa: BLE001  - re-raised below, in the caller's thread
             failure.append(error)
 
@@ -171,6 +168,18 @@ def start_stage_group(launch: StageLaunch) -> StageGroup:
         group.kill()
         raise failure[0]
     return group
+
+
+def _group_options(launch: StageLaunch) -> dict:
+    """Rank 0's process-group options: the timeout, and under NCCL its own GPU (else NCCL guesses cuda:0)."""
+    options: dict = {"timeout": timedelta(seconds=launch.timeout)}
+    if launch.backend == "nccl":
+        import torch  # noqa: PLC0415
+
+        device = torch.device(launch.devices[0])
+        torch.cuda.set_device(device)
+        options["device_id"] = device
+    return options
 
 
 def _free_port() -> int:

@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from ..models.video.wan_context import CrossAttentionContext
 from ..sched.blocks import BlockSplit
-from .messages import exchange_group
+from .device_streams import finished
 from .shard_loading import AbsentBlock
 from .stage_shard import StageShard
 
 
-def exchange_blocks(shard: StageShard, old: BlockSplit, new: BlockSplit, *, rank: int, device: torch.device) -> None:
-    """This rank's part of moving from ``old`` to ``new`` (see module docstring)."""
+def exchange_blocks(shard: StageShard, old: BlockSplit, new: BlockSplit, *, rank: int, device: torch.device, group: Any) -> None:
+    """This rank's part of moving from ``old`` to ``new`` over ``group`` (the links' exchange group; see module docstring)."""
     moves = old.moves_to(new)
     if not moves:
         return
@@ -42,13 +43,14 @@ def exchange_blocks(shard: StageShard, old: BlockSplit, new: BlockSplit, *, rank
             tensors = _block_tensors(blocks[move.block], shard, local, cache_ids, context_ids)
             tensors = [t.detach().to(device).contiguous() for t in tensors]
             outgoing.append(tensors)
-            works += [dist.isend(t, move.target, group=exchange_group()) for t in tensors]
+            works += [dist.isend(t, move.target, group=group) for t in tensors]
     received: dict[int, tuple[torch.nn.Module, list[torch.Tensor], list[torch.Tensor]]] = {}
     for move in moves:
         if move.target == rank:
-            received[move.block] = _receive_block(template, shard, move.source, cache_ids, context_ids, device)
+            received[move.block] = _receive_block(template, shard, move.source, cache_ids, context_ids, device, group)
     for work in works:
         work.wait()
+    finished(device)  # NCCL: wait() only ordered this stream; the sent tensors are freed when this returns
     _relayer(shard, new.blocks_of(rank), received, cache_ids, context_ids)
 
 
@@ -65,28 +67,30 @@ def _block_tensors(block: torch.nn.Module, shard: StageShard, local: int, cache_
     return tensors
 
 
-def _receive_block(template: torch.nn.Module, shard: StageShard, source: int, cache_ids: list[int], context_ids: list[int], device: torch.device):
+def _receive_block(
+    template: torch.nn.Module, shard: StageShard, source: int, cache_ids: list[int], context_ids: list[int], device: torch.device, group: Any
+):
     block = copy.deepcopy(template)
     with torch.no_grad():
         for _, tensor in sorted(block.state_dict(keep_vars=True).items()):
             buffer = torch.empty_like(tensor, device=device)
-            dist.recv(buffer, source, group=exchange_group())
+            dist.recv(buffer, source, group=group)
             tensor.copy_(buffer.to(tensor.device))
     cache_layers = []
     for cache_id in cache_ids:
         cache = shard.caches[cache_id]
         parts = [cache.k[0], cache.v[0]] + ([cache.sink_keys[0]] if cache.sink_keys is not None else [])
-        cache_layers.append([_received_like(p, source, device) for p in parts])
+        cache_layers.append([_received_like(p, source, device, group) for p in parts])
     context_layers = []
     for context_id in context_ids:
         context = shard.contexts[context_id]
-        context_layers.append([_received_like(context.keys[0], source, device), _received_like(context.values[0], source, device)])
+        context_layers.append([_received_like(context.keys[0], source, device, group), _received_like(context.values[0], source, device, group)])
     return block, cache_layers, context_layers
 
 
-def _received_like(like: torch.Tensor, source: int, device: torch.device) -> torch.Tensor:
+def _received_like(like: torch.Tensor, source: int, device: torch.device, group: Any) -> torch.Tensor:
     buffer = torch.empty(like.shape, dtype=like.dtype, device=device)
-    dist.recv(buffer, source, group=exchange_group())
+    dist.recv(buffer, source, group=group)
     return buffer.to(like.device)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -61,6 +62,7 @@ class StageRow:
     on_error: Callable[[str], None] | None = None
     write: bool | None = None  # None: commit the chunk (the pipeline always does)
     ticket: RowTicket = field(default_factory=RowTicket)
+    ready: Any = None  # on a GPU: the CUDA event after which ``latents`` exist (set by the driver's submit)
 
     def __post_init__(self) -> None:
         if self.cache.rows != 1 or self.latents.shape[0] != 1 or self.context.rows != 1:

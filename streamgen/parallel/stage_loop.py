@@ -24,7 +24,9 @@ import torch
 from ..models.video.causal_wan import EmbeddedChunk
 from ..models.video.flow import flow_x0
 from ..sched.blocks import BlockSplit
-from .messages import Message, Sender, receive, return_group
+from .device_streams import finished, new_stream
+from .links import Links, keepalive_seconds
+from .messages import Message, Sender, receive
 from .stage_shard import RowContexts, SegmentSpec, StageShard, shard_inventory
 
 logger = logging.getLogger(__name__)
@@ -61,14 +63,28 @@ def apply_control(shard: StageShard, message: Message) -> None:
         raise ValueError(f"unknown stage operation {op!r}")
 
 
-def run_stage(rank: int, shard: StageShard, split: BlockSplit, comm_device: torch.device) -> None:
+def run_stage(rank: int, shard: StageShard, split: BlockSplit, comm_device: torch.device, links: Links) -> None:
     """Serve as stage ``rank`` (>= 1) until a shutdown message arrives."""
     stages = split.stages
     last = rank == stages - 1
-    sender = Sender(0, comm_device, group=return_group()) if last else Sender(rank + 1, comm_device)
+    keepalive = keepalive_seconds(links.timeout_s)
+    name = f"stage-{rank}"
+    sender = (
+        Sender(0, links.back, comm_device, keepalive_s=keepalive, name=name)
+        if last else Sender(rank + 1, links.ring, comm_device, keepalive_s=keepalive, name=name)
+    )
+    receive_stream = new_stream(comm_device)
+    try:
+        _serve(rank, shard, split, comm_device, links, sender, receive_stream, last)
+    finally:
+        sender.close()
+
+
+def _serve(rank, shard, split, comm_device, links, sender, receive_stream, last) -> None:
     while True:
-        message = receive(rank - 1, comm_device)
+        message = receive(rank - 1, links.ring, comm_device, receive_stream)
         if message.op == "shutdown":
+            sender.close()
             sender.send(Message("bye") if last else message)
             sender.flush()
             return
@@ -88,7 +104,7 @@ def run_stage(rank: int, shard: StageShard, split: BlockSplit, comm_device: torc
             from .rebalance import exchange_blocks  # noqa: PLC0415
 
             new = BlockSplit(tuple(message.meta["bounds"]))
-            exchange_blocks(shard, split, new, rank=rank, device=comm_device)
+            exchange_blocks(shard, split, new, rank=rank, device=comm_device, group=links.exchange)
             split = new
             continue
         try:
@@ -108,7 +124,7 @@ def _forward(rank: int, shard: StageShard, message: Message, last: bool) -> Mess
         grid = tuple(meta["grid"])
         with torch.inference_mode():
             x = shard.run(x, modulation, meta["frames"], grid, segments, RowContexts.from_json(meta["rows"]))
-            blocks_done = _synchronized(device)
+            blocks_done = finished(device)
             times = [*meta["times"], [blocks_done - began, 0.0]]
             if last:
                 return _finish(shard, message, x, times, blocks_done)
@@ -129,11 +145,6 @@ def _finish(shard: StageShard, message: Message, x: torch.Tensor, times: list, b
         latents, sigmas = final
         x0 = flow_x0(latents, v[rows], sigmas.view(-1, 1, 1, 1, 1))
         frames = shard.decode(x0, [decoder for _, decoder in meta["decode"]])
-    times[-1][1] = _synchronized(shard.device) - blocks_done
+    times[-1][1] = finished(shard.device) - blocks_done
     return Message("result", {"item": meta["item"], "times": times}, [v, *frames])
 
-
-def _synchronized(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

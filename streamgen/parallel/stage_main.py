@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     from ..sched.blocks import BlockSplit  # noqa: PLC0415
-    from .messages import open_side_channels  # noqa: PLC0415
+    from .links import open_links  # noqa: PLC0415
     from .shard_loading import StageRole, StageSource, build_stage_shard  # noqa: PLC0415
     from .stage_loop import run_stage  # noqa: PLC0415
 
@@ -43,14 +43,15 @@ def main(argv: list[str]) -> int:
     with torch.inference_mode():
         shard = build_stage_shard(StageSource.from_json(config["source"]), role, device, dtype)
     shard.accelerate(config.get("acceleration", "none"))
+    timeout_s = float(config["timeout"])
     dist.init_process_group(
         config["backend"], init_method=config["init_method"], rank=rank, world_size=world,
-        timeout=timedelta(seconds=float(config.get("timeout", 600))),
+        timeout=timedelta(seconds=timeout_s), **({"device_id": device} if config["backend"] == "nccl" else {}),
     )
-    open_side_channels(world)
+    links = open_links(world, config["backend"], timeout_s)
     comm_device = device if config["backend"] == "nccl" else torch.device("cpu")
     try:
-        run_stage(rank, shard, split, comm_device)
+        run_stage(rank, shard, split, comm_device, links)
     except RuntimeError as error:  # a neighbour died: its failure is the story, this rank's is a consequence
         detail = str(error).split("] ", 1)[-1].split(". ", 1)[0]
         logging.getLogger(__name__).error("the link to a neighbouring rank broke (%s); exiting", detail)

@@ -42,7 +42,7 @@ def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined:
     from ..models.loading.device import resolve_dtype  # noqa: PLC0415
     from ..models.loading.video_presets import VIDEO_PRESETS  # noqa: PLC0415
     from ..sched.blocks import BlockSplit  # noqa: PLC0415
-    from .messages import open_side_channels  # noqa: PLC0415
+    from .links import open_links, stage_timeout_seconds  # noqa: PLC0415
     from .shard_loading import StageRole, StageSource, build_stage_shard  # noqa: PLC0415
     from .staged_model import _num_blocks  # noqa: PLC0415
     from .stage_loop import run_stage  # noqa: PLC0415
@@ -63,10 +63,14 @@ def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined:
         shard = build_stage_shard(source, StageRole(rank, world, blocks.start, blocks.stop), device, resolve_dtype(dtype, device))
     shard.accelerate(acceleration)
     backend = "nccl" if all(d.startswith("cuda") for d in devices) else "gloo"
-    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timedelta(minutes=10))
-    open_side_channels(world)
+    timeout_s = stage_timeout_seconds()
+    dist.init_process_group(
+        backend, init_method="env://", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s),
+        **({"device_id": device} if backend == "nccl" else {}),
+    )
+    links = open_links(world, backend, timeout_s)
     try:
-        run_stage(rank, shard, split, device if backend == "nccl" else torch.device("cpu"))
+        run_stage(rank, shard, split, device if backend == "nccl" else torch.device("cpu"), links)
     finally:
         dist.destroy_process_group()
     return 0
