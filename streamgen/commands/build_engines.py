@@ -7,7 +7,7 @@ It loads the model, applies the acceleration exactly as ``serve`` and ``run``
 do and reports every engine it built or found already built (a second run
 builds nothing). Serving reuses them when it runs with the same model,
 weights, dtype, device and ranges: ``--batch`` and ``--resolution`` default
-to the ranges ``serve`` uses (rows 1-8; the model's native size up to twice
+to the ranges ``serve`` uses (rows 1-8; half the model's native size up to twice
 it). ONNX exports have dynamic shapes and serve every range; TensorRT
 engines are built for the ranges given. Bad options or a backend that cannot
 run here are reported in one line (exit status 2) before any weights load.
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("build-engines", help="export/build a model's compiled engines into the engine cache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="preset, hub id or local path (default tiny)")
     parser.add_argument("--acceleration", default=None, metavar="BACKEND", help="onnxruntime, tensorrt, compile or auto (required)")
-    parser.add_argument("--resolution", default=None, metavar="MIN-MAX", help="pixels per side the engines serve, e.g. 256-768 or 512 (default: the model's native size up to twice it)")
+    parser.add_argument("--resolution", default=None, metavar="MIN-MAX", help="pixels per side the engines serve, e.g. 256-768 or 512 (default: half the model's native size up to twice it)")
     parser.add_argument("--batch", default=None, metavar="MIN-MAX", help="UNet rows per call, e.g. 1-4 (default 1-8)")
     parser.add_argument("--engine-dir", default=None, metavar="DIR", help="engine cache directory (default $STREAMGEN_ENGINE_DIR, else engines/ in a checkout, else ~/.cache/streamgen/engines)")
     parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")

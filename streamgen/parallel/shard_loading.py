@@ -249,7 +249,8 @@ def keep_vae_half(vae: StreamingWanVAE, half: str) -> StreamingWanVAE:
 
 def build_stage_vae(source: StageSource, device: torch.device, dtype: torch.dtype) -> StreamingWanVAE:
     """The decoding half of ``source``'s VAE, for the last rank (the same weights rank 0's model was built with)."""
-    from ..models.video.tiny_video import place, seeded_build, tiny_wan_vae  # noqa: PLC0415
+    from ..models.loading.components import place  # noqa: PLC0415
+    from ..models.video.tiny_video import seeded_build, tiny_wan_vae  # noqa: PLC0415
 
     if source.model == "tiny-video":  # built first under seed + 1, as build_tiny_video_model builds it
         vae = seeded_build(source.seed + 1, tiny_wan_vae)

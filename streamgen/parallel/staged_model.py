@@ -157,7 +157,7 @@ def load_staged_video_model(
     if (layers is not None or tiny_dit) and preset.repo is not None:
         raise ConfigError("layers= and tiny_dit= apply to tiny-video only")
     device = torch.device(devices[0])
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = resolve_dtype(dtype, device, family="video")
     source = StageSource(model, weights, seed, layers, tiny_dit, checkpoint, checkpoint_key)
     num_blocks = _num_blocks(source, preset)
     if len(devices) > num_blocks:

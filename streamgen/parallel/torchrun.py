@@ -60,7 +60,7 @@ def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined:
     split = BlockSplit.even(_num_blocks(source, preset), world)
     blocks = split.blocks_of(rank)
     with torch.inference_mode():
-        shard = build_stage_shard(source, StageRole(rank, world, blocks.start, blocks.stop), device, resolve_dtype(dtype, device))
+        shard = build_stage_shard(source, StageRole(rank, world, blocks.start, blocks.stop), device, resolve_dtype(dtype, device, family="video"))
     shard.accelerate(acceleration)
     backend = "nccl" if all(d.startswith("cuda") for d in devices) else "gloo"
     timeout_s = stage_timeout_seconds()

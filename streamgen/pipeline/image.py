@@ -49,6 +49,7 @@ from ..errors import ConfigError, InputError
 from ..frames import model_to_uint8, uint8_to_model
 from ..models.image.image_model import ImageModel, PromptEmbedding
 from ..params import parse_params
+from ..runtime.engine_limits import engine_limits_of
 from .image_state import ImageCheckpoint, ImageStreamState
 from .output import StepOutput
 from .prompts import PromptTransition, blend_prompts
@@ -103,6 +104,11 @@ class ImagePipeline:
         elif not isinstance(params, StreamParams):
             base = StreamParams(cfg_type="none") if config.mode == "txt2img" else None
             params = parse_params(params, base)
+        limits = engine_limits_of(self.model)
+        if limits is not None:
+            full_cfg = params.cfg_type == "full" and params.guidance_scale != 1.0
+            steps = len(params.resolved_t_index_list()) if config.use_denoising_batch else 1
+            limits.check_stream(config.width, config.height, config.frame_buffer_size * steps * (2 if full_cfg else 1))
         h, w = self.model.latent_size(config.width, config.height)
         latent_shape = (self.model.latent_channels, h, w)
         schedule = self._schedule(params, config)

@@ -193,24 +193,66 @@ def text_slot(runners: list[Runner]) -> Callable[[int, torch.Tensor], tuple[torc
 
 
 # --------------------------------------------------------------------- runners
-def make_runner(path: Path, device: torch.device) -> Runner:
-    """A CPU or CUDA runner of the ONNX file at ``path``."""
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def session_options(threads: int) -> Any:
+    """ORT session options within the process's thread budget, with waiting threads that sleep.
+
+    ORT's intra-op pool spins while it waits for work (``OMP_WAIT_POLICY``
+    does not reach it): on a shared 2-core machine that kept about two cores
+    busy for 1.1-1.2x eager's speed. Like torch's threads (streamgen.threads),
+    its pools get the budget's thread count and spinning is turned off.
+    """
     import onnxruntime as ort  # noqa: PLC0415
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT warns about every CPU-placed shape op
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def make_runner(path: Path, device: torch.device) -> Runner:
+    """A CPU or CUDA runner of the ONNX file at ``path``."""
+    import onnxruntime as ort  # noqa: PLC0415
+
+    options = session_options(torch.get_num_threads())
     try:
         if device.type == "cuda":
             index = device.index if device.index is not None else torch.cuda.current_device()
-            session = ort.InferenceSession(str(path), options, providers=[("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), options, providers=[(CUDA_PROVIDER, {"device_id": index}), "CPUExecutionProvider"])
+            check_providers(session, CUDA_PROVIDER, path.name)
             return CudaRunner(session, torch.device("cuda", index))
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except EngineError:
+        raise
     except Exception as error:  # noqa: BLE001 - ORT raises its own exception types
         raise EngineError(f"ONNX Runtime could not load {path.name}: {type(error).__name__}: {error}") from error
     return CpuRunner(session, device)
+
+
+def check_providers(session: Any, wanted: str, what: str) -> None:
+    """EngineError when ORT quietly fell back to the CPU (its CUDA provider could not load), with what it said it has."""
+    providers = list(session.get_providers())
+    if wanted in providers:
+        return
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+
+        available, version = ort.get_available_providers(), ort.__version__
+    except ImportError:  # pragma: no cover - a session exists, so onnxruntime imports
+        available, version = [], "?"
+    raise EngineError(
+        f"ONNX Runtime {version} could not use {wanted} for {what} and would have run it on the CPU "
+        f"(session providers: {', '.join(providers) or 'none'}; this onnxruntime offers: {', '.join(available) or 'none'}). "
+        "Its CUDA provider loads only with the CUDA and cuDNN versions this onnxruntime-gpu was built for: install "
+        "the matching ones (or the onnxruntime-gpu build for your CUDA), or use --acceleration compile"
+    )
 
 
 def _input_dtypes(session: Any) -> list[tuple[str, torch.dtype]]:

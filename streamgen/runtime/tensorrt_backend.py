@@ -11,11 +11,13 @@ ONNX file the ONNX Runtime backend exports, with:
   (TensorRT version and GPU architecture included: a stale engine is never
   loaded).
 
-At run time every batch bucket (:mod:`streamgen.runtime.buckets`) gets its
-own preallocated device buffers and its own CUDA graph capturing
-``execute_async_v3`` on a private stream: a call copies its inputs into the
-bucket's static buffers, replays the graph and returns a copy of the output
-rows it asked for. No host sync happens inside the captured region.
+At run time :class:`~streamgen.runtime.tensorrt_runner.EngineRunner` gives
+every input shape (row bucket, :mod:`streamgen.runtime.buckets`) its own
+execution context, buffers in the engine's dtypes and a CUDA graph, all
+captured at install for the native size; the model learns the engines'
+limits (:class:`~streamgen.runtime.engine_limits.EngineLimits`), so the
+scheduler never plans more rows than they take and a stream of a size they
+do not cover is refused when it is created.
 
 Nothing here can run without an NVIDIA GPU and TensorRT; the tests that need
 them skip with a message elsewhere.
@@ -23,9 +25,9 @@ them skip with a message elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,14 @@ import torch
 
 from ..errors import EngineError
 from .backend import package_missing
-from .buckets import DEFAULT_BUCKETS, bucket_for, pad_rows
+from .engine_limits import EngineLimits
 from .onnx_export import InputRange
+from .tensorrt_runner import CudaOps, EngineRunner
 
 logger = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 4 << 30
+ENGINE_COMPONENTS = ("unet", "vae_encoder", "vae_decoder")
 
 
 class TensorRTBackend:
@@ -56,12 +60,22 @@ class TensorRTBackend:
         from . import ort_backend  # noqa: PLC0415  (its ONNX export is the input of every engine)
 
         exports = ort_backend.export_image_components(model, cache)
-        for slot, component in (("unet_forward", "unet"), ("vae_encode_forward", "vae_encoder"), ("vae_decode_forward", "vae_decoder")):
+        runners = {}
+        for component in ENGINE_COMPONENTS:
             onnx_path, input_names, ranges = exports.onnx_path(component), exports.input_names(component), exports.shape_ranges(component)
             key = exports.key(component, backend=self.name, library_version=_trt_version())
-            engine_path = cache.get_or_build(key, lambda out, p=onnx_path, r=ranges: build_engine(p, r, out))
-            runner = EngineRunner(engine_path, input_names, model.device)
-            setattr(model, slot, runner.as_slot(component))
+            engine_path = cache.get_or_build(key, lambda out, p=onnx_path, r=ranges: build_engine(p, r, out, model.device))
+            runner = load_engine_runner(engine_path, input_names, model.device, model.dtype, component)
+            # Every row bucket at the native size is captured now, before any stream runs (never lazily mid-stream
+            # for the shapes nearly every stream uses); other sizes are captured on first use, in thread_local mode.
+            runner.prepare(runner.bucket_shapes({name: r.optimum for name, r in ranges.items()}))
+            runners[component] = runner
+        model.unet_forward = engine_slot(runners["unet"], "unet")
+        model.vae_encode_forward = engine_slot(runners["vae_encoder"], "vae_encoder")
+        model.vae_decode_forward = engine_slot(runners["vae_decoder"], "vae_decoder")
+        model.engine_limits = EngineLimits(
+            self.name, max_rows=runners["unet"].row_limit, side_range=tuple(int(v) for v in exports.resolution_range)
+        )
 
     def accelerate_video(self, model: Any, cache: Any) -> None:
         raise EngineError(
@@ -76,8 +90,13 @@ def _trt_version() -> str:
     return str(trt.__version__)
 
 
-def build_engine(onnx_path: Path, ranges: dict[str, InputRange], out: Path) -> None:
-    """Parse ``onnx_path``, build an fp16 engine with one profile over ``ranges``, write it to ``out``."""
+def build_engine(onnx_path: Path, ranges: dict[str, InputRange], out: Path, device: torch.device | None = None) -> None:
+    """Parse ``onnx_path``, build an fp16 engine with one profile over ``ranges`` (on ``device``), write it to ``out``."""
+    with torch.cuda.device(device) if device is not None and device.type == "cuda" else contextlib.nullcontext():
+        _build_engine(onnx_path, ranges, out)
+
+
+def _build_engine(onnx_path: Path, ranges: dict[str, InputRange], out: Path) -> None:
     import tensorrt as trt  # noqa: PLC0415
 
     trt_logger = trt.Logger(trt.Logger.WARNING)
@@ -104,94 +123,86 @@ def build_engine(onnx_path: Path, ranges: dict[str, InputRange], out: Path) -> N
     out.write_bytes(bytes(serialized))
 
 
-@dataclass
-class _Bucket:
-    """Static buffers and the captured graph of one input shape."""
+class TensorRTEngineMeta:
+    """:class:`~.tensorrt_runner.EngineMeta` over a deserialised ``ICudaEngine`` (TensorRT 10)."""
 
-    inputs: dict[str, torch.Tensor]
-    output: torch.Tensor
-    graph: torch.cuda.CUDAGraph | None = None
+    def __init__(self, engine: Any, trt: Any) -> None:
+        self.engine = engine
+        self.trt = trt
+        self._names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
 
+    def input_names(self) -> list[str]:
+        return [n for n in self._names if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT]
 
-@dataclass
-class EngineRunner:
-    """Runs one engine: static buffers and a CUDA graph per input shape (see module docstring)."""
+    def output_name(self) -> str:
+        outputs = [n for n in self._names if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.OUTPUT]
+        if len(outputs) != 1:
+            raise EngineError(f"streamgen runs engines with one output; this one has {outputs}")
+        return outputs[0]
 
-    engine_path: Path
-    input_names: tuple[str, ...]
-    device: torch.device
-    buckets: tuple[int, ...] = DEFAULT_BUCKETS
-    _state: dict[tuple, _Bucket] = field(default_factory=dict)
+    def dtype(self, name: str) -> torch.dtype:
+        return torch_dtype(self.engine.get_tensor_dtype(name), self.trt)
 
-    def __post_init__(self) -> None:
-        import tensorrt as trt  # noqa: PLC0415
+    def profile(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        low, best, high = self.engine.get_tensor_profile_shape(name, 0)
+        return tuple(low), tuple(best), tuple(high)
 
-        self._trt = trt
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(Path(self.engine_path).read_bytes())
-        if self.engine is None:
-            raise EngineError(f"TensorRT could not load {self.engine_path} (built for another TensorRT or GPU?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        self.stream = torch.cuda.Stream(device=self.device)
+    def memory_size(self) -> int:
+        size = getattr(self.engine, "device_memory_size_v2", None)  # TensorRT >= 10.1
+        return int(size if size is not None else self.engine.device_memory_size)
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        rows = args[0].shape[0]
-        size = bucket_for(rows, self.buckets)
-        feeds = {name: pad_rows(arg, size) if arg.shape[0] == rows else arg for name, arg in zip(self.input_names, args)}
-        shape_key = tuple((n, tuple(t.shape), t.dtype) for n, t in feeds.items())
-        bucket = self._state.get(shape_key) or self._prepare(shape_key, feeds)
-        current = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(current)
-        with torch.cuda.stream(self.stream):
-            for name, value in feeds.items():
-                bucket.inputs[name].copy_(value, non_blocking=True)
-            bucket.graph.replay()
-        current.wait_stream(self.stream)
-        return bucket.output[:rows].clone()
-
-    def _prepare(self, shape_key: tuple, feeds: dict[str, torch.Tensor]) -> _Bucket:
-        """Allocate the bucket's buffers, bind them, run once, then capture the enqueue in a CUDA graph."""
-        inputs = {name: torch.empty_like(value, memory_format=torch.contiguous_format) for name, value in feeds.items()}
-        for name, buffer in inputs.items():
-            self.context.set_input_shape(name, tuple(buffer.shape))
-            self.context.set_tensor_address(name, buffer.data_ptr())
-        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
-        output = torch.empty(out_shape, device=self.device, dtype=_torch_dtype(self.engine.get_tensor_dtype(self.output_name)))
-        self.context.set_tensor_address(self.output_name, output.data_ptr())
-        bucket = _Bucket(inputs, output)
-        with torch.cuda.stream(self.stream):
-            for name, value in feeds.items():
-                inputs[name].copy_(value)
-            if not self.context.execute_async_v3(self.stream.cuda_stream):  # warm-up outside the capture
-                raise EngineError(f"TensorRT failed to run {Path(self.engine_path).name}")
-        self.stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.stream):
-            self.context.execute_async_v3(self.stream.cuda_stream)
-        bucket.graph = graph
-        self._state[shape_key] = bucket
-        return bucket
-
-    def as_slot(self, component: str) -> Callable[..., torch.Tensor]:
-        """A call with the model slot's signature (the UNet slot takes the SDXL dict too)."""
-        if component != "unet":
-            return lambda images: self(images.contiguous())
-
-        def unet(latents, timesteps, hidden, added=None):
-            args = [latents.contiguous(), timesteps.expand(latents.shape[0]).contiguous(), hidden.contiguous()]
-            if added is not None:
-                args += [added["text_embeds"].contiguous(), added["time_ids"].contiguous()]
-            return self(*args).to(latents.dtype)
-
-        return unet
+    def new_context(self, memory: torch.Tensor) -> Any:
+        """A context without memory of its own, given ``memory`` (shared by the runner's contexts)."""
+        strategy = getattr(self.trt, "ExecutionContextAllocationStrategy", None)
+        if strategy is not None:
+            context = self.engine.create_execution_context(strategy.USER_MANAGED)
+        else:
+            context = self.engine.create_execution_context_without_device_memory()
+        if context is None:
+            raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
+        if hasattr(context, "set_device_memory"):
+            context.set_device_memory(memory.data_ptr(), memory.numel())
+        else:
+            context.device_memory = memory.data_ptr()
+        return context
 
 
-def _torch_dtype(trt_dtype: Any) -> torch.dtype:
+def load_engine_runner(engine_path: Path, input_names: tuple[str, ...], device: torch.device, output_dtype: torch.dtype, name: str) -> EngineRunner:
+    """Deserialise ``engine_path`` on ``device`` (not on whatever device is current) and wrap it in a runner."""
     import tensorrt as trt  # noqa: PLC0415
 
+    with torch.cuda.device(device):
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+    if engine is None:
+        raise EngineError(f"TensorRT could not load {engine_path} (built for another TensorRT or GPU?)")
+    runner = EngineRunner(TensorRTEngineMeta(engine, trt), input_names, CudaOps(device), output_dtype=output_dtype, name=name)
+    runner.engine = engine  # keeps the engine alive as long as its contexts
+    runner.trt_runtime = runtime
+    return runner
+
+
+def engine_slot(runner: EngineRunner, component: str) -> Callable[..., torch.Tensor]:
+    """A call with the model slot's signature (the UNet slot takes the SDXL dict too)."""
+    if component != "unet":
+        return lambda images: runner(images.contiguous())
+
+    def unet(latents, timesteps, hidden, added=None):
+        rows = latents.shape[0]
+        args = [latents, timesteps.reshape(-1).expand(rows), _rows(hidden, rows)]
+        if added is not None:
+            args += [_rows(added["text_embeds"], rows), _rows(added["time_ids"], rows)]
+        return runner(*(a.contiguous() for a in args))
+
+    return unet
+
+
+def _rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    return tensor if tensor.shape[0] == rows else tensor.expand(rows, *tensor.shape[1:])
+
+
+def torch_dtype(trt_dtype: Any, trt: Any) -> torch.dtype:
     table = {trt.float16: torch.float16, trt.float32: torch.float32, trt.bfloat16: torch.bfloat16, trt.int32: torch.int32, trt.int64: torch.int64}
     if trt_dtype not in table:
-        raise EngineError(f"unsupported TensorRT output dtype {trt_dtype}")
+        raise EngineError(f"unsupported TensorRT tensor dtype {trt_dtype}")
     return table[trt_dtype]

@@ -147,7 +147,7 @@ def _fill(now: float, units: list[_Unit], model: LatencyModel, max_rows: int | N
     units[0].on_time = now + units[0].alone <= units[0].due
     for unit in units[1:]:
         trial = [u.candidate for u in chosen] + [unit.candidate]
-        if max_rows is not None and sum(c.rows for c in trial) > max_rows and not unit.forced:
+        if max_rows is not None and sum(c.rows for c in trial) > max_rows:  # a hard limit (compiled engines): even a forced unit waits
             deferred.append(unit)
             continue
         finish = now + _seconds(model, _shape(trial))

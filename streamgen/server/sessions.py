@@ -38,7 +38,7 @@ from .metrics import ServerMetrics
 from .peer import add_transceivers, answer_offer, new_peer_connection, parse_offer
 from .pipelines import create_session_state, model_kind, validate_session_settings
 from .session import Session, Viewer
-from .step_shape import ServerCaps, StreamShape, shape_of_settings
+from .step_shape import ServerCaps, StreamShape, check_engine_limits, shape_of_settings
 from .tracks import OutputTrack
 from .worker import ModelWorker, Reservation
 
@@ -153,6 +153,7 @@ class SessionManager:
             merged["use_denoising_batch"] = self._video_mode(worker, merged, session_slo)
         stream = shape_of_settings(worker.pipeline, merged, self.kind)
         self.caps.check(stream.width, stream.height, stream.frames_per_call, stream.steps)
+        check_engine_limits(worker.pipeline, stream)
         return worker, merged, session_slo, stream
 
     def _reserve(self, stream: StreamShape, slo: Slo) -> tuple[ModelWorker, Reservation]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..runtime.engine_limits import engine_limits_of
 from .pipelines import parse_image_settings
 
 CAP_SIZE_FACTOR = 2  # at most twice the model's native width and height
@@ -143,6 +144,19 @@ def shape_of_settings(pipeline: Any, settings: Mapping[str, Any], kind: str) -> 
         config.use_denoising_batch,
         2 if full_cfg else 1,
     )
+
+
+def check_engine_limits(pipeline: Any, stream: StreamShape) -> None:
+    """ConfigError when the pipeline's compiled engines cannot run a stream of this shape (size or rows), with their range."""
+    limits = engine_limits_of(getattr(pipeline, "model", None))
+    if limits is not None and stream.kind == "image":
+        limits.check_stream(stream.width, stream.height, stream.unit().rows)
+
+
+def engine_row_limit(pipeline: Any) -> int | None:
+    """The most rows one step may carry on the pipeline's engines (None: no limit): the scheduler's row limit."""
+    limits = engine_limits_of(getattr(pipeline, "model", None))
+    return None if limits is None else limits.max_rows
 
 
 def native_size(pipeline: Any) -> tuple[int, int]:

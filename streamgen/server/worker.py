@@ -47,7 +47,7 @@ from .metrics import ServerMetrics
 from .shared_latency import SharedLatency
 from .pipelines import stream_size, takes_no_frames
 from .slot import FrameTag, LatestFrames
-from .step_shape import StepShape, StreamShape, bucket_work, step_shape_of_state
+from .step_shape import StepShape, StreamShape, bucket_work, engine_row_limit, step_shape_of_state
 from .transaction import Outcome, StepEntry, step_transactionally
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ class ModelWorker:
         self.pipeline = pipeline
         self.name = name
         self._shared = shared
+        self.max_rows = engine_row_limit(pipeline)  # compiled engines take at most this many rows per call
         self.latency = latency or LatencyModel(bucket_work=bucket_work, prior=shared)
         self._metrics = metrics
         self._cond = threading.Condition()
@@ -368,7 +369,7 @@ class ModelWorker:
                     member.last_served, member.served_arrival, member.deferred,
                 )
             )
-        plan = plan_step(now, candidates, self.latency)
+        plan = plan_step(now, candidates, self.latency, max_rows=self.max_rows)
         for key, count in plan.drops:
             by_key[key].client.slot.drop_oldest(count)
         for key in plan.deferred:

@@ -140,3 +140,13 @@ def test_video_mode_falls_back_to_sequential_for_a_tight_deadline():
     choice = choose_video_mode(model, "a", steps=4, chunk_period_s=0.13, deadline_s=0.2)
     assert not choice.stream_batch
     assert choice.sequential_latency == pytest.approx(0.08)
+
+
+def test_an_engine_row_limit_is_hard_even_for_sessions_deferred_too_often():
+    """Compiled engines take at most ``max_rows`` rows: a forced session waits for the next step rather than break the engine."""
+    model = _fitted(linear(0.001, 0.001))
+    slo = Slo(target_fps=30, deadline_s=1.0)
+    both_forced = [Candidate(name, "a", 3, (0.0,), slo, last_served=0.5, deferred=10) for name in ("a", "b")]
+    plan = plan_step(1.0, both_forced, model, max_rows=4)
+    assert plan.rows == 3 and len(plan.sessions) == 1 and len(plan.deferred) == 1
+    assert len(plan_step(1.0, both_forced, model).sessions) == 2  # without a limit both run

@@ -85,6 +85,8 @@ class ImageModel:
         self.vae_encode_forward: ImageForward = self._eager_vae_encode
         self.vae_decode_forward: ImageForward = self._eager_vae_decode
         self.text_encode_forward: TextForward = self._eager_text_encode
+        # Set by a backend whose engines have fixed shape ranges (streamgen.runtime.engine_limits.EngineLimits).
+        self.engine_limits: Any = None
         self._prompt_cache: OrderedDict[str, PromptEmbedding] = OrderedDict()
         self._prompt_lock = threading.Lock()
 

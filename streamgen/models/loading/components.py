@@ -70,13 +70,51 @@ def transformers_dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
 CPU_ALIGNMENT = 64  # bytes: a cache line, what oneDNN/MKL kernels vectorise over
 
 
-def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Move to ``device``/``dtype``, own aligned memory on the CPU, and freeze for inference (no-op moves are skipped)."""
-    first = next(module.parameters(), None)
-    if first is not None and (first.device != device or first.dtype != dtype):
-        module = module.to(device=device, dtype=dtype)
+def place(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> torch.nn.Module:
+    """Move to ``device``/``dtype`` (float32 where the model keeps it), own aligned memory on the CPU, freeze for inference.
+
+    No-op moves and casts are skipped (diffusers warns about casts).
+    """
+    device = torch.device(device)
+    parameters = list(module.parameters())
+    if any(p.device != device for p in parameters):
+        module = module.to(device=device)
+    if any(p.dtype != dtype for p in parameters) and not _only_kept_differ(module, dtype):
+        module = module.to(dtype=dtype)
+    keep_fp32_modules(module)
     realign_cpu_tensors(module)
     return module.eval().requires_grad_(False)
+
+
+def _kept_names(module: torch.nn.Module) -> list[tuple[torch.nn.Module, set[str]]]:
+    return [(owner, set(names)) for owner in module.modules() if (names := getattr(type(owner), "_keep_in_fp32_modules", None))]
+
+
+def _only_kept_differ(module: torch.nn.Module, dtype: torch.dtype) -> bool:
+    """True when every parameter not in ``dtype`` is one the model keeps in float32 (placed before)."""
+    if dtype == torch.float32:
+        return False
+    kept = {id(t) for owner, keep in _kept_names(module) for name, t in owner.named_parameters() if keep & set(name.split("."))}
+    return all(p.dtype == dtype or (id(p) in kept and p.dtype == torch.float32) for p in module.parameters())
+
+
+def keep_fp32_modules(module: torch.nn.Module) -> int:
+    """Put back into float32 what the model's authors keep there in a half-precision model; returns how many tensors moved.
+
+    diffusers and transformers name them in ``_keep_in_fp32_modules`` (Wan's
+    time embedder, modulation tables and norms; UMT5's ``wo`` projections,
+    which overflow in float16) and their forwards cast around them; a plain
+    ``.to(dtype)`` would undo that. Checked on every submodule, so a model
+    held inside a wrapper is covered too.
+    """
+    moved = 0
+    with torch.no_grad():
+        for owner, keep in _kept_names(module):
+            for name, tensor in [*owner.named_parameters(), *owner.named_buffers()]:
+                if tensor.dtype in (torch.float16, torch.bfloat16) and keep & set(name.split(".")):
+                    tensor.data = tensor.data.float()
+                    moved += 1
+    return moved
 
 
 def realign_cpu_tensors(module: torch.nn.Module) -> int:

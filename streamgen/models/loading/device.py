@@ -32,12 +32,34 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``auto`` → float16 on CUDA, float32 on the CPU (half precision is slow there)."""
+def auto_dtype(device_type: str, family: str, bf16_supported: bool) -> torch.dtype:
+    """What ``auto`` means: the dtype a model family was trained and is published in, where the device runs it fast.
+
+    - CPU: float32 (half precision is slow there);
+    - CUDA, image models (SD-family UNets and VAEs, CLIP): float16, as their
+      authors publish them;
+    - CUDA, video models (Wan 2.1 and its UMT5 encoder): bfloat16. They are
+      bf16 models: T5-family encoders overflow in float16, and the DiT's
+      activations leave float16's range. A GPU without fast bf16 (before
+      Ampere) gets float16, the only fast half type it has.
+
+    Modules a model keeps in float32 (diffusers' and transformers'
+    ``_keep_in_fp32_modules``) stay float32 whatever this says
+    (:func:`streamgen.models.loading.components.keep_fp32_modules`).
+    """
+    if device_type != "cuda":
+        return torch.float32
+    if family == "video" and bf16_supported:
+        return torch.bfloat16
+    return torch.float16
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, family: str = "image") -> torch.dtype:
+    """``auto`` → :func:`auto_dtype` for ``family`` (``image`` or ``video``) on ``device``; else the named dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return auto_dtype(device.type, family, device.type == "cuda" and torch.cuda.is_bf16_supported())
     try:
         return _DTYPES[dtype]
     except KeyError:

@@ -34,7 +34,8 @@ from ...errors import ConfigError, ModelLoadError
 from .device import resolve_device, resolve_dtype
 from .hub import SnapshotRequest, download_command, fetch_snapshot
 from ..video.stream_vae import StreamingWanVAE
-from ..video.tiny_video import ByteTokenizer, place, seeded_build, tiny_umt5_encoder, tiny_wan_vae
+from ..video.tiny_video import ByteTokenizer, seeded_build, tiny_umt5_encoder, tiny_wan_vae
+from .components import place
 from ..video.video_model import VideoModel
 from .weight_files import choose_weight_files, select_folder_files
 
@@ -100,7 +101,7 @@ def load_video_model(model: str | ModelSpec, **spec: Any) -> VideoModel:
     """Load the :class:`VideoModel` a preset names (see module docstring)."""
     video_spec = _video_spec(model, spec)
     device = resolve_device(video_spec.device)
-    dtype = resolve_dtype(video_spec.dtype, device)
+    dtype = resolve_dtype(video_spec.dtype, device, family="video")
     preset = video_spec.preset
     if preset.repo is None:
         return build_tiny_video_model(seed=video_spec.seed, device=device, dtype=dtype)

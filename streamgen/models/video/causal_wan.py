@@ -145,6 +145,9 @@ class CausalWanTransformer(torch.nn.Module):
             raise ConfigError(f"causal Wan needs a temporal patch size of 1, got patch_size={tuple(config.patch_size)}")
         if config.image_dim is not None or config.added_kv_proj_dim is not None:
             raise ConfigError("causal Wan supports text-to-video transformers only (no image conditioning)")
+        from ..loading.components import keep_fp32_modules  # noqa: PLC0415  (models.loading imports this module)
+
+        keep_fp32_modules(transformer)  # diffusers keeps Wan's time embedder, modulation tables and norms in float32
         self.transformer = transformer
         self.rope = WanRope(transformer.rope)
 
@@ -194,7 +197,8 @@ class CausalWanTransformer(torch.nn.Module):
         embedding = getattr(self.transformer, "patch_embedding", None)
         if embedding is not None:
             return embedding.weight
-        return next(self.transformer.parameters())
+        parameters = list(self.transformer.parameters())
+        return next((p for p in parameters if p.dtype != torch.float32), parameters[0])  # not a module kept in float32
 
     def tokens_per_frame(self, latent_h: int, latent_w: int) -> int:
         _, ph, pw = self.patch_size

@@ -92,14 +92,6 @@ def tiny_umt5_encoder(d_model: int, *, layers: int = 1, heads: int = 2, d_kv: in
     return UMT5EncoderModel(config)
 
 
-def place(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> torch.nn.Module:
-    """On ``device`` in ``dtype``, in eval mode, without gradients (cast only when needed: diffusers warns)."""
-    module = module.to(device=device)
-    if any(p.dtype != dtype for p in module.parameters()):
-        module = module.to(dtype=dtype)
-    return module.eval().requires_grad_(False)
-
-
 def seeded_build(seed: int, build: Any) -> Any:
     """``build()`` with torch's CPU RNG seeded, leaving the caller's RNG untouched."""
     with torch.random.fork_rng(devices=[]):
