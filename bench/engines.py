@@ -15,13 +15,22 @@ run (>1: faster than eager). Backends that cannot run here are listed with
 the reason. Build time (export/compile, first call) is reported separately:
 it is paid once, then the engine cache serves restarts.
 
+Time to first frame (``--ttff``, on by default): for each backend, two new
+processes over one empty engine cache (:mod:`bench.first_frame`): cold (the
+first, which builds or compiles everything) and warm (the second, which
+finds the first one's engines, exports or torch.compile artefacts).
+
 Prints a table and writes ``bench/out/engines.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +56,7 @@ class EngineBenchSettings:
     device: str = "auto"
     engine_dir: Path = OUT_DIR / "engines-cache"
     out: Path = OUT_DIR / "engines.json"
+    ttff: bool = True
 
 
 def image_rows(settings: EngineBenchSettings, size: int) -> list[dict[str, Any]]:
@@ -130,6 +140,41 @@ def video_rows(settings: EngineBenchSettings) -> list[dict[str, Any]]:
     return rows
 
 
+def first_frame_rows(settings: EngineBenchSettings) -> list[dict[str, Any]]:
+    """Cold and warm time to first frame of each backend, each in a new process over one fresh engine cache."""
+    from streamgen.runtime import unavailable_reason  # noqa: PLC0415
+
+    device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else ("cpu" if settings.device == "auto" else settings.device))
+    size = min(settings.sizes)
+    rows = []
+    for backend in settings.backends:
+        what = f"{settings.model} {size}x{size} first frame"
+        reason = unavailable_reason(backend, device) if backend != "none" else None
+        if reason is not None:
+            rows.append({"what": what, "backend": backend, "note": reason})
+            continue
+        with tempfile.TemporaryDirectory(prefix="streamgen-ttff-") as engine_dir:
+            runs = [_first_frame(settings, backend, size, Path(engine_dir)) for _ in ("cold", "warm")]
+        cold, warm = runs
+        row = {"what": what, "backend": backend, "cold_s": cold.get("first_frame_s"), "warm_s": warm.get("first_frame_s")}
+        if cold.get("error") or warm.get("error"):
+            row["note"] = (cold.get("error") or warm.get("error"))[-200:]
+        rows.append(row)
+    return rows
+
+
+def _first_frame(settings: EngineBenchSettings, backend: str, size: int, engine_dir: Path) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.first_frame", "--model", settings.model, "--backend", backend, "--size", str(size),
+               "--device", settings.device, "--engine-dir", str(engine_dir)]
+    if settings.dummy:
+        command.append("--dummy")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(engine_dir / "inductor")}  # cold really is cold
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent, check=False)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip() or f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _ratio(eager: float | None, other: float | None) -> float | None:
     return None if not eager or not other else round(eager / other, 2)
 
@@ -137,7 +182,8 @@ def _ratio(eager: float | None, other: float | None) -> float | None:
 COLUMNS = [
     ("what", "what"), ("backend", "backend"), ("build_s", "build s"), ("unet_ms", "UNet ms"), ("unet_x", "x eager"),
     ("vae_encode_ms", "VAE enc ms"), ("vae_encode_x", "x eager"), ("vae_decode_ms", "VAE dec ms"), ("vae_decode_x", "x eager"),
-    ("dit_chunk_ms", "DiT chunk ms"), ("dit_chunk_x", "x eager"), ("fps", "fps"), ("fps_x", "x eager"), ("note", "note"),
+    ("dit_chunk_ms", "DiT chunk ms"), ("dit_chunk_x", "x eager"), ("fps", "fps"), ("fps_x", "x eager"),
+    ("cold_s", "1st frame cold s"), ("warm_s", "1st frame warm s"), ("note", "note"),
 ]
 
 
@@ -154,12 +200,16 @@ def parse_args(argv: list[str] | None) -> EngineBenchSettings:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--engine-dir", type=Path, default=OUT_DIR / "engines-cache", help="engine cache for this benchmark")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "engines.json")
+    parser.add_argument("--no-ttff", action="store_true", help="skip the cold/warm time-to-first-frame runs (two new processes per backend)")
     args = parser.parse_args(argv)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     if backends[0] != "none":
         backends = ("none", *backends)
     sizes = tuple(int(s) for s in args.sizes.split(","))
-    return EngineBenchSettings(args.model, args.dummy, sizes, args.rows, args.steps, args.frames, not args.no_video, backends, args.device, args.engine_dir, args.out)
+    return EngineBenchSettings(
+        args.model, args.dummy, sizes, args.rows, args.steps, args.frames, not args.no_video, backends, args.device, args.engine_dir, args.out,
+        not args.no_ttff,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings.video:
         print("tiny-video ...", flush=True)
         rows += video_rows(settings)
+    if settings.ttff:
+        print("time to first frame, cold and warm (new processes) ...", flush=True)
+        rows += first_frame_rows(settings)
     print(table(rows, COLUMNS))
     info = machine()
     print(f"torch threads: {torch.get_num_threads()}")

@@ -58,7 +58,9 @@ address.
 
 Caches
 ------
-Inductor's on-disk caches (FX graphs, compiled kernels, triton) are pointed
+torch.compile's cache artefacts (AOT graphs, kernels, autotuning, dynamic
+shapes) are kept in the engine cache under the model's key and loaded before
+anything compiles (:mod:`~streamgen.runtime.compile_artifacts`). Inductor's on-disk caches (FX graphs, compiled kernels, triton) are pointed
 at ``<engine cache>/inductor`` (``TORCHINDUCTOR_CACHE_DIR``; process-wide:
 the latest ``accelerate`` call sets it), so a restart reuses the compiled
 kernels instead of compiling again (tiny-video's first DiT graph: 19.5 s
@@ -81,6 +83,7 @@ import torch
 
 from ..errors import EngineError
 from .buckets import bucketed
+from .compile_artifacts import load_compile_artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,7 @@ class CompileBackend:
     def accelerate_image(self, model: Any, cache: Any) -> None:
         cuda = model.device.type == "cuda"
         use_cache_dir(cache)
+        load_compile_artifacts(model, cache)
         unet = _eager_of(model.unet_forward)
         encode = _eager_of(model.vae_encode_forward)
         decode = _eager_of(model.vae_decode_forward)
@@ -121,6 +125,7 @@ class CompileBackend:
     # ------------------------------------------------------------------ video
     def accelerate_video(self, model: Any, cache: Any) -> None:
         use_cache_dir(cache)
+        load_compile_artifacts(model, cache)
         transformer = model.transformer
         core = _Compiled("causal DiT chunk", transformer.chunk_core, cuda=False, mark_rows=False)
         model.forward_chunks = _installed(functools.partial(transformer.run_chunks, core), transformer.forward_chunks)

@@ -57,7 +57,7 @@ ENV_ENGINE_DIR = "STREAMGEN_ENGINE_DIR"
 MANIFEST_VERSION = 1
 DIGEST_CHARS = 20  # of the sha256 hex in file names (80 bits)
 SAMPLES_PER_TENSOR = 256  # values hashed per weight tensor by weights_fingerprint
-ARTEFACT_SUFFIXES = {"onnx": ".onnx", "onnxruntime": ".onnx", "tensorrt": ".plan"}
+ARTEFACT_SUFFIXES = {"onnx": ".onnx", "onnxruntime": ".onnx", "tensorrt": ".plan", "compile": ".megacache"}
 _CHUNK = 1 << 20
 
 
@@ -273,6 +273,23 @@ class EngineCache:
             except OSError as error:
                 raise EngineError(f"cannot write {path.name} into the engine cache {self.root}: {error}") from error
         _notify(CacheEvent("reused", key, path, entry))
+        return path
+
+    def lookup(self, key: EngineKey) -> Path | None:
+        """The artefact of a valid entry for ``key``, or None (nothing is built)."""
+        return self.path_for(key) if self._valid_entry(key, quiet=True) is not None else None
+
+    def store(self, key: EngineKey, build: Callable[[Path], None]) -> Path:
+        """(Re)write the entry for ``key`` under its lock, replacing what was there: for artefacts that grow
+        as a process sees more shapes (torch.compile's cache artefacts)."""
+        path = self.path_for(key)
+        self._ensure_root()
+        try:
+            with self._locked(key):
+                entry = self._build(key, build)
+        except OSError as error:
+            raise EngineError(f"cannot write {path.name} into the engine cache {self.root}: {error}") from error
+        _notify(CacheEvent("built", key, path, entry))
         return path
 
     def entries(self) -> list[EngineEntry]:

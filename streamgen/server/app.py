@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from aiohttp import web
 
+from ..runtime.compile_artifacts import save_compile_artifacts
 from .aiohttp_patches import LIMITS_KEY, ConnectionLimits, install_connection_guards, install_json_parse_errors
 from .aiortc_patches import configure_video_encoders, install_marker_jitter_buffer
 from .config import ServerConfig
@@ -143,6 +144,9 @@ async def warm_up_worker(worker: ModelWorker, settings: dict[str, Any], kind: st
         samples = await asyncio.wrap_future(worker.run_between_steps(warm_up_pipeline, worker.pipeline, settings, kind, streams))
         for shapes, seconds in samples:
             worker.learn(shapes, seconds)
+    model = getattr(worker.pipeline, "model", None)
+    if model is not None:  # torch.compile's artefacts of what the warm-up compiled: the next start is warm
+        await asyncio.wrap_future(worker.submit(save_compile_artifacts, model))
 
 
 def run_server(config: ServerConfig, sockets: Sequence[socket.socket] | None = None) -> None:
