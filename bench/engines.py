@@ -57,6 +57,7 @@ class EngineBenchSettings:
     engine_dir: Path = OUT_DIR / "engines-cache"
     out: Path = OUT_DIR / "engines.json"
     ttff: bool = True
+    ttff_only: bool = False
 
 
 def image_rows(settings: EngineBenchSettings, size: int) -> list[dict[str, Any]]:
@@ -154,18 +155,21 @@ def first_frame_rows(settings: EngineBenchSettings) -> list[dict[str, Any]]:
             rows.append({"what": what, "backend": backend, "note": reason})
             continue
         with tempfile.TemporaryDirectory(prefix="streamgen-ttff-") as engine_dir:
-            runs = [_first_frame(settings, backend, size, Path(engine_dir)) for _ in ("cold", "warm")]
-        cold, warm = runs
-        row = {"what": what, "backend": backend, "cold_s": cold.get("first_frame_s"), "warm_s": warm.get("first_frame_s")}
-        if cold.get("error") or warm.get("error"):
-            row["note"] = (cold.get("error") or warm.get("error"))[-200:]
+            cold, warm = (_first_frame(settings, backend, size, Path(engine_dir)) for _ in ("cold", "warm"))
+            # compile: what the stored artefacts add over inductor's disk cache alone (the state before they were kept)
+            disk_only = _first_frame(settings, backend, size, Path(engine_dir), "--no-artifacts") if backend == "compile" else {}
+        row = {"what": what, "backend": backend, "cold_s": cold.get("first_frame_s"), "warm_s": warm.get("first_frame_s"),
+               "warm_disk_s": disk_only.get("first_frame_s")}
+        errors = [r["error"] for r in (cold, warm, disk_only) if r.get("error")]
+        if errors:
+            row["note"] = errors[0][-200:]
         rows.append(row)
     return rows
 
 
-def _first_frame(settings: EngineBenchSettings, backend: str, size: int, engine_dir: Path) -> dict[str, Any]:
+def _first_frame(settings: EngineBenchSettings, backend: str, size: int, engine_dir: Path, *extra: str) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.first_frame", "--model", settings.model, "--backend", backend, "--size", str(size),
-               "--device", settings.device, "--engine-dir", str(engine_dir)]
+               "--device", settings.device, "--engine-dir", str(engine_dir), *extra]
     if settings.dummy:
         command.append("--dummy")
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(engine_dir / "inductor")}  # cold really is cold
@@ -183,7 +187,7 @@ COLUMNS = [
     ("what", "what"), ("backend", "backend"), ("build_s", "build s"), ("unet_ms", "UNet ms"), ("unet_x", "x eager"),
     ("vae_encode_ms", "VAE enc ms"), ("vae_encode_x", "x eager"), ("vae_decode_ms", "VAE dec ms"), ("vae_decode_x", "x eager"),
     ("dit_chunk_ms", "DiT chunk ms"), ("dit_chunk_x", "x eager"), ("fps", "fps"), ("fps_x", "x eager"),
-    ("cold_s", "1st frame cold s"), ("warm_s", "1st frame warm s"), ("note", "note"),
+    ("cold_s", "1st frame cold s"), ("warm_s", "1st frame warm s"), ("warm_disk_s", "warm, inductor disk cache only"), ("note", "note"),
 ]
 
 
@@ -201,6 +205,7 @@ def parse_args(argv: list[str] | None) -> EngineBenchSettings:
     parser.add_argument("--engine-dir", type=Path, default=OUT_DIR / "engines-cache", help="engine cache for this benchmark")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "engines.json")
     parser.add_argument("--no-ttff", action="store_true", help="skip the cold/warm time-to-first-frame runs (two new processes per backend)")
+    parser.add_argument("--ttff-only", action="store_true", help="only the time-to-first-frame runs")
     args = parser.parse_args(argv)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     if backends[0] != "none":
@@ -208,17 +213,17 @@ def parse_args(argv: list[str] | None) -> EngineBenchSettings:
     sizes = tuple(int(s) for s in args.sizes.split(","))
     return EngineBenchSettings(
         args.model, args.dummy, sizes, args.rows, args.steps, args.frames, not args.no_video, backends, args.device, args.engine_dir, args.out,
-        not args.no_ttff,
+        not args.no_ttff, args.ttff_only,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     rows = []
-    for size in settings.sizes:
+    for size in settings.sizes if not settings.ttff_only else ():
         print(f"image {settings.model} {size}x{size} ...", flush=True)
         rows += image_rows(settings, size)
-    if settings.video:
+    if settings.video and not settings.ttff_only:
         print("tiny-video ...", flush=True)
         rows += video_rows(settings)
     if settings.ttff:

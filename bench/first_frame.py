@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--engine-dir", type=Path, required=True)
+    parser.add_argument("--no-artifacts", action="store_true", help="compile: ignore stored torch.compile artefacts (inductor's disk cache only)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from streamgen.runtime import accelerate  # noqa: PLC0415
     from streamgen.runtime.compile_artifacts import save_compile_artifacts  # noqa: PLC0415
 
+    if args.no_artifacts:
+        from streamgen.runtime import compile_backend  # noqa: PLC0415
+
+        compile_backend.load_compile_artifacts = lambda model, cache: False
     imported = time.perf_counter()
     pipeline = load_pipeline(args.model, weights="dummy" if args.dummy else "pretrained", device=args.device)
     loaded = time.perf_counter()
@@ -46,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if pipeline.model.device.type == "cuda":
         torch.cuda.synchronize()
     first = time.perf_counter()
-    save_compile_artifacts(pipeline.model)  # what a server saves after its warm-up (not timed)
+    if not args.no_artifacts:
+        save_compile_artifacts(pipeline.model)  # what a server saves after its warm-up (not timed)
     print(json.dumps({
         "import_s": round(imported - started, 2),
         "load_s": round(loaded - imported, 2),
