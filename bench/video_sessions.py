@@ -46,7 +46,8 @@ from typing import Any
 import torch
 
 from streamgen.models.video.stream_vae import StreamingWanVAE
-from streamgen.models.video.tiny_video import ByteTokenizer, place, seeded_build, tiny_umt5_encoder, tiny_wan_vae
+from streamgen.models.loading.components import place
+from streamgen.models.video.tiny_video import ByteTokenizer, seeded_build, tiny_umt5_encoder, tiny_wan_vae
 from streamgen.models.video.tiny_video_dit import tiny_causal_wan
 from streamgen.models.video.video_model import VideoModel
 from streamgen.pipeline.video_loading import load_video_pipeline

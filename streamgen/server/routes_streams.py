@@ -163,7 +163,7 @@ async def attach_publisher(request: web.Request, key: str, session: Session) -> 
     ctx = context(request)
     registry = streams(request)
     try:
-        stream, created = registry.publish(key, session.id, bearer(request), ctx.config.token, ctx.manager.sessions)
+        stream, created = registry.publish(key, session.id, bearer(request), ctx.config.token, ctx.manager.sessions, request.remote)
     except BaseException:
         await session.close("refused by its stream key")
         raise

@@ -83,6 +83,7 @@ class Session:
         self.stats = SessionStats()
         self.output: OutputTrack | None = None
         self.viewers: dict[str, Viewer] = {}
+        self.viewers_joining = 0  # WHEP viewers whose answer is being made: they count against the cap already
         self.control: ControlChannel | None = None
         self.closed = False
         self.connected = False

@@ -193,23 +193,27 @@ class SessionManager:
         if not shape.has_video:
             raise _no_video_error()
         shape.check_codecs(self.config.codecs)
-        if len(session.viewers) >= self.config.max_viewers_per_session:
+        if len(session.viewers) + session.viewers_joining >= self.config.max_viewers_per_session:
             raise CapacityError(f"session {session_id} already has {len(session.viewers)} viewers, the most this server allows")
-        pc = new_peer_connection(self.config.ice_servers)
-        track = OutputTrack()
+        session.viewers_joining += 1  # the place is taken before the first await: concurrent offers cannot all pass the check
         try:
-            add_transceivers(pc, shape, "sendonly", track, self.config.codecs)
-            answer = await answer_offer(pc, offer_sdp, self.config.codecs)
-        except BaseException:
-            track.stop()
-            await pc.close()
-            raise
-        if session.closed:
-            track.stop()
-            await pc.close()
-            raise NotFoundError(f"session {session_id!r} ended while the viewer was connecting")
-        viewer = Viewer(new_id(), pc, track)
-        session.add_viewer(viewer)
+            pc = new_peer_connection(self.config.ice_servers)
+            track = OutputTrack()
+            try:
+                add_transceivers(pc, shape, "sendonly", track, self.config.codecs)
+                answer = await answer_offer(pc, offer_sdp, self.config.codecs)
+            except BaseException:
+                track.stop()
+                await pc.close()
+                raise
+            if session.closed:
+                track.stop()
+                await pc.close()
+                raise NotFoundError(f"session {session_id!r} ended while the viewer was connecting")
+            viewer = Viewer(new_id(), pc, track)
+            session.add_viewer(viewer)
+        finally:
+            session.viewers_joining -= 1
         return viewer, answer
 
     def _take_place(self) -> None:

@@ -27,9 +27,17 @@ instances on one key would otherwise knock each other off in a loop of
 reconnects); the newest is the one followed, and when it ends the newest
 of those still live. Parameters changed through a key are remembered and
 given to its next sessions, so a prompt set from OBS survives a restart of
-the stream. At most
-:data:`MAX_STREAMS` keys are kept; to make room, the key published to least
-lately that has no live session is forgotten.
+the stream.
+
+At most :data:`MAX_STREAMS` keys are kept. A claim is never lost to other
+clients' churn: to make room for a new key, the key published to least
+lately that has no live session *and no claim* is forgotten; a claimed key
+makes room only for its own client (the address that claimed it), which
+holds at most :data:`MAX_CLAIMS_PER_CLIENT` claims (its oldest idle claim
+makes room for a new one). When nothing may be forgotten, the new key is
+refused (503) and every existing key keeps working. So a client that
+publishes to hundreds of throw-away keys cannot evict the claim of a key it
+wants to take over.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ if TYPE_CHECKING:
 
 DEFAULT_STREAM = "default"
 MAX_STREAMS = 256
+MAX_CLAIMS_PER_CLIENT = 16
 STREAM_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 STREAM_SECRET_HEADER = "X-Stream-Secret"
 BROWSER_SOURCE_PAGE = "/obs"
@@ -78,6 +87,7 @@ class Stream:
     key: str
     follow_secret: str
     publisher_secret: str | None  # the claim of a server without an admin token; None: open (or the admin token rules)
+    owner: str | None = None  # the client address that claimed it (claims make room only for their own client)
     params: dict[str, Any] = field(default_factory=dict)
     session_ids: list[str] = field(default_factory=list)
     viewer_ids: set[str] = field(default_factory=set)  # WHEP viewers that joined through the key
@@ -92,8 +102,9 @@ class StreamRegistry:
     open, dropping the others as it goes.
     """
 
-    def __init__(self, capacity: int = MAX_STREAMS) -> None:
+    def __init__(self, capacity: int = MAX_STREAMS, claims_per_client: int = MAX_CLAIMS_PER_CLIENT) -> None:
         self.capacity = capacity
+        self.claims_per_client = claims_per_client
         self._streams: dict[str, Stream] = {}
         self._key_of: dict[str, str] = {}  # session id -> stream key, for the sessions listed in a Stream
 
@@ -117,29 +128,52 @@ class StreamRegistry:
             )
 
     def publish(
-        self, key: str, session_id: str, given: str | None, admin_token: str | None, open_sessions: Mapping[str, Any]
+        self, key: str, session_id: str, given: str | None, admin_token: str | None, open_sessions: Mapping[str, Any],
+        client: str | None = None,
     ) -> tuple[Stream, bool]:
-        """Make ``session_id`` the latest session of ``key``; returns the stream and whether the key is new."""
+        """Make ``session_id`` the latest session of ``key`` (published from address ``client``); returns the stream and whether it is new."""
         self.check_publisher(key, given, admin_token)  # again: another first publish may have claimed the key meanwhile
         stream = self._streams.get(key)
         created = stream is None
         if stream is None:
-            self._make_room(open_sessions)
             claim = given if admin_token is None and given else None
-            stream = self._streams[key] = Stream(key, new_session_secret(), claim)
+            self._make_room(open_sessions, client if claim is not None else None)
+            stream = self._streams[key] = Stream(key, new_session_secret(), claim, client if claim is not None else None)
         self.live_sessions(stream, open_sessions)  # forget the ended ones
         stream.session_ids.append(session_id)
         stream.published_at = time.monotonic()
         self._key_of[session_id] = key
         return stream, created
 
-    def _make_room(self, open_sessions: Mapping[str, Any]) -> None:
+    def _make_room(self, open_sessions: Mapping[str, Any], claimant: str | None) -> None:
+        """Room for one more key (see module docstring); ``claimant``: the client about to claim it, if it does."""
+        idle = [s for s in self._streams.values() if not self.live_sessions(s, open_sessions)]
+        own_idle_claims = [s for s in idle if s.publisher_secret is not None and s.owner == claimant]
+        if claimant is not None:
+            claims = sum(1 for s in self._streams.values() if s.publisher_secret is not None and s.owner == claimant)
+            if claims >= self.claims_per_client:
+                if not own_idle_claims:
+                    raise CapacityError(
+                        f"this client already claims {claims} stream keys with live sessions, the most one client may; "
+                        "publish to one of them, or stop one"
+                    )
+                self._forget(min(own_idle_claims, key=lambda s: s.published_at))
+                return
         if len(self._streams) < self.capacity:
             return
-        idle = [s for s in self._streams.values() if not self.live_sessions(s, open_sessions)]
-        if not idle:
-            raise CapacityError(f"this server already has {self.capacity} stream keys with live sessions; publish to one of them")
-        del self._streams[min(idle, key=lambda s: s.published_at).key]
+        unclaimed = [s for s in idle if s.publisher_secret is None]
+        candidates = unclaimed or own_idle_claims
+        if not candidates:
+            raise CapacityError(
+                f"this server already holds {self.capacity} stream keys that are live or claimed; publish to an existing key, "
+                "or try again later"
+            )
+        self._forget(min(candidates, key=lambda s: s.published_at))
+
+    def _forget(self, stream: Stream) -> None:
+        for session_id in stream.session_ids:
+            self._key_of.pop(session_id, None)
+        del self._streams[stream.key]
 
     # ---------------------------------------------------------------- lookups
     def live_sessions(self, stream: Stream, open_sessions: Mapping[str, Any]) -> list[str]:

@@ -233,6 +233,44 @@ def test_a_full_registry_forgets_the_key_idle_longest_and_never_a_live_one():
     assert registry.current(stream, open_sessions).id == "s3"
 
 
+def test_churn_of_throwaway_keys_never_evicts_a_claim_so_the_key_cannot_be_taken_over():
+    """No --token: the owner claims "studio" with its bearer token, stops streaming; an attacker publishes to 300 keys."""
+    registry = StreamRegistry(capacity=8, claims_per_client=4)
+    open_sessions: dict[str, FakeSession] = {"owner-1": FakeSession("owner-1")}
+    registry.publish("studio", "owner-1", "owner-token", None, open_sessions, client="10.0.0.1")
+    del open_sessions["owner-1"]  # OBS stopped: the key is idle, and claimed
+    refused = 0
+    for i in range(300):
+        sid = f"junk-{i}"
+        open_sessions[sid] = FakeSession(sid)
+        try:
+            registry.publish(f"junk{i}", sid, f"attacker-{i % 2}" if i % 3 else None, None, open_sessions, client="10.6.6.6")
+        except CapacityError:
+            refused += 1
+        del open_sessions[sid]
+    studio = registry.get("studio")
+    assert studio is not None and studio.publisher_secret == "owner-token"
+    with pytest.raises(UnauthorizedError):
+        registry.check_publisher("studio", "attacker-1", None)
+    claimed_by_attacker = [s for s in registry.all() if s.owner == "10.6.6.6"]
+    assert len(claimed_by_attacker) <= 4  # its claims make room only for its own
+    open_sessions["owner-2"] = FakeSession("owner-2")
+    assert registry.publish("studio", "owner-2", "owner-token", None, open_sessions, client="10.0.0.1")[0] is studio
+
+
+def test_a_client_at_its_claim_cap_with_every_claim_live_is_refused_and_nobody_else_loses_a_key():
+    registry = StreamRegistry(capacity=8, claims_per_client=2)
+    open_sessions = {sid: FakeSession(sid) for sid in ("a", "b", "c", "other")}
+    registry.publish("k-other", "other", "t-other", None, open_sessions, client="10.0.0.2")
+    registry.publish("k1", "a", "t", None, open_sessions, client="10.0.0.9")
+    registry.publish("k2", "b", "t", None, open_sessions, client="10.0.0.9")
+    with pytest.raises(CapacityError, match="already claims 2 stream keys"):
+        registry.publish("k3", "c", "t", None, open_sessions, client="10.0.0.9")
+    del open_sessions["a"]  # its own idle claim makes room for its next one
+    registry.publish("k3", "c", "t", None, open_sessions, client="10.0.0.9")
+    assert registry.get("k1") is None and registry.get("k-other") is not None
+
+
 def test_follow_credentials_answer_alike_for_unknown_keys_and_wrong_secrets():
     registry = StreamRegistry()
     stream, _ = registry.publish("a", "s1", None, ADMIN_TOKEN, {"s1": FakeSession("s1")})

@@ -119,3 +119,34 @@ async def test_whep_viewers_that_never_connect_are_reaped(identity_pipeline):
             for pc in ghosts:
                 await pc.close()
             await publisher.close()
+
+
+async def test_concurrent_whep_offers_never_exceed_the_viewer_cap(identity_pipeline):
+    """30 viewers offering at once against a cap of 3: the place is taken before the answer is awaited, so 3 get in."""
+    import asyncio
+
+    from aiortc import RTCPeerConnection
+
+    async with running_server(identity_pipeline, max_viewers_per_session=3) as server:
+        publisher = await whip_publish(server.base_url, MarkerVideoTrack(), codecs=["H264"])
+        peers = []
+        try:
+            offers = []
+            for _ in range(30):
+                pc = RTCPeerConnection()
+                peers.append(pc)
+                pc.addTransceiver("video", direction="recvonly")
+                await pc.setLocalDescription(await pc.createOffer())
+                offers.append(pc.localDescription.sdp)
+            answers = await asyncio.gather(*(
+                server.request("POST", f"/whep/{publisher.session_id}", data=sdp, headers={"Content-Type": "application/sdp", **bearer(publisher.secret)})
+                for sdp in offers
+            ))
+            statuses = sorted(status for status, _, _ in answers)
+            assert statuses.count(201) == 3 and set(statuses) == {201, 503}, statuses
+            session = server.context.manager.get(publisher.session_id)
+            assert len(session.viewers) == 3 and session.viewers_joining == 0
+        finally:
+            for pc in peers:
+                await pc.close()
+            await publisher.close()
