@@ -53,8 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-viewers", type=int, default=8, help="WHEP viewers per session (default 8)")
     limits.add_argument("--idle-timeout", type=float, default=30.0, metavar="S", help="close a session after this many seconds without input (default 30)")
     limits.add_argument("--connect-timeout", type=float, default=20.0, metavar="S", help="close a session whose peer has not connected by then (default 20)")
+    limits.add_argument("--connect-grace", type=float, default=5.0, metavar="S", help="when the server is full, a newcomer displaces a session whose peer has not connected within this many seconds (default 5)")
+    limits.add_argument("--max-pending", type=int, default=4, metavar="N", help="sessions one client address may have whose peer has not connected yet (default 4)")
     limits.add_argument("--peer-timeout", type=float, default=10.0, metavar="S", help="close a session (or viewer) whose connected peer sent no packet at all (media, RTCP, data channel) for this long: it vanished (default 10; ICE consent alone notices after ~30)")
     limits.add_argument("--header-timeout", type=float, default=10.0, metavar="S", help="seconds a client has to send a request's headers, from its first byte; then 408 and the connection is closed (default 10)")
+    limits.add_argument("--send-timeout", type=float, default=10.0, metavar="S", help="seconds a response may sit unsent because the client does not read it; then the connection is closed (default 10)")
     limits.add_argument("--body-timeout", type=float, default=10.0, metavar="S", help="seconds a client has to send a request body; then 408 and the connection is closed (default 10)")
     limits.add_argument("--keepalive-timeout", type=float, default=15.0, metavar="S", help="close an HTTP connection idle for this long (default 15)")
     limits.add_argument("--max-connections", type=int, default=512, help="open HTTP connections; more are refused with 503 (default 512)")
@@ -93,6 +96,8 @@ def build_config(args: argparse.Namespace):
         max_fps=args.max_fps,
         idle_timeout=args.idle_timeout,
         connect_timeout=args.connect_timeout,
+        connect_grace=args.connect_grace,
+        max_pending_per_client=args.max_pending,
         max_body_bytes=args.max_body_kb * 1024,
         max_input_width=width,
         max_input_height=height,
@@ -113,6 +118,7 @@ def build_config(args: argparse.Namespace):
         cors_origins=parse_names(args.cors_origins),
         metrics_session_labels=args.metrics_sessions,
         header_timeout=args.header_timeout,
+        send_timeout=args.send_timeout,
         body_timeout=args.body_timeout,
         keepalive_timeout=args.keepalive_timeout,
         max_connections=args.max_connections,

@@ -29,7 +29,12 @@ aiohttp servers in the process are left alone):
   ``body_timeout`` too;
 - *connections*: beyond ``max_connections`` open ones, a new connection
   gets ``503`` JSON and is closed at once (logged at most every few
-  seconds, with a count).
+  seconds, with a count);
+- *slow readers*: a response whose bytes back up because the client does
+  not read them (asyncio pauses the protocol's writing) may stay backed up
+  for ``send_timeout`` seconds; then the connection is aborted, with one
+  INFO line. Without this, clients that never read held their connections
+  forever and could fill ``max_connections``.
 
 All installed once, idempotent.
 """
@@ -88,6 +93,7 @@ class ConnectionLimits:
     body_timeout: float
     keepalive_timeout: float
     max_connections: int
+    send_timeout: float = 10.0
 
 
 LIMITS_KEY: web.AppKey[ConnectionLimits] = web.AppKey("streamgen_connection_limits", ConnectionLimits)
@@ -99,6 +105,7 @@ REFUSAL_LOG_SECONDS = 10.0
 class _Guard:
     limits: ConnectionLimits
     header_timer: asyncio.TimerHandle | None = None
+    send_timer: asyncio.TimerHandle | None = None
 
 
 _guards: dict[Any, _Guard] = {}  # RequestHandler -> its guard (the class has __slots__); dropped on connection_lost
@@ -151,6 +158,15 @@ def _on_header_timeout(handler: Any, guard: _Guard) -> None:
     _close_with(handler, 408, f"the request headers did not arrive within {seconds:g} s")
 
 
+def _on_send_timeout(handler: Any, guard: _Guard) -> None:
+    guard.send_timer = None
+    transport = handler.transport
+    if transport is None or transport.is_closing():
+        return
+    logger.info("closed a connection from %s: it did not read its response for %g s", _peer(handler), guard.limits.send_timeout)
+    transport.abort()
+
+
 def _refuse(handler: Any, limits: ConnectionLimits) -> None:
     _refused["count"] += 1
     now = time.monotonic()
@@ -165,6 +181,7 @@ def install_connection_guards() -> None:
     if getattr(cls.connection_made, _GUARD_MARK, False):
         return
     original_made, original_lost, original_data = cls.connection_made, cls.connection_lost, cls.data_received
+    original_pause, original_resume = cls.pause_writing, cls.resume_writing
 
     def connection_made(self: Any, transport: Any) -> None:
         limits = _limits_of(self)
@@ -181,9 +198,24 @@ def install_connection_guards() -> None:
 
     def connection_lost(self: Any, exc: BaseException | None) -> None:
         guard = _guards.pop(self, None)
-        if guard is not None and guard.header_timer is not None:
-            guard.header_timer.cancel()
+        if guard is not None:
+            for timer in (guard.header_timer, guard.send_timer):
+                if timer is not None:
+                    timer.cancel()
         original_lost(self, exc)
+
+    def pause_writing(self: Any) -> None:
+        original_pause(self)
+        guard = _guards.get(self)
+        if guard is not None and guard.send_timer is None:
+            guard.send_timer = self._loop.call_later(guard.limits.send_timeout, _on_send_timeout, self, guard)
+
+    def resume_writing(self: Any) -> None:
+        guard = _guards.get(self)
+        if guard is not None and guard.send_timer is not None:
+            guard.send_timer.cancel()
+            guard.send_timer = None
+        original_resume(self)
 
     def data_received(self: Any, data: bytes) -> None:
         guard = _guards.get(self) if data else None
@@ -198,9 +230,11 @@ def install_connection_guards() -> None:
         elif was_idle and guard.header_timer is None and not self._force_close:
             guard.header_timer = self._loop.call_later(guard.limits.header_timeout, _on_header_timeout, self, guard)
 
-    for fn in (connection_made, connection_lost, data_received):
+    for fn in (connection_made, connection_lost, data_received, pause_writing, resume_writing):
         setattr(fn, _GUARD_MARK, True)
     cls.connection_made = connection_made  # type: ignore[method-assign]
     cls.connection_lost = connection_lost  # type: ignore[method-assign]
     cls.data_received = data_received  # type: ignore[method-assign]
+    cls.pause_writing = pause_writing  # type: ignore[method-assign]
+    cls.resume_writing = resume_writing  # type: ignore[method-assign]
 

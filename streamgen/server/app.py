@@ -83,7 +83,9 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     web_dir = find_web_dir(config.web_dir)
     middlewares = [host_check(HostRules.for_server(config.host, config.allowed_hosts)), cors(CorsPolicy(config.cors_origins)), json_errors]
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
-    app[LIMITS_KEY] = ConnectionLimits(config.header_timeout, config.body_timeout, config.keepalive_timeout, config.max_connections)
+    app[LIMITS_KEY] = ConnectionLimits(
+        config.header_timeout, config.body_timeout, config.keepalive_timeout, config.max_connections, config.send_timeout
+    )
     install_connection_guards()  # before the first connection (on_startup runs after a test's site may already listen)
     install_json_parse_errors()
     app[CONTEXT_KEY] = ServerContext(

@@ -61,10 +61,16 @@ class ServerConfig:
     (None: twice the model's native size).
     ``header_timeout``: seconds a client has, from the first byte of a
     request, to send all its headers; ``body_timeout``: seconds to send the
-    body a handler reads; ``keepalive_timeout``: seconds an idle HTTP
+    body a handler reads; ``send_timeout``: seconds a response may sit
+    unsent because the client does not read it (then the connection is
+    closed); ``keepalive_timeout``: seconds an idle HTTP
     connection stays open; ``max_connections``: open HTTP connections
     beyond which new ones are refused (see
     :mod:`streamgen.server.aiohttp_patches`).
+    ``connect_grace``: a session whose peer has not connected this long may
+    be displaced by a newcomer when the server is full;
+    ``max_pending_per_client``: sessions one address may have waiting for
+    their peer to connect (see :mod:`streamgen.server.sessions`).
     ``peer_timeout``: a connected peer that sends nothing at all (no media,
     RTCP or data-channel packet) for this long has vanished and its
     session (or viewer) is closed, well before ICE consent expires (~30 s).
@@ -85,6 +91,8 @@ class ServerConfig:
     max_fps: float = 30.0
     idle_timeout: float = 30.0
     connect_timeout: float = 20.0
+    connect_grace: float = 5.0
+    max_pending_per_client: int = 4
     max_body_bytes: int = 256 * 1024
     max_input_width: int = 3840
     max_input_height: int = 2160
@@ -106,6 +114,7 @@ class ServerConfig:
     metrics_session_labels: bool = False
     header_timeout: float = 10.0
     body_timeout: float = 10.0
+    send_timeout: float = 10.0
     keepalive_timeout: float = 15.0
     max_connections: int = 512
     peer_timeout: float = 10.0
@@ -125,7 +134,8 @@ class ServerConfig:
         if self.max_bitrate < self.bitrate:
             raise ConfigError(f"max_bitrate ({self.max_bitrate}) must be at least bitrate ({self.bitrate})")
         _positive_int("max_connections", self.max_connections, high=1_000_000)
-        for name in ("max_fps", "idle_timeout", "connect_timeout", "stats_interval", "header_timeout", "body_timeout", "keepalive_timeout", "peer_timeout"):
+        _positive_int("max_pending_per_client", self.max_pending_per_client, high=10_000)
+        for name in ("max_fps", "idle_timeout", "connect_timeout", "connect_grace", "stats_interval", "header_timeout", "body_timeout", "send_timeout", "keepalive_timeout", "peer_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of {'frames per second' if name == 'max_fps' else 'seconds'}, got {value!r}")

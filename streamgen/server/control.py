@@ -33,6 +33,7 @@ from typing import Any
 
 from ..config import is_finite_number
 from ..errors import StreamgenError
+from .json_limits import too_deep
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,16 @@ class ControlChannel:
                 message_id = getattr(error, "message_id", None)
             self.send(ack(message_id, str(error)))
             return
+        except asyncio.CancelledError:
+            raise
+        except (RecursionError, MemoryError, ValueError, TypeError) as error:  # a value built to break formatting, not a bug of ours
+            logger.info("control message refused: %s", type(error).__name__)
+            self.send(ack(message_id, f"the message could not be handled ({type(error).__name__}); check its values"))
+            return
+        except Exception:  # noqa: BLE001 - a bug: the client still gets its ack, the log the traceback, once per message
+            logger.exception("control message failed")
+            self.send(ack(message_id, "the server failed to handle this message (a bug, logged)"))
+            return
         self.send(ack(message_id, None))
 
     async def _dispatch(self, message: Mapping[str, Any]) -> None:
@@ -131,6 +142,10 @@ class ControlChannel:
             self.send({"type": "stats", **self._handlers.stats()})
 
 
+def _clean_id(message_id: Any) -> Any:
+    return message_id if message_id is None or isinstance(message_id, str) or is_finite_number(message_id) else None
+
+
 def parse_message(raw: Any) -> dict[str, Any]:
     """Decode and check one control message; raises :class:`ControlError` saying what is wrong."""
     if isinstance(raw, (bytes, bytearray)):
@@ -143,10 +158,12 @@ def parse_message(raw: Any) -> dict[str, Any]:
         raise ControlError(f"message is not valid JSON: {error}") from None
     except RecursionError:
         raise ControlError("message is nested too deeply") from None
+    deep = too_deep(message)
+    if deep is not None:
+        raise ControlError(f"message is {deep}", _clean_id(message.get("id")) if isinstance(message, dict) else None)
     if not isinstance(message, dict):
         raise ControlError(f"a control message must be a JSON object, got {type(message).__name__}")
-    message_id = message.get("id")
-    clean_id = message_id if message_id is None or isinstance(message_id, str) or is_finite_number(message_id) else None
+    clean_id = _clean_id(message.get("id"))
     kind = message.get("type")
     unknown = set(message) - {"type", "id", "params"}
     if kind not in MESSAGE_TYPES:

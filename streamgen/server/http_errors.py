@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import CapacityError, StreamgenError
+from .json_limits import too_deep
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         if status == 408:
             response.force_close()
         return response
+    except RecursionError:  # a value built deep enough to break a recursive walk (formatting, validation): the client's doing
+        logger.info("%s %s -> 400: a value nested too deeply to handle", request.method, loggable(request.path))
+        return json_error(400, "a value in the request is nested too deeply to handle")
     except web.HTTPException as error:
         if error.status < 400 or error.content_type == "application/json":
             raise
@@ -177,6 +181,9 @@ async def read_json_object(request: web.Request, limit: int, timeout: float | No
         raise InvalidBodyError(f"request body is not valid JSON: {error}") from None
     except RecursionError:
         raise InvalidBodyError("request body is nested too deeply") from None
+    deep = too_deep(value)
+    if deep is not None:
+        raise InvalidBodyError(f"request body is {deep}")
     if not isinstance(value, dict):
         raise InvalidBodyError(f"request body must be a JSON object, got {type(value).__name__}")
     return value

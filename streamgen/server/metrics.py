@@ -61,6 +61,7 @@ class ServerMetrics:
     time_to_first_frame: Histogram = field(default_factory=lambda: Histogram(TTFF_BUCKETS))
     sessions_created: int = 0
     sessions_rejected: int = 0
+    sessions_displaced: int = 0
     admission_refusals: int = 0
     deadline_misses: int = 0
     steps: int = 0
@@ -142,6 +143,10 @@ def render_metrics(metrics: ServerMetrics, sessions: Iterable[SessionSample], mo
     family("streamgen_sessions_active", "gauge", "Sessions currently open.", [f"streamgen_sessions_active {len(sessions)}"])
     family("streamgen_sessions_created_total", "counter", "Sessions created since start.", [f"streamgen_sessions_created_total {metrics.sessions_created}"])
     family("streamgen_sessions_rejected_total", "counter", "Sessions refused because the server was full.", [f"streamgen_sessions_rejected_total {metrics.sessions_rejected}"])
+    family(
+        "streamgen_sessions_displaced_total", "counter", "Sessions whose peer never connected, closed to make room for a newcomer.",
+        [f"streamgen_sessions_displaced_total {metrics.sessions_displaced}"],
+    )
     family("streamgen_admission_refusals_total", "counter", "Sessions refused by admission control (they would have broken the admitted sessions' objectives).", [f"streamgen_admission_refusals_total {metrics.admission_refusals}"])
     family("streamgen_deadline_misses_total", "counter", "Output frames that reached the encoder after their session's deadline.", [f"streamgen_deadline_misses_total {metrics.deadline_misses}"])
     family("streamgen_sched_steps_total", "counter", "Model steps the scheduler planned.", [f"streamgen_sched_steps_total {metrics.steps}"])

@@ -33,12 +33,12 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import ConfigError
-from .access import bearer, require_admin
+from .access import bearer, require_admin, same_secret
 from .context import ServerContext, context
-from .http_errors import NotFoundError, loggable, read_json_object, read_text, require_content_type
+from .http_errors import ForbiddenError, NotFoundError, loggable, read_json_object, read_text, require_content_type
 from .pipelines import params_to_json, validate_session_settings
 from .session import Session
-from .step_shape import shape_of_settings
+from .step_shape import shape_of_settings, work_of
 from .streams import (
     DEFAULT_STREAM,
     STREAM_SECRET_HEADER,
@@ -93,23 +93,35 @@ async def get_stream(request: web.Request) -> web.Response:
 
 
 async def patch_stream_params(request: web.Request) -> web.Response:
+    """Steer the key's current session and its next ones.
+
+    A follow-secret holder steers a session it did not open: it may change
+    anything live, but not make a step cost the model more than the
+    session was admitted for (nor keep parameters that would make the next
+    publish cost more than ``--defaults`` does), so it can neither crowd
+    out the server's other sessions nor lock the publisher out with kept
+    parameters that admission would refuse. The admin token may do more.
+    """
     ctx, stream = _authorized(request)
+    operator = ctx.config.token is not None and same_secret(bearer(request), ctx.config.token)
     changes = await read_json_object(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
     session = streams(request).current(stream, ctx.manager.sessions)
     if session is None:
-        check_kept_params(ctx, {**stream.params, **changes})
+        check_kept_params(ctx, {**stream.params, **changes}, within_defaults=not operator)
         stream.params.update(changes)
         return web.json_response({"stream": stream.key, "session": None, "params": stream.params})
-    params = await session.update_params(changes)
+    params = await session.update_params(changes, within_admission=not operator)
     stream.params.update(changes)
     return web.json_response({"stream": stream.key, "session": session.id, "params": params_to_json(params)})
 
 
-def check_kept_params(ctx: ServerContext, params: dict[str, Any]) -> None:
+def check_kept_params(ctx: ServerContext, params: dict[str, Any], *, within_defaults: bool = False) -> None:
     """Would a session opened with ``params`` be accepted? (ConfigError → 400 otherwise.)
 
     Only live parameters may be kept: a key's sessions all have the shape of
-    ``--defaults``, whatever was sent through the key.
+    ``--defaults``, whatever was sent through the key. ``within_defaults``:
+    also refuse (403) kept parameters that make a step cost more than a
+    session of ``--defaults`` alone.
     """
     unknown = sorted(set(params) - set(ctx.live_params))
     if unknown:
@@ -120,6 +132,14 @@ def check_kept_params(ctx: ServerContext, params: dict[str, Any]) -> None:
     validate_session_settings(pipeline, settings)
     shape = shape_of_settings(pipeline, settings, manager.kind)
     manager.caps.check(shape.width, shape.height, shape.frames_per_call, shape.steps)
+    if within_defaults:
+        baseline = work_of(shape_of_settings(pipeline, dict(ctx.config.default_params), manager.kind).unit())
+        asked = work_of(shape.unit())
+        if asked > baseline:
+            raise ForbiddenError(
+                f"these parameters would make each step of the stream's next sessions cost the model {asked} rows, more than "
+                f"the {baseline} of the server's defaults; the stream's follow secret may only keep parameters within that"
+            )
 
 
 async def post_stream_whep(request: web.Request) -> web.Response:

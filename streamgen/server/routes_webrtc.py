@@ -56,7 +56,7 @@ async def post_offer(request: web.Request) -> web.Response:
         params = {}
     if not isinstance(params, Mapping):
         raise InputError('"params" must be a JSON object of stream settings and parameters')
-    session, answer = await ctx.manager.open("webrtc", body.get("sdp"), params, send_output=True, slo=body.get("slo"))
+    session, answer = await ctx.manager.open("webrtc", body.get("sdp"), params, send_output=True, slo=body.get("slo"), client=request.remote)
     return web.json_response({"sdp": answer, "type": "answer", "session_id": session.id, "session_secret": session.secret})
 
 
@@ -66,7 +66,7 @@ async def post_whip(request: web.Request) -> web.Response:
     key = whip_stream_key(request)
     require_content_type(request, "application/sdp")
     offer = await read_text(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
-    session, answer = await ctx.manager.open("whip", offer, kept_params(request, key), send_output=False)
+    session, answer = await ctx.manager.open("whip", offer, kept_params(request, key), send_output=False, client=request.remote)
     follow = await attach_publisher(request, key, session)
     return _created(answer, f"/whip/{session.id}", {SESSION_SECRET_HEADER: session.secret, **follow})
 

@@ -29,12 +29,13 @@ from ..sched import Slo
 from .config import ServerConfig
 from .control import ControlChannel, ControlHandlers
 from .fps_cap import FpsCap
+from .http_errors import ForbiddenError
 from .liveness import PacketWatch
 from .metrics import ServerMetrics, SessionSample
 from .pipelines import current_params, frames_per_step, parse_update, warm_prompts
 from .slot import FrameTag, LatestFrames
 from .stats import SessionStats
-from .step_shape import ServerCaps
+from .step_shape import ServerCaps, shape_with_params, work_of
 from .tracks import OutputTrack
 from .worker import ModelWorker, OutputFrame
 
@@ -87,6 +88,7 @@ class Session:
         self.control: ControlChannel | None = None
         self.closed = False
         self.connected = False
+        self.client: str | None = None  # the address that opened it (unconnected sessions are limited per client)
         self.close_reason: str | None = None
         self.last_activity = self.stats.created_at
         self._config = config
@@ -137,13 +139,16 @@ class Session:
         return True
 
     # ------------------------------------------------------------- parameters
-    async def update_params(self, changes: Mapping[str, Any]) -> Any:
+    async def update_params(self, changes: Mapping[str, Any], *, within_admission: bool = False) -> Any:
         """Validate now, encode new prompts beside the model step, then queue the change for the next step.
 
         Updates of one session are applied in the order they came (a lock),
         so a slow prompt encoding cannot let an older change overwrite a newer
         one. The answer (the parameters in force after the change) comes once
         the change is queued: nothing the client was told was accepted is lost.
+        ``within_admission``: refuse a change that would make a step cost the
+        model more than the session was admitted for (a stream key's follow
+        secret steers a session it did not open).
         """
         self.last_activity = time.monotonic()
         async with self._update_lock:
@@ -151,10 +156,25 @@ class Session:
                 raise InputError("the session has ended")
             pipeline = self.worker.pipeline
             parsed = parse_update(pipeline, self.state, changes, self._caps)
+            if within_admission:
+                self._check_within_admission(parsed)
             await asyncio.wrap_future(self.worker.submit(warm_prompts, pipeline, parsed))
             if self.state is None:
                 raise InputError("the session has ended")
             return pipeline.update(self.state, changes)
+
+    def _check_within_admission(self, params: Any) -> None:
+        reservation = self.worker.admitted(self)
+        if reservation is None:
+            return
+        asked = work_of(shape_with_params(self.state, params, reservation.shape).unit())
+        granted = work_of(reservation.shape.unit())
+        if asked > granted:
+            raise ForbiddenError(
+                f"this change would make each step of the stream cost the model {asked} rows, more than the {granted} its session "
+                "was admitted for; the stream's follow secret may only steer within that (the publisher's session secret or the "
+                "admin token may change it further)"
+            )
 
     def _touch(self) -> None:
         self.last_activity = time.monotonic()

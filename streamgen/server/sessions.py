@@ -10,6 +10,16 @@ the answer that created it carries (see :mod:`streamgen.server.access`).
 (:meth:`SessionManager.open_local`, :mod:`streamgen.server.local_session`).
 WHEP viewers attach to an existing session.
 
+A session whose peer has not connected yet (ICE still running, or an offer
+that was never meant to connect) holds a place, so it is held to less:
+
+- one client address may have at most ``max_pending_per_client`` of them
+  (a 503 that says so for the next);
+- when the server is full, or admission control has no room, a newcomer
+  displaces the oldest of them that has had ``connect_grace`` seconds to
+  connect and has not (real peers connect within a second or two), instead
+  of being refused. So bare offers cannot keep a server "full".
+
 A sweeper closes sessions whose peer never connected within
 ``connect_timeout``, sessions whose connected peer sent no packet at all for
 ``peer_timeout`` seconds (it vanished: see :mod:`streamgen.server.liveness`;
@@ -61,6 +71,7 @@ class SessionManager:
         self.kind = model_kind(pipeline)
         self.caps = ServerCaps.for_pipeline(pipeline, self.kind, config.max_width, config.max_height)
         self._opening = 0
+        self._opening_by: dict[str | None, int] = {}  # client address -> sessions it is opening now
         self._sweeper: asyncio.Task | None = None
         self._ended = EndedSessions()
 
@@ -80,7 +91,7 @@ class SessionManager:
 
     # --------------------------------------------------------------- opening
     async def open(
-        self, kind: str, offer_sdp: Any, settings: Mapping[str, Any], send_output: bool, slo: Any = None
+        self, kind: str, offer_sdp: Any, settings: Mapping[str, Any], send_output: bool, slo: Any = None, client: str | None = None
     ) -> tuple[Session, str]:
         """A new publishing session for ``offer_sdp``; returns it and the answer SDP.
 
@@ -95,14 +106,17 @@ class SessionManager:
             raise _no_video_error()
         shape.check_codecs(self.config.codecs)
         worker, merged, session_slo, stream = self._check_settings(settings, slo)
-        self._take_place()
+        self._check_pending(client)
+        await self._take_place_or_displace()
+        self._opening_by[client] = self._opening_by.get(client, 0) + 1
         pc = None
         reservation = None
         try:
-            worker, reservation = self._reserve(stream, session_slo)
+            worker, reservation = await self._reserve_or_displace(stream, session_slo)
             state = await asyncio.wrap_future(worker.submit(create_session_state, worker.pipeline, merged))
             pc = new_peer_connection(self.config.ice_servers)
             session = Session(new_id(), kind, pc, worker, state, self.config, self.metrics, self._forget, session_slo, self.caps, secret=new_session_secret())
+            session.client = client
             output = OutputTrack() if send_output else None
             session.output = output
             transceiver = add_transceivers(pc, shape, "sendrecv" if send_output else "recvonly", output, self.config.codecs)
@@ -115,9 +129,63 @@ class SessionManager:
             raise
         finally:
             self._opening -= 1
+            self._opening_by[client] -= 1
+            if not self._opening_by[client]:
+                del self._opening_by[client]
         self._add(session, worker, reservation, stream)
         session.start_input(transceiver.receiver.track)
         return session, answer
+
+    # ------------------------------------------------------- unconnected peers
+    def _check_pending(self, client: str | None) -> None:
+        """At most ``max_pending_per_client`` sessions of one address may be waiting for their peer to connect."""
+        if client is None:
+            return
+        pending = self._opening_by.get(client, 0) + sum(
+            1 for s in self.sessions.values() if not s.connected and not s.closed and getattr(s, "client", None) == client
+        )
+        limit = self.config.max_pending_per_client
+        if pending >= limit:
+            self.metrics.sessions_rejected += 1
+            raise CapacityError(
+                f"this client already has {pending} session(s) whose peer has not connected yet, the most one client may "
+                f"({limit}); let them connect (or end them) first"
+            )
+
+    def _displaceable(self, now: float) -> Session | None:
+        """The oldest session whose peer has had ``connect_grace`` seconds to connect and has not."""
+        waiting = [
+            s for s in self.sessions.values()
+            if not s.connected and not s.closed and now - s.stats.created_at >= self.config.connect_grace
+        ]
+        return min(waiting, key=lambda s: s.stats.created_at, default=None)
+
+    async def _displace(self) -> bool:
+        """Close one unconnected session to make room for a newcomer; False when there is none to close."""
+        victim = self._displaceable(time.monotonic())
+        if victim is None:
+            return False
+        self.metrics.count("sessions_displaced")
+        grace = self.config.connect_grace
+        await victim.close(f"its peer did not connect within {grace:g} s and a newcomer needed the place")
+        return True
+
+    async def _take_place_or_displace(self) -> None:
+        try:
+            self._take_place()
+        except CapacityError:
+            if not await self._displace():
+                raise
+            self.metrics.sessions_rejected -= 1  # counted by the first try; this newcomer got in after all
+            self._take_place()
+
+    async def _reserve_or_displace(self, stream: StreamShape, slo: Slo) -> tuple[ModelWorker, Reservation]:
+        try:
+            return self._reserve(stream, slo)
+        except CapacityError:
+            if not await self._displace():
+                raise
+            return self._reserve(stream, slo)
 
     async def open_local(
         self, settings: Mapping[str, Any], track: CaptureTrack, output: LocalOutput | None, notice: Callable[[str], None], slo: Any = None

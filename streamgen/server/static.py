@@ -13,11 +13,20 @@ Where the files are found, first match wins:
 session, ``GET /obs`` the OBS browser source that follows a WHIP stream key
 (output only; see :mod:`streamgen.server.streams`), ``/static/*`` their
 scripts and styles.
+
+The files are small: they are read off the event loop once (again when a
+file changes) and answered from memory as ordinary responses, never with
+``sendfile`` (a client that stops reading mid-file is then closed by the
+send timeout like any other, and one that disconnects costs one debug line,
+not a traceback). A name that is not a plain file name of the client (odd
+bytes, an absurd length, a path out of the folder) is a JSON 404.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import mimetypes
 from pathlib import Path
 
 from aiohttp import web
@@ -28,6 +37,9 @@ from .http_errors import NotFoundError
 logger = logging.getLogger(__name__)
 
 PAGES = {"/": "index.html", "/watch": "watch.html", "/obs": "obs.html"}
+MAX_NAME_CHARS = 200
+CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".json": "application/json"}
+_cache: dict[Path, tuple[float, int, bytes]] = {}  # path -> (mtime, size, bytes)
 
 
 def find_web_dir(configured: str | None) -> Path | None:
@@ -47,7 +59,7 @@ def _page(filename: str):
         web_dir = context(request).web_dir
         if web_dir is None:
             raise NotFoundError("the browser client is not installed with this server; see README, 'Server'")
-        return web.FileResponse(web_dir / filename, headers={"Cache-Control": "no-cache"})
+        return await file_response(web_dir / filename)
 
     return handler
 
@@ -62,11 +74,32 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     if web_dir is None:
         raise NotFoundError("the browser client is not installed with this server; see README, 'Server'")
-    root = web_dir.resolve()
-    path = (root / name).resolve()
-    if root not in path.parents or not path.is_file():
+    if len(name) > MAX_NAME_CHARS or not name.isprintable():
         raise NotFoundError(f"no file /static/{_printable(name)}")
-    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+    root = web_dir.resolve()
+    try:
+        path = (root / name).resolve()
+        found = root in path.parents and path.is_file()
+    except (OSError, ValueError):  # a name the file system cannot even look up
+        found = False
+    if not found:
+        raise NotFoundError(f"no file /static/{_printable(name)}")
+    return await file_response(path)
+
+
+async def file_response(path: Path) -> web.Response:
+    """The file at ``path`` from memory (read off the loop when new or changed); 404 when it cannot be read."""
+    try:
+        stat = path.stat()
+        cached = _cache.get(path)
+        if cached is None or cached[:2] != (stat.st_mtime, stat.st_size):
+            body = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
+            cached = _cache[path] = (stat.st_mtime, stat.st_size, body)
+    except (OSError, ValueError):
+        raise NotFoundError(f"no file {_printable(path.name)}") from None
+    content_type = CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return web.Response(body=cached[2], content_type=content_type, charset="utf-8" if content_type.startswith("text/") else None,
+                        headers={"Cache-Control": "no-cache"})
 
 
 def _printable(text: str, limit: int = 80) -> str:

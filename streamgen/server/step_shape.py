@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..runtime.engine_limits import engine_limits_of
-from .pipelines import parse_image_settings
+from .pipelines import frames_per_step, parse_image_settings
 
 CAP_SIZE_FACTOR = 2  # at most twice the model's native width and height
 MAX_IMAGE_FRAMES_PER_CALL = 4
@@ -181,6 +181,25 @@ def shape_of_state(state: Any, settings_shape: StreamShape) -> StreamShape:
         config = state.config
         return StreamShape("video", config.width, config.height, 1, state.num_steps, config.use_denoising_batch, 1, config.chunk_frames)
     return settings_shape
+
+
+def shape_with_params(state: Any, params: Any, settings_shape: StreamShape) -> StreamShape:
+    """The shape a live state would have with ``params`` in force (a live update's effect on the model's work)."""
+    config = getattr(state, "config", None)
+    if settings_shape.kind == "image" and config is not None and hasattr(params, "resolved_t_index_list"):
+        full_cfg = params.cfg_type == "full" and params.guidance_scale != 1.0
+        return StreamShape(
+            "image", config.width, config.height, frames_per_step(state), len(params.resolved_t_index_list()),
+            config.use_denoising_batch, 2 if full_cfg else 1,
+        )
+    if settings_shape.kind == "video" and config is not None and hasattr(params, "num_inference_steps"):
+        return StreamShape("video", config.width, config.height, 1, params.num_inference_steps, config.use_denoising_batch, 1, config.chunk_frames)
+    return settings_shape
+
+
+def work_of(step: StepShape) -> int:
+    """Rows over all passes: what a step costs the model, in the scheduler's unit."""
+    return step.rows * step.passes
 
 
 def step_shape_of_state(state: Any, new_frames: int, settings_shape: StreamShape) -> StepShape:

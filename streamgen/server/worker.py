@@ -287,6 +287,12 @@ class ModelWorker:
                 "step_ms_by_rows": buckets,
             }
 
+    def admitted(self, client: WorkerClient) -> Reservation | None:
+        """The place admission control granted ``client`` (its demand and shape), while it is attached."""
+        with self._cond:
+            member = self._member(client)
+            return member.reservation if member else None
+
     def admitted_fps(self, client: WorkerClient) -> float | None:
         with self._cond:
             member = self._member(client)

@@ -119,3 +119,63 @@ async def test_malformed_http_gets_json_and_no_traceback(identity_pipeline, capl
     assert b" 400 " in head.split(b"\r\n")[0] and b"application/json" in head, head
     assert json.loads(body)["error"].startswith("bad HTTP request")
     assert tracebacks(caplog.records) == []
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+def test_json_that_parses_but_nests_past_the_limit_is_refused_where_it_is_parsed():
+    from streamgen.server.json_limits import MAX_JSON_DEPTH, json_depth
+
+    assert json_depth(json.loads(_nested(900))) == MAX_JSON_DEPTH + 1  # counted without recursion, and no further than needed
+    with pytest.raises(ControlError, match="nested too deeply: more than 32 levels") as refused:
+        parse_message('{"type": "params", "id": 7, "params": {"prompt": ' + _nested(900) + "}}")
+    assert refused.value.message_id == 7
+    assert parse_message('{"type": "params", "params": {"prompt": [["a", 0.5], ["b", 0.5]]}}')["type"] == "params"
+
+
+async def test_values_deep_enough_to_break_formatting_get_a_4xx_and_no_traceback(identity_pipeline, caplog):
+    caplog.set_level(logging.INFO)
+    async with running_server(identity_pipeline, token=ADMIN_TOKEN) as server:
+        sdp = await real_offer_sdp()
+        body = '{"type": "offer", "sdp": ' + json.dumps(sdp) + ', "params": {"prompt": ' + _nested(900) + "}}"
+        status, answer, _ = await server.request("POST", "/offer", data=body, headers={**bearer(ADMIN_TOKEN), "Content-Type": "application/json"})
+        assert status == 400 and "nested too deeply" in answer["error"]
+    assert tracebacks(caplog.records) == []
+
+
+async def test_static_names_with_odd_bytes_or_absurd_lengths_are_404_not_500(identity_pipeline, caplog):
+    caplog.set_level(logging.INFO)
+    async with running_server(identity_pipeline) as server:
+        for path in ("/static/%00", "/static/a%00b.js", "/static/" + "a" * 5000, "/static/" + "x/" * 600 + "y", "/static/%ff%fe.js", "/static/%1b[31m.js"):
+            status, body, _ = await server.request("GET", path)
+            assert status == 404 and "error" in body, (path[:40], status)
+        status, _, headers = await server.request("GET", "/static/app.js")
+        assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+    assert tracebacks(caplog.records) == []
+
+
+async def test_a_client_that_never_reads_is_closed_after_the_send_timeout(identity_pipeline, caplog):
+    """Pipelined requests for the page, never read: the server's writes back up, and the connection goes after send_timeout."""
+    import asyncio
+    import socket
+
+    caplog.set_level(logging.INFO)
+    async with running_server(identity_pipeline, send_timeout=1.0, keepalive_timeout=60.0) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        request = f"GET /static/app.js HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        try:
+            for _ in range(400):  # far more response bytes than the kernel's buffers hold
+                sock.sendall(request)
+            deadline = asyncio.get_running_loop().time() + 15
+            while not any("did not read its response" in r.getMessage() for r in caplog.records):
+                assert asyncio.get_running_loop().time() < deadline, "the slow reader was never closed"
+                await asyncio.sleep(0.2)
+            status, _, _ = await server.request("GET", "/health")
+            assert status == 200
+        finally:
+            sock.close()
+    assert tracebacks(caplog.records) == []

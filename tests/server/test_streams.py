@@ -286,3 +286,35 @@ def test_follow_credentials_answer_alike_for_unknown_keys_and_wrong_secrets():
         registry.authorize("b", ADMIN_TOKEN, ADMIN_TOKEN)
     with pytest.raises(UnauthorizedError):
         registry.authorize("a", None, ADMIN_TOKEN)
+
+
+async def test_a_follow_secret_steers_only_within_what_the_session_was_admitted_for(shared_tiny_pipeline):
+    """No --token: the publisher claims the key; a follow-secret holder may restyle it, not make it costlier (or lock it out)."""
+    async with running_server(shared_tiny_pipeline, default_params={"width": 64, "height": 64}) as server:
+        publisher = await obs_publish(server.base_url + "/whip/streams/studio", ColourTrack(RED), "owner-token")
+        follow = bearer(publisher.stream_secret)
+        try:
+            for changes, expected in (
+                ({"prompt": "a watercolor"}, 200),
+                ({"num_inference_steps": 4}, 403),  # 2 -> 4 denoising rows per step: beyond the admitted 2
+                ({"cfg_type": "full", "guidance_scale": 3.0}, 403),
+                ({"num_inference_steps": 1}, 200),  # cheaper is fine
+            ):
+                status, body, _ = await server.request("PATCH", "/api/streams/studio/params", json=changes, headers=follow)
+                assert status == expected, (changes, status, body)
+                if status == 403:
+                    assert "admitted for" in body["error"] and "follow secret" in body["error"]
+            session = server.context.manager.get(publisher.session_id)
+            status, _, _ = await server.request("PATCH", f"/api/sessions/{session.id}/params", json={"num_inference_steps": 3}, headers=bearer(session.secret))
+            assert status == 200  # the publisher's own secret is not limited by this rule
+        finally:
+            assert await publisher.stop() == 200
+
+        # nothing publishes: kept parameters may not make the next publish costlier than the defaults (which admission could refuse)
+        status, body, _ = await server.request("PATCH", "/api/streams/studio/params", json={"num_inference_steps": 6}, headers=follow)
+        assert status == 403 and "server's defaults" in body["error"]
+        again = await obs_publish(server.base_url + "/whip/streams/studio", ColourTrack(RED), "owner-token")
+        try:
+            assert server.context.manager.get(again.session_id).params["num_inference_steps"] == 1
+        finally:
+            await again.stop()
