@@ -51,7 +51,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """The public API only (``dir(streamgen)`` in a REPL, tab completion): not the helpers and submodules."""
+    return sorted(__all__)
 
 
 __all__ = [

@@ -16,6 +16,7 @@ import logging
 import sys
 
 from . import __version__
+from .commands.early_checks import SuggestingParser
 from .commands.help_text import rest_to_text
 from .errors import StreamgenError
 
@@ -23,7 +24,7 @@ COMMANDS = ("serve", "run", "camera", "build_engines", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamgen", description="Real-time streaming diffusion.")
+    parser = SuggestingParser(prog="streamgen", description="Real-time streaming diffusion.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"streamgen {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -73,7 +73,7 @@ def apply_thread_budget(requested: int | None = None) -> int:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set, or parallel work already ran: harmless
         pass
-    logger.info(
+    logger.debug(  # shown with -v: every command would otherwise start with this line
         "model threads: %d of %d cores (OMP_WAIT_POLICY=%s)", threads, available_cores(), os.environ.get(WAIT_POLICY_ENV, "unset")
     )
     return threads

@@ -41,6 +41,19 @@ function setStatus(text) {
   $("status").textContent = text;
 }
 
+// What went wrong, said for the person at the page: fetch's "Failed to fetch" means the server is gone,
+// a 401 means the token section needs filling in (the server's text speaks to API clients).
+function explain(error) {
+  if (error instanceof TypeError && /fetch|network/i.test(error.message)) {
+    return `The server cannot be reached at ${location.origin}. Is streamgen serve still running? Reload the page once it is.`;
+  }
+  if (error.status === 401) {
+    $("token-summary").parentElement.open = true;
+    return "This server needs its token: paste the token it was started with (--token) into \"Server token\" below, then press Start.";
+  }
+  return error.message || String(error);
+}
+
 function showError(message) {
   const box = $("error");
   box.textContent = message;
@@ -61,8 +74,10 @@ function showApplied() {
   appliedTimer = setTimeout(() => ($("applied").hidden = true), APPLIED_SHOWN_MS);
 }
 
-function clearOverlay() {
-  for (const id of STAT_IDS) $(id).textContent = PLACEHOLDER;
+// Before Start and after Stop the overlay is hidden and empty; while streaming, "–" marks a number not known yet.
+function clearOverlay(running = false) {
+  for (const id of STAT_IDS) $(id).textContent = running ? PLACEHOLDER : "";
+  $("stats").hidden = !running;
   presentedRate.clear();
   clearTimeout(appliedTimer);
   $("applied").hidden = true;
@@ -124,6 +139,7 @@ async function openSource(kind) {
 async function start() {
   clearError();
   setRunning(true);
+  clearOverlay(true);
   setStatus("Opening the source…");
   try {
     const token = $("token").value.trim();
@@ -165,7 +181,7 @@ async function start() {
     session.statsTimer = setInterval(updateRtt, 1000);
     setStatus("Connecting…");
   } catch (error) {
-    showError(error.message || String(error));
+    showError(explain(error));
     await stop();
   }
 }
@@ -346,9 +362,10 @@ function wire() {
     .then((r) => r.json())
     .then((h) => {
       $("model").textContent = `model: ${h.model}${h.kind === "video" ? " (video)" : ""}`;
+      $("model-note").hidden = !["tiny", "tiny-video"].includes(h.model);
       if (Array.isArray(h.params)) showControlsFor(h.params);
     })
-    .catch(() => {});
+    .catch((error) => showError(explain(error)));
 }
 
 wire();

@@ -60,6 +60,9 @@ def parse_range(text: str | None, flag: str, *, minimum: int, multiple: int = 1)
 def run(args: argparse.Namespace) -> int:
     from ..runtime.backend import check_acceleration  # noqa: PLC0415
 
+    from .early_checks import check_model_name  # noqa: PLC0415
+
+    check_model_name(args.model, allow_identity=False)
     if args.acceleration is None:
         raise ConfigError("choose what to build with --acceleration (onnxruntime, tensorrt, compile or auto)")
     acceleration = check_acceleration(args.acceleration)

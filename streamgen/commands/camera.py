@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StreamgenError
 from .stream_options import add_param_options, add_stream_shape_options, collect_settings
 
 if TYPE_CHECKING:  # PyAV and numpy stay unloaded until the command runs
@@ -131,10 +131,11 @@ def plan_camera(args: argparse.Namespace) -> CameraPlan:
 
 
 def check_settings(model: str, settings: dict[str, Any]) -> None:
-    """The stream's settings against the model family's schema, as ``streamgen run`` checks them."""
-    from ..stream import is_video_model  # noqa: PLC0415
+    """The model's name, then the stream's settings against its family's schema, as ``streamgen run`` checks them."""
+    from .early_checks import check_model_name, is_video_preset  # noqa: PLC0415
 
-    if is_video_model(model):
+    check_model_name(model)
+    if is_video_preset(model):
         from ..pipeline.video_params import parse_video_settings  # noqa: PLC0415
 
         parse_video_settings(settings)
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from .serve import open_listening_sockets  # noqa: PLC0415
 
     plan = plan_camera(args)
-    sockets = open_listening_sockets(args.host, args.control_port)
+    sockets = open_listening_sockets(args.host, args.control_port, flag="--control-port")
     try:
         return _run_with(args, plan, sockets)
     finally:
@@ -202,9 +203,8 @@ def _run_with(args: argparse.Namespace, plan: CameraPlan, sockets: list) -> int:
     from ..threads import apply_thread_budget  # noqa: PLC0415
     from .camera_sources import open_capture  # noqa: PLC0415
 
-    source = open_capture(plan.input, plan.capture)
+    source = open_input_after_outputs(plan, check_outputs, open_capture)
     try:
-        check_outputs(list(plan.outputs), plan.sink_settings)
         config = build_config(args, plan, sockets[0].getsockname()[1])
         apply_thread_budget(args.threads)
         print(f"loading {args.model}...", flush=True)
@@ -222,6 +222,31 @@ def _run_with(args: argparse.Namespace, plan: CameraPlan, sockets: list) -> int:
     if result.error is not None:
         raise result.error
     return code
+
+
+def open_input_after_outputs(plan: CameraPlan, check_outputs: Any, open_capture: Any) -> Any:
+    """Check the outputs, then open the input; when both fail, say both, the outputs' setup first.
+
+    A virtual camera needs setting up once (a kernel module, an OBS
+    plug-in); a missing camera is often only a wrong ``--input``. Told
+    about the camera alone, a new user fixes it and only then learns the
+    longer story, so both come at once, the setup first.
+    """
+    output_error: StreamgenError | None = None
+    try:
+        check_outputs(list(plan.outputs), plan.sink_settings)
+    except StreamgenError as error:
+        output_error = error
+    try:
+        source = open_capture(plan.input, plan.capture)
+    except StreamgenError as error:
+        if output_error is None:
+            raise
+        raise type(output_error)(f"{output_error}\nAlso, the input: {error}") from None
+    if output_error is not None:
+        source.close()
+        raise output_error
+    return source
 
 
 def _stream(args: argparse.Namespace, plan: CameraPlan, config: Any, pipeline: Any, sockets: list, source: Any) -> Any:

@@ -17,6 +17,7 @@ they hold and close (a file is always finished), and stops the server.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import time
@@ -182,8 +183,7 @@ class _LiveRun:
         except StreamgenError as error:
             self.console.message(f"not applied: {error}")
             return
-        shown = changes["prompt"] if list(changes) == ["prompt"] else changes
-        self.console.message(f"applied: {shown}")
+        self.console.message(f"applied: {json.dumps(changes, ensure_ascii=False)}")
 
     async def _show_status(self) -> None:
         while True:

@@ -22,6 +22,7 @@ from typing import Any
 from ..config import StreamConfig
 from ..errors import ConfigError, InputError
 from ..params import parse_params, parse_stream_config, split_settings
+from .early_checks import check_model_name, check_writable_file, is_video_preset
 from .stream_options import add_param_options, add_stream_shape_options, collect_settings
 
 DEFAULT_FPS = 30.0
@@ -65,8 +66,9 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     """Validate options, parameters and paths up front (ConfigError / InputError on a mistake)."""
     from .video_writer import check_output_path, pick_codec  # noqa: PLC0415
 
+    check_model_name(args.model, allow_identity=False)
     settings = collect_settings(args)
-    if _is_video_model(args.model):
+    if is_video_preset(args.model):
         from ..pipeline.video_params import parse_video_settings, split_video_settings  # noqa: PLC0415
 
         config, _ = parse_video_settings(settings)  # the video schema: fail now, not after loading the model
@@ -85,13 +87,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     codec = pick_codec(args.codec)
     check_output_path(output, codec)
     _check_input_is_not_output(args.input, output)
+    check_writable_file(output)
     return RunPlan(config, live_values, args.input, output, codec)
-
-
-def _is_video_model(model: str) -> bool:
-    from ..stream import is_video_model  # noqa: PLC0415
-
-    return is_video_model(model)
 
 
 def stream_params_for(pipeline: Any, config: Any, user_params: dict[str, Any]) -> Any:
@@ -133,29 +130,33 @@ def run(args: argparse.Namespace) -> int:
         runner = StreamRunner(pipeline, state, writer.write, frames_per_call=getattr(config, "frame_buffer_size", 1), txt2img=getattr(config, "mode", None) == "txt2img")
         total = min(filter(None, (source.count, args.max_frames)), default=None)
         started = time.perf_counter()
+        interrupted = False
         try:
             with tqdm(total=total, unit="frame", desc="streamgen run", disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as progress:
-                for index, frame in enumerate(source):
-                    if args.max_frames is not None and index >= args.max_frames:
-                        break
-                    runner.feed(frame)
-                    progress.update(1)
-                    progress.set_postfix(out=writer.frames_written, refresh=False)
-                runner.finish()  # the frames still inside the pipeline come out here
+                try:
+                    for index, frame in enumerate(source):
+                        if args.max_frames is not None and index >= args.max_frames:
+                            break
+                        runner.feed(frame)
+                        progress.update(1)
+                        progress.set_postfix(out=writer.frames_written, refresh=False)
+                    runner.finish()  # the frames still inside the pipeline come out here
+                except KeyboardInterrupt:  # Ctrl+C: the file written so far is valid; say what it holds
+                    interrupted = True
                 progress.set_postfix(out=writer.frames_written, refresh=False)  # drawn as the bar closes
         finally:
             writer.close()
         run_seconds = time.perf_counter() - started
     finally:
         source.close()
-    if runner.counts.frames_in == 0:
+    if runner.counts.frames_in == 0 and not interrupted:
         raise InputError(f"input {plan.input_spec!r} has no frames")
-    print(format_summary(source.description, writer, runner.counts, load_seconds, run_seconds))
-    return 0
+    print(format_summary(source.description, writer, runner.counts, load_seconds, run_seconds, interrupted=interrupted))
+    return 130 if interrupted else 0
 
 
-def format_summary(input_description: str, writer: Any, counts: Any, load_seconds: float, run_seconds: float) -> str:
-    """The lines printed when a run ends."""
+def format_summary(input_description: str, writer: Any, counts: Any, load_seconds: float, run_seconds: float, *, interrupted: bool = False) -> str:
+    """The lines printed when a run ends (also after Ctrl+C: the output file is valid up to there)."""
     width, height = writer.size or (0, 0)
     fps = writer.frames_written / run_seconds if run_seconds > 0 else 0.0
     lines = [
@@ -165,6 +166,8 @@ def format_summary(input_description: str, writer: Any, counts: Any, load_second
         + (f", {counts.frames_lost} lost" if counts.frames_lost else ""),
         f"time     {run_seconds:.2f} s for {counts.frames_in} frames ({fps:.2f} fps), model load {load_seconds:.2f} s",
     ]
+    if interrupted:
+        lines.append(f"ended    stopped (Ctrl+C); {writer.path} holds the {writer.frames_written} frames written until then")
     return "\n".join(lines)
 
 

@@ -16,6 +16,8 @@ import logging
 import os
 import socket
 
+from .early_checks import check_model_name
+
 DEFAULTS_HELP = 'settings for sessions whose client sends none (WHIP/OBS), as JSON, e.g. \'{"prompt": "a watercolor", "width": 512, "height": 512}\''
 
 
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         from ..parallel.torchrun import run_torchrun_stage  # noqa: PLC0415
 
         return run_torchrun_stage(args.model, _devices_flag(args.devices), args.dtype, joined, args.acceleration)
+    check_model_name(args.model)  # a misspelt model is one line at once, not after seconds of imports
     # The port is taken first (before torch and the model load, for seconds) and handed
     # to aiohttp: a port in use is one line at once, and nothing can take it in between.
     sockets = open_listening_sockets(args.host, args.port)
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_listening_sockets(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+def open_listening_sockets(host: str, port: int, backlog: int = 128, flag: str = "--port") -> list[socket.socket]:
     """Listening TCP sockets for every address ``host`` names, bound as asyncio/aiohttp would bind them.
 
     Like ``loop.create_server``: SO_REUSEADDR on POSIX (a restart need not wait
@@ -172,7 +175,7 @@ def open_listening_sockets(host: str, port: int, backlog: int = 128) -> list[soc
     from ..errors import ConfigError  # noqa: PLC0415
 
     if not 0 <= port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535, got {port}")
+        raise ConfigError(f"{flag} must be between 0 and 65535, got {port}")
     try:
         infos = socket.getaddrinfo(host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
@@ -199,9 +202,9 @@ def open_listening_sockets(host: str, port: int, backlog: int = 128) -> list[soc
             sock.close()
         where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         if error.errno == errno.EADDRINUSE:
-            raise ConfigError(f"cannot listen on {where}: the port is already in use (another streamgen serve?); pick another with --port") from None
+            raise ConfigError(f"cannot listen on {where}: the port is already in use (another streamgen?); pick another with {flag}") from None
         if error.errno == errno.EACCES:
-            raise ConfigError(f"cannot listen on {where}: permission denied (ports below 1024 need privileges); pick another with --port") from None
+            raise ConfigError(f"cannot listen on {where}: permission denied (ports below 1024 need privileges); pick another with {flag}") from None
         if error.errno == errno.EADDRNOTAVAIL:
             raise ConfigError(f"cannot listen on {where}: no interface of this machine has that address; check --host") from None
         raise ConfigError(f"cannot listen on {where}: {error.strerror or error}") from None

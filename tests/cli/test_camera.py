@@ -162,6 +162,7 @@ def test_control_port_in_use_is_one_line(cli, no_model_load):
         port = taken.getsockname()[1]
         code, _, err = cli("camera", "--input", "synthetic:3", "--output", "whep", "--control-port", str(port))
     assert code == 2 and err.count("\n") == 1 and "already in use" in err
+    assert "--control-port" in err and "--port " not in err  # camera has no --port
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the device list checked here is Linux's /dev/video*")
@@ -324,7 +325,7 @@ async def test_live_parameter_changes_take_effect(tmp_path):
                 assert response.status == 200 and (await response.json())["params"]["prompt"][0][0] == "a zebra in the snow"
             await _wait_for_outputs(http, run, 10)
             run.type_line("an oil painting of a harbour")
-            run.wait_for_line(r"^applied: an oil painting of a harbour$", 30)
+            run.wait_for_line(r"^applied: \{\"prompt\": \"an oil painting of a harbour\"\}$", 30)  # JSON, as typed lines may be
             described = await _wait_for_outputs(http, run, 10)
             assert described["params"]["prompt"][0][0] == "an oil painting of a harbour"
             run.type_line('{"seed": "not a number"}')
@@ -552,3 +553,35 @@ async def test_capture_track_hands_over_the_newest_frame_and_then_ends():
         await track.recv()
     track.offer(frames[0])
     assert track.frames_offered == 3, "nothing is taken after the end"
+
+
+def test_a_missing_virtual_camera_and_a_missing_camera_are_told_together_setup_first():
+    from types import SimpleNamespace
+
+    from streamgen.commands.camera import open_input_after_outputs
+    from streamgen.errors import ConfigError, InputError
+
+    plan = SimpleNamespace(outputs=("virtualcam",), sink_settings=None, input="camera", capture=None)
+
+    def no_virtualcam(outputs, settings):
+        raise ConfigError("no virtual camera device: load v4l2loopback (sudo modprobe v4l2loopback)")
+
+    def no_camera(spec, capture):
+        raise InputError("no camera found at /dev/video0")
+
+    with pytest.raises(ConfigError) as both:
+        open_input_after_outputs(plan, no_virtualcam, no_camera)
+    message = str(both.value)
+    assert message.index("v4l2loopback") < message.index("no camera found")
+
+    class Source:
+        closed = False
+
+        def close(self):
+            Source.closed = True
+
+    with pytest.raises(ConfigError, match="v4l2loopback"):
+        open_input_after_outputs(plan, no_virtualcam, lambda spec, capture: Source())
+    assert Source.closed  # the camera that did open is released
+    with pytest.raises(InputError, match="no camera"):
+        open_input_after_outputs(plan, lambda outputs, settings: None, no_camera)

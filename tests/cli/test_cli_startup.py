@@ -154,3 +154,11 @@ def test_listening_sockets_are_handed_over_bound_and_listening():
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_dir_of_the_package_shows_only_the_public_api():
+    import streamgen
+
+    names = dir(streamgen)
+    assert names == sorted(streamgen.__all__)
+    assert "ImageStream" in names and "threads" not in names and "importlib" not in names and "prefer_passive_waiting" not in names

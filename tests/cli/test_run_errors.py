@@ -117,3 +117,72 @@ def test_unknown_model_lists_image_and_video_presets(cli, tmp_path):
     err = _fails_clearly(cli, "run", "-i", "synthetic:2", "-o", str(tmp_path / "out.mp4"), "--model", "no-such-model", "--device", "cpu")
     for preset in ("tiny", "sd-turbo", "tiny-video", "wan-causal-1.3b"):
         assert preset in err
+
+
+def _fresh(*args: str) -> tuple[int, str, bool]:
+    """``streamgen ARGS`` in a new interpreter: (exit code, stderr, whether torch was imported before it answered)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom streamgen.cli import main\n"
+        "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\nsys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stderr, "NO-TORCH" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["run", "--model", "sd-turbbo", "-i", "synthetic:2", "-o", "out.mp4"], "did you mean 'sd-turbo'?"),
+        (["serve", "--model", "tiny-vidoe", "--port", "0"], "did you mean 'tiny-video'?"),
+        (["camera", "--model", "sdxl-trubo", "-o", "window"], "did you mean 'sdxl-turbo'?"),
+        (["build-engines", "--model", "tinny", "--acceleration", "compile"], "did you mean 'tiny'?"),
+        (["run", "--model", "tiny", "-i", "synthetic:2", "-o", "out.mp4", "--strength", "7"], "strength must be between 0 and 1"),
+        (["run", "--model", "tiny", "-i", "synthetic:2", "-o", "out.mp4", "--strenght", "0.5"], "did you mean --strength?"),
+    ],
+)
+def test_mistakes_are_reported_before_torch_is_imported_with_the_nearest_name(tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    code, err, torch_loaded = _fresh(*args)
+    assert code == 2 and words in err and "Traceback" not in err, err
+    assert not torch_loaded
+
+
+def test_an_output_that_cannot_be_created_fails_up_front_in_one_line(cli, tmp_path):
+    target = next((Path(p) / "streamgen-out.mp4" for p in ("/proc", "/sys") if Path(p).is_dir()), None)
+    if target is None:
+        pytest.skip("needs /proc or /sys (a folder where even root cannot create files)")
+    code, err, torch_loaded = _fresh("run", "--model", "tiny", "-i", "synthetic:2", "-o", str(target), "--quiet")
+    assert code == 2 and "cannot be written" in err and err.count("\n") == 1 and not torch_loaded, err
+
+
+def test_ctrl_c_during_run_prints_the_summary_and_leaves_a_valid_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import av
+
+    out = tmp_path / "out.mkv"
+    command = [sys.executable, "-m", "streamgen", "run", "--model", "tiny", "-i", "synthetic:100000", "-o", str(out),
+               "--codec", "ffv1", "--width", "64", "--height", "64", "--quiet", "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.exists() and out.stat().st_size > 20_000):
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.poll() is not None else "no output"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "stopped (Ctrl+C)" in stdout and "frames written until then" in stdout and "Traceback" not in stderr
+    with av.open(str(out)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames > 0 and f"holds the {frames} frames" in stdout

@@ -51,6 +51,8 @@ async def test_browser_session_streams_and_takes_live_parameters(shared_tiny_pip
             await page.wait_for_function("document.getElementById('model').textContent.includes('tiny')", timeout=20_000)
             # an image model: its controls are shown, the video-only noise control is not
             assert await page.is_visible("[data-param=strength]") and await page.is_hidden("[data-param=noise_scale]")
+            assert await page.is_hidden("#stats"), "nothing to show before Start"
+            assert await page.is_visible("#model-note") and "noise by design" in await page.text_content("#model-note")
             await page.click("#start")
 
             await page.wait_for_function("window.streamgen.outputFrames > 3", timeout=60_000)
@@ -111,8 +113,34 @@ async def test_browser_session_streams_and_takes_live_parameters(shared_tiny_pip
             assert (await delete.response()).status in (200, 404), "accepted (404: the closed peer ended it first)"
             await poll(lambda: not server.context.manager.sessions, 20, "Stop to end the session on the server")
             overlay = await page.eval_on_selector_all("#stats b", "nodes => nodes.map((n) => n.textContent)")
-            assert overlay == ["–"] * 6, f"Stop clears the stats overlay: {overlay}"
+            assert overlay == [""] * 6 and await page.is_hidden("#stats"), f"Stop clears and hides the stats overlay: {overlay}"
             assert not [line for line in console if line.startswith("error")], console
         finally:
             await browser.close()
 
+
+
+async def test_the_page_explains_a_missing_token_and_a_server_that_went_away(identity_pipeline, tmp_path):
+    playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright Python package is not installed")
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            async with running_server(identity_pipeline, token="s3cret") as server:
+                await page.goto(server.base_url + "/")
+                await page.wait_for_function("document.getElementById('model').textContent.includes('identity')", timeout=20_000)
+                assert await page.is_hidden("#model-note")  # only the tiny models are noise by design
+                await page.click("#start")
+                await page.wait_for_selector("#error:not([hidden])", timeout=20_000)
+                text = await page.text_content("#error")
+                assert '"Server token"' in text and "Authorization" not in text, text
+                assert await page.evaluate("document.getElementById('token-summary').parentElement.open")
+            # the server is gone; the page is still open
+            await page.fill("#token", "s3cret")
+            await page.click("#start")
+            await page.wait_for_function("document.getElementById('error').textContent.includes('cannot be reached')", timeout=20_000)
+            assert "Failed to fetch" not in await page.text_content("#error")
+        finally:
+            await browser.close()
