@@ -37,6 +37,13 @@ Reports: RSS over time, fd and thread counts, sessions opened / refused
 (503) / vanished / reaped and the reap time, errors (client-side failures,
 failed acks, ERROR lines and tracebacks in the server log), and fps per
 connection. Prints tables and writes ``bench/out/soak.json``.
+
+``--adversarial`` runs the soak twice, each on a fresh server: once as
+above, once with the hostile clients of :mod:`bench.adversary` beside the
+slots (thin frames, bare offers, slow readers, stream-key churn), and
+reports the well-behaved clients' fps and the p95 of the gaps between
+their output frames (and, for ``--model identity``, of their glass-to-glass
+latency) with and without them, plus what the adversaries got.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +68,7 @@ import aiohttp
 from streamgen.server.client import ClientPeer, ServerError, connect_offer
 from streamgen.server.synthetic import MarkerVideoTrack
 
+from .adversary import run_adversaries
 from .common import OUT_DIR, machine, percentile, table, write_json
 from .server import cpu_seconds, free_port, wait_healthy
 
@@ -85,6 +93,7 @@ class SoakSettings:
     settle: float = 3.0
     slo_ms: float = 2000.0
     out: Path = OUT_DIR / "soak.json"
+    adversarial: bool = False
 
 
 @dataclass
@@ -102,6 +111,8 @@ class Connection:
     acks_ok: int = 0
     acks_failed: int = 0
     error: str | None = None
+    gaps_s: list[float] = field(default_factory=list)  # between consecutive output frames
+    latencies_s: list[float] = field(default_factory=list)  # glass to glass, where the marker survives (identity)
 
     @property
     def fps_out(self) -> float | None:
@@ -127,6 +138,7 @@ class Run:
     reaped: dict[str, float] = field(default_factory=dict)  # session id -> seconds from the kill to its disappearance
     samples: list[dict[str, Any]] = field(default_factory=list)
     children: set[subprocess.Popen] = field(default_factory=set)
+    adversaries: dict[str, int] = field(default_factory=dict)
 
     async def open_sessions(self) -> list[str]:
         async with self.http.get(f"{self.base}/api/sessions", headers={"Authorization": f"Bearer {self.token}"}) as response:
@@ -207,14 +219,21 @@ async def reap_watcher(run: Run, stop: asyncio.Event) -> None:
 async def live_client(run: Run, conn: Connection, rng: random.Random, lifetime: float) -> None:
     """An in-process client: streams, steers on the control channel, then leaves by ``conn.way``."""
     s = run.settings
-    track = MarkerVideoTrack(s.size, s.size, s.fps, first_marker=conn.slot * 1_000_000, marked=False)
+    track = MarkerVideoTrack(s.size, s.size, s.fps, first_marker=conn.slot * 1_000_000 + conn.index * 10_000, marked=s.model == "identity")
     peer: ClientPeer = await connect_offer(run.base, track, {"prompt": f"soak slot {conn.slot}", "seed": conn.slot + 1}, token=run.token, codecs=["VP8"], http=run.http)
     conn.session_id = peer.session_id
+    last: list[float] = []
 
     def on_frame(frame: Any) -> None:
         conn.frames_out += 1
         if conn.first_frame_at is None:
             conn.first_frame_at = frame.received_at
+        if last:
+            conn.gaps_s.append(frame.received_at - last[0])
+        last[:] = [frame.received_at]
+        sent = track.sent_at.get(frame.marker) if frame.marker is not None else None
+        if sent is not None:
+            conn.latencies_s.append(frame.received_at - sent)
 
     peer.on_frame = on_frame
     try:
@@ -364,7 +383,9 @@ async def soak(settings: SoakSettings) -> dict[str, Any]:
             started = time.monotonic()
             until = started + settings.minutes * 60
             tasks = [asyncio.ensure_future(sampler(run, started, stop)), asyncio.ensure_future(reap_watcher(run, stop))]
+            hostile = asyncio.ensure_future(run_adversaries(base, token, until)) if settings.adversarial else None
             await asyncio.gather(*(slot_loop(run, i, until) for i in range(settings.sessions)))
+            run.adversaries = await hostile if hostile is not None else {}
             soak_s = time.monotonic() - started
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), settings.peer_timeout + 70)
@@ -392,6 +413,8 @@ def summarize(run: Run, fresh: dict, warm: dict, end: dict, soak_s: float, drain
     rss = [x["rss_mib"] for x in run.samples if x.get("rss_mib") is not None]
     tolerance = max(0.10 * (warm["rss_mib"] or 0), 32.0)
     fps = [c.fps_out for c in conns if c.fps_out is not None]
+    gaps = [g for c in conns for g in c.gaps_s]
+    latencies = [x for c in conns for x in c.latencies_s]
     log_errors = [line for line in log.splitlines() if " ERROR " in line or line.startswith("ERROR") or "Traceback" in line]
     return {
         "model": s.model,
@@ -411,6 +434,10 @@ def summarize(run: Run, fresh: dict, warm: dict, end: dict, soak_s: float, drain
         "server_log_errors": len(log_errors),
         "fps_out_mean": round(statistics.mean(fps), 2) if fps else None,
         "fps_out_min": min(fps) if fps else None,
+        "frame_gap_ms_p95": None if not gaps else round(1000 * percentile(gaps, 95), 1),
+        "latency_ms_p95": None if not latencies else round(1000 * percentile(latencies, 95), 1),
+        "adversarial": s.adversarial,
+        "adversaries": run.adversaries,
         "rss_mib_fresh": fresh["rss_mib"],
         "rss_mib_warm_idle": warm["rss_mib"],
         "rss_mib_peak": max(rss) if rss else None,
@@ -426,7 +453,9 @@ def summarize(run: Run, fresh: dict, warm: dict, end: dict, soak_s: float, drain
         "errors": run.errors[:50],
         "server_log_error_lines": log_errors[:20],
         "timeline": run.samples,
-        "connections_detail": [{**asdict(c), "fps_out": c.fps_out} for c in conns],
+        "connections_detail": [
+            {**{k: v for k, v in asdict(c).items() if k not in ("gaps_s", "latencies_s")}, "fps_out": c.fps_out} for c in conns
+        ],
     }
 
 
@@ -435,6 +464,11 @@ SUMMARY_COLUMNS = [
     ("model", "model"), ("sessions", "slots"), ("soak_s", "soak s"), ("connections", "connections"), ("refused_503", "503s"),
     ("vanished", "vanished"), ("reaped", "reaped"), ("reap_s_max", "reap s max"), ("acks_ok", "acks ok"), ("acks_failed", "acks failed"),
     ("client_errors", "client errors"), ("server_log_errors", "server errors"), ("fps_out_mean", "fps out"), ("fps_out_min", "fps min"),
+    ("frame_gap_ms_p95", "gap p95 ms"), ("latency_ms_p95", "latency p95 ms"),
+]
+COMPARISON_COLUMNS = [
+    ("phase", "well-behaved clients"), ("fps_out_mean", "fps out"), ("fps_out_min", "fps min"), ("frame_gap_ms_p95", "gap p95 ms"),
+    ("latency_ms_p95", "latency p95 ms"), ("refused_503", "their 503s"), ("client_errors", "their errors"), ("server_log_errors", "server errors"),
 ]
 MEMORY_COLUMNS = [
     ("rss_mib_fresh", "RSS fresh"), ("rss_mib_warm_idle", "RSS warm idle"), ("rss_mib_peak", "RSS peak"), ("rss_mib_end_idle", "RSS end idle"),
@@ -469,22 +503,35 @@ def parse_args(argv: list[str] | None) -> SoakSettings:
     parser.add_argument("--settle", type=float, default=3.0, metavar="S", help="seconds the server idles before each idle measurement (default 3)")
     parser.add_argument("--slo-ms", type=float, default=2000.0, metavar="MS", help="the server's --slo-ms: admission control admits sessions that meet it (default 2000)")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "soak.json", help="JSON output (default bench/out/soak.json)")
+    parser.add_argument("--adversarial", action="store_true", help="run twice: without, then with hostile clients beside the slots (bench/adversary.py)")
     a = parser.parse_args(argv)
     if a.sessions < 1 or a.minutes <= 0 or not 0 <= a.vanish <= 1:
         parser.error("--sessions must be >= 1, --minutes > 0 and --vanish within [0, 1]")
-    return SoakSettings(a.model, a.sessions, a.minutes, a.seed, a.size, a.fps, a.lifetime, a.vanish, a.control_every, a.peer_timeout, a.warmup, a.sample_every, a.settle, a.slo_ms, a.out)
+    return SoakSettings(
+        a.model, a.sessions, a.minutes, a.seed, a.size, a.fps, a.lifetime, a.vanish, a.control_every, a.peer_timeout, a.warmup,
+        a.sample_every, a.settle, a.slo_ms, a.out, a.adversarial,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
-    print(f"soak: {settings.sessions} slot(s) of {settings.model} for {settings.minutes:g} min ...", flush=True)
-    result = asyncio.run(soak(settings))
-    print(table([result], SUMMARY_COLUMNS))
-    print(table([result], MEMORY_COLUMNS))
-    print(table(result["timeline"], TIMELINE_COLUMNS))
-    for line in result["errors"][:10]:
-        print(f"error: {line}")
-    report = {"benchmark": "soak", "machine": machine(), "settings": {**asdict(settings), "out": str(settings.out)}, "results": [result]}
+    phases = [replace(settings, adversarial=False), settings] if settings.adversarial else [settings]
+    results = []
+    for phase in phases:
+        hostile = " with hostile clients beside them" if phase.adversarial else ""
+        print(f"soak: {phase.sessions} slot(s) of {phase.model} for {phase.minutes:g} min{hostile} ...", flush=True)
+        result = asyncio.run(soak(phase))
+        results.append(result)
+        print(table([result], SUMMARY_COLUMNS))
+        print(table([result], MEMORY_COLUMNS))
+        print(table(result["timeline"], TIMELINE_COLUMNS))
+        for line in result["errors"][:10]:
+            print(f"error: {line}")
+    if settings.adversarial:
+        rows = [{"phase": "alone" if not r["adversarial"] else "beside the adversaries", **r} for r in results]
+        print(table(rows, COMPARISON_COLUMNS))
+        print("adversaries: " + ", ".join(f"{k} x{v}" for k, v in results[-1]["adversaries"].items()))
+    report = {"benchmark": "soak", "machine": machine(), "settings": {**asdict(settings), "out": str(settings.out)}, "results": results}
     write_json("soak", report, settings.out)
     print(f"wrote {settings.out}")
     return 0

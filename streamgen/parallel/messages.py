@@ -141,7 +141,7 @@ class Sender:
                 continue
             try:
                 self.send(Message(IDLE))
-            except RuntimeError as error:  # the link broke: whoever uses it next reports that
+            except (RuntimeError, ValueError) as error:  # the link broke or the group is gone: whoever uses it next reports that
                 logger.debug("stage keep-alive to rank %d stopped: %s", self.peer, error)
                 return
 

@@ -91,7 +91,11 @@ class StagedTransformer:
 
     def close(self) -> None:
         """Stop the ranks: a clean shutdown through the ring, else kill them. No rank outlives this."""
-        if self.driver.shutdown():
+        try:
+            clean = self.driver.shutdown()
+        finally:
+            self.driver.sender.close()  # no keep-alive may outlive the process group
+        if clean:
             self.group.close()
         else:
             self.group.kill()

@@ -16,9 +16,11 @@ that was never meant to connect) holds a place, so it is held to less:
 - one client address may have at most ``max_pending_per_client`` of them
   (a 503 that says so for the next);
 - when the server is full, or admission control has no room, a newcomer
-  displaces the oldest of them that has had ``connect_grace`` seconds to
-  connect and has not (real peers connect within a second or two), instead
-  of being refused. So bare offers cannot keep a server "full".
+  displaces one of them instead of being refused: one that has had
+  ``connect_grace`` seconds to connect and has not (real peers connect
+  within a second or two), or one of a client that holds several (see
+  :meth:`SessionManager._displaceable`). So bare offers cannot keep a
+  server "full".
 
 A sweeper closes sessions whose peer never connected within
 ``connect_timeout``, sessions whose connected peer sent no packet at all for
@@ -33,6 +35,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -53,6 +56,7 @@ from .tracks import OutputTrack
 from .worker import ModelWorker, Reservation
 
 logger = logging.getLogger(__name__)
+HOARD_MIN_AGE = 1.0  # seconds: a hoarding client's unconnected session may be displaced from this age on
 
 
 def new_id() -> str:
@@ -153,12 +157,23 @@ class SessionManager:
             )
 
     def _displaceable(self, now: float) -> Session | None:
-        """The oldest session whose peer has had ``connect_grace`` seconds to connect and has not."""
-        waiting = [
-            s for s in self.sessions.values()
-            if not s.connected and not s.closed and now - s.stats.created_at >= self.config.connect_grace
-        ]
-        return min(waiting, key=lambda s: s.stats.created_at, default=None)
+        """The unconnected session a newcomer may displace, or None.
+
+        A session whose peer has had ``connect_grace`` seconds and has not
+        connected may go; so may one (a second old at least) of a client
+        that holds two or more unconnected sessions, since real peers do not
+        queue up unconnected offers. Among those, the client holding the
+        most goes first, and its oldest session.
+        """
+        waiting = [s for s in self.sessions.values() if not s.connected and not s.closed]
+        held = Counter(getattr(s, "client", None) for s in waiting)
+
+        def eligible(session: Session) -> bool:
+            age = now - session.stats.created_at
+            return age >= self.config.connect_grace or (held[getattr(session, "client", None)] >= 2 and age >= HOARD_MIN_AGE)
+
+        candidates = [s for s in waiting if eligible(s)]
+        return max(candidates, key=lambda s: (held[getattr(s, "client", None)], -s.stats.created_at), default=None)
 
     async def _displace(self) -> bool:
         """Close one unconnected session to make room for a newcomer; False when there is none to close."""
@@ -167,7 +182,8 @@ class SessionManager:
             return False
         self.metrics.count("sessions_displaced")
         grace = self.config.connect_grace
-        await victim.close(f"its peer did not connect within {grace:g} s and a newcomer needed the place")
+        age = time.monotonic() - victim.stats.created_at
+        await victim.close(f"its peer had not connected after {age:.1f} s (grace {grace:g} s) and a newcomer needed the place")
         return True
 
     async def _take_place_or_displace(self) -> None:
