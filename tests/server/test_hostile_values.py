@@ -179,3 +179,46 @@ async def test_a_client_that_never_reads_is_closed_after_the_send_timeout(identi
         finally:
             sock.close()
     assert tracebacks(caplog.records) == []
+
+
+HOSTILE_SEGMENTS = ["%00", "a%00b", "x" * 3000, "%ff%fe", "%1b[31m", "..%2f..", "%e2%80%ae", "%f0%9f%92%a9" * 50]
+ROUTES = [
+    ("GET", "/api/sessions/{}"), ("PATCH", "/api/sessions/{}/params"), ("DELETE", "/api/sessions/{}"),
+    ("GET", "/api/streams/{}"), ("PATCH", "/api/streams/{}/params"), ("POST", "/whep/streams/{}"),
+    ("POST", "/whip/streams/{}"), ("DELETE", "/whip/{}"), ("POST", "/whep/{}"), ("DELETE", "/whep/{}/{}"),
+]
+
+
+async def test_every_route_answers_hostile_path_segments_with_a_json_4xx_and_no_traceback(identity_pipeline, caplog):
+    caplog.set_level(logging.DEBUG)
+    async with running_server(identity_pipeline, token=ADMIN_TOKEN) as server:
+        for method, template in ROUTES:
+            for segment in HOSTILE_SEGMENTS:
+                path = template.format(segment, segment)
+                kwargs = {"headers": {**bearer(ADMIN_TOKEN), "Content-Type": "application/json"}, "data": "{}"}
+                status, body, _ = await server.request(method, path, **kwargs)
+                assert 400 <= status < 500 and isinstance(body, dict) and "error" in body, (method, path[:60], status, body)
+        status, _, _ = await server.request("GET", "/health")
+        assert status == 200
+    assert tracebacks(caplog.records) == []
+    assert all("\x1b" not in r.getMessage() and "\x00" not in r.getMessage() for r in caplog.records)
+
+
+async def test_clients_that_leave_during_a_file_send_leave_no_traceback(identity_pipeline, caplog):
+    import asyncio
+    import socket
+
+    caplog.set_level(logging.DEBUG)
+    async with running_server(identity_pipeline) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        for path in ("/", "/static/app.js", "/static/style.css", "/watch"):
+            for _ in range(5):
+                sock = socket.create_connection((host, int(port)))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close with a reset
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode() * 20)
+                sock.close()
+        await asyncio.sleep(0.5)
+        status, _, _ = await server.request("GET", "/static/app.js")
+        assert status == 200
+    assert tracebacks(caplog.records) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
