@@ -187,7 +187,7 @@ COLUMNS = [
     ("what", "what"), ("backend", "backend"), ("build_s", "build s"), ("unet_ms", "UNet ms"), ("unet_x", "x eager"),
     ("vae_encode_ms", "VAE enc ms"), ("vae_encode_x", "x eager"), ("vae_decode_ms", "VAE dec ms"), ("vae_decode_x", "x eager"),
     ("dit_chunk_ms", "DiT chunk ms"), ("dit_chunk_x", "x eager"), ("fps", "fps"), ("fps_x", "x eager"),
-    ("cold_s", "1st frame cold s"), ("warm_s", "1st frame warm s"), ("warm_disk_s", "warm, inductor disk cache only"), ("note", "note"),
+    ("cold_s", "1st frame cold s"), ("warm_s", "1st frame warm s"), ("warm_disk_s", "warm, disk cache only s"), ("note", "note"),
 ]
 
 
