@@ -138,7 +138,7 @@ class ImagePipeline:
         updates before a step merge in order.
         """
         params = self.parse_update(state, {**(changes or {}), **kwargs})
-        state.set_pending(params)
+        state.pending.set(params)
         return params
 
     def parse_update(self, state: ImageStreamState, changes: Mapping[str, Any]) -> StreamParams:
@@ -150,7 +150,7 @@ class ImagePipeline:
 
     def apply_pending(self, state: ImageStreamState) -> None:
         """Apply a queued update now instead of at the next step (same thread as ``step``)."""
-        pending = state.take_pending()
+        pending = state.pending.take()
         if pending is not None:
             self._apply_params(state, pending)
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .pending import PendingUpdate
 from ..config import StreamConfig, StreamParams
 from ..models.image.image_model import PromptEmbedding
 from .output import StreamCounters
@@ -51,8 +51,7 @@ class ImageStreamState:
     force_process: bool = True
     counters: StreamCounters = field(default_factory=StreamCounters)
     state_id: int = field(default_factory=lambda: next(_state_ids))
-    _pending: StreamParams | None = None
-    _pending_lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: PendingUpdate[StreamParams] = field(default_factory=PendingUpdate)
 
     @property
     def frames_per_call(self) -> int:
@@ -62,21 +61,10 @@ class ImageStreamState:
     def num_slots(self) -> int:
         return self.schedule.num_slots
 
-    def set_pending(self, params: StreamParams) -> None:
-        """Queue validated parameters; the worker applies them before its next step."""
-        with self._pending_lock:
-            self._pending = params
-
-    def take_pending(self) -> StreamParams | None:
-        with self._pending_lock:
-            params, self._pending = self._pending, None
-            return params
-
     @property
     def latest_params(self) -> StreamParams:
         """The parameters in force after any queued update is applied."""
-        with self._pending_lock:
-            return self._pending or self.params
+        return self.pending.latest(self.params)
 
     # ------------------------------------------------------------- rollback
     def checkpoint(self) -> "ImageCheckpoint":
@@ -86,8 +74,6 @@ class ImageStreamState:
         place (``stock_noise``) is cloned; small mutable objects (prompt
         transition, counters, filter, tag deque, RNG) are copied.
         """
-        with self._pending_lock:
-            pending = self._pending
         return ImageCheckpoint(
             fields={name: getattr(self, name) for name in _REPLACED_FIELDS},
             stock_noise=self.stock_noise.clone(),
@@ -96,16 +82,17 @@ class ImageStreamState:
             similarity=(self.similarity.last_processed, self.similarity.consecutive_skips, self.similarity.rng.getstate()),
             buffer_tags=copy.copy(self.buffer_tags),
             noise_generator=self.noise_generator.get_state(),
-            pending=pending,
+            pending=self.pending.peek(),
         )
 
     def restore(self, saved: "ImageCheckpoint") -> None:
         """Put the state back as it was at ``saved`` (see :meth:`checkpoint`).
 
-        A live update queued after the checkpoint is kept: it was parsed over
-        the one the step consumed, so it already contains it. Otherwise the
-        consumed update is queued again, so no accepted change is lost.
+        The newest accepted update is queued again (:mod:`streamgen.pipeline.pending`):
+        one queued after the step took its own, else the one the failed step
+        applied, else the one queued at the checkpoint.
         """
+        applied = self.params if self.params is not saved.fields["params"] else None
         for name, value in saved.fields.items():
             setattr(self, name, value)
         self.stock_noise = saved.stock_noise
@@ -116,9 +103,7 @@ class ImageStreamState:
         self.similarity.rng.setstate(rng)
         self.buffer_tags = saved.buffer_tags
         self.noise_generator.set_state(saved.noise_generator)
-        with self._pending_lock:
-            if self._pending is None:
-                self._pending = saved.pending
+        self.pending.restore(at_checkpoint=saved.pending, applied=applied)
 
 
 _REPLACED_FIELDS = (

@@ -182,7 +182,7 @@ class VideoPipeline:
         has one row per step); every other change keeps the cache.
         """
         params = self.parse_update(state, {**(changes or {}), **kwargs})
-        state.set_pending(params)
+        state.pending.set(params)
         return params
 
     def parse_update(self, state: VideoState, changes: Mapping[str, Any]) -> VideoParams:
@@ -191,7 +191,7 @@ class VideoPipeline:
 
     def apply_pending(self, state: VideoState) -> None:
         """Apply a queued update now (same thread as ``step``)."""
-        new = state.take_pending()
+        new = state.pending.take()
         if new is None:
             return
         old = state.params

@@ -92,11 +92,9 @@ def take_checkpoint(state: VideoState, *, track_cache: bool = True) -> VideoChec
     state.journal = journal
     if track_cache:
         state.cache.journal = journal
-    with state._pending_lock:
-        pending_params = state._pending
     return VideoCheckpoint(
         params=state.params,
-        pending_params=pending_params,
+        pending_params=state.pending.peek(),
         pending_frames=tuple(state.pending_frames),
         pending_tags=tuple(state.pending_tags),
         in_flight=tuple(chunk.copy() for chunk in state.in_flight),
@@ -164,6 +162,5 @@ def _restore_params(state: VideoState, checkpoint: VideoCheckpoint) -> None:
     checkpoint) goes back in the queue.
     """
     applied = state.params if state.params is not checkpoint.params else None
-    with state._pending_lock:
-        state._pending = state._pending or applied or checkpoint.pending_params
+    state.pending.restore(at_checkpoint=checkpoint.pending_params, applied=applied)
     state.params = checkpoint.params

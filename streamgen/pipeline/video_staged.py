@@ -71,7 +71,7 @@ from .noise import model_timesteps
 from .output import StepOutput
 from .video import VideoPipeline, _concat_outputs
 from .video_batch import _advance
-from .video_checkpoint import VideoCheckpoint, settle_checkpoint, take_checkpoint
+from .video_checkpoint import VideoCheckpoint, restore_checkpoint, settle_checkpoint, take_checkpoint
 from .video_state import ChunkInFlight, VideoState
 
 WAIT_SECONDS = 0.25
@@ -119,7 +119,20 @@ class StagedVideoPipeline(VideoPipeline):
         return state
 
     def checkpoint(self, state: VideoState) -> VideoCheckpoint:
-        return take_checkpoint(state, track_cache=False)
+        with self._flow:  # the result thread counts finished chunks under this lock
+            return take_checkpoint(state, track_cache=False)
+
+    def restore(self, state: VideoState, checkpoint: VideoCheckpoint) -> None:
+        """As the one-process pipeline, except for what the stages finished meanwhile.
+
+        Nothing on the ring is undone: a chunk whose frames came back between
+        the checkpoint and this restore stays counted (the result thread
+        counted it, under the flow lock, which this holds too).
+        """
+        with self._flow:
+            processed = state.counters.frames_processed
+            restore_checkpoint(state, checkpoint)
+            state.counters.frames_processed = processed
 
     def reset(self, state: VideoState) -> None:
         """Forget the stream's history; its chunks on the stages are dropped (their rows and results are discarded)."""

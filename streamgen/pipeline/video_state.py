@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .pending import PendingUpdate
 from ..models.video.stream_vae import DecodeState, EncodeState
 from ..models.video.wan_context import CrossAttentionContext
 from ..models.video.kv_cache import CommitJournal, RollingKVCache
@@ -121,8 +121,7 @@ class VideoState:
     state_id: int = field(default_factory=lambda: next(_state_ids))
     journal: CommitJournal | None = field(default=None, repr=False)  # of the open checkpoint (video_checkpoint.py)
     ring: Any = field(default=None, repr=False)  # its chunks on the pipeline stages (video_staged.py), else None
-    _pending: VideoParams | None = None
-    _pending_lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: PendingUpdate[VideoParams] = field(default_factory=PendingUpdate)
 
     # The server steps a video stream on every input frame; the pipeline builds chunks itself.
     frames_per_call: int = 1
@@ -137,18 +136,7 @@ class VideoState:
         t = self.config.chunk_frames
         return 4 * t - 3 if self.chunks_in == 0 else 4 * t
 
-    def set_pending(self, params: VideoParams) -> None:
-        """Queue validated parameters; the worker applies them before its next step."""
-        with self._pending_lock:
-            self._pending = params
-
-    def take_pending(self) -> VideoParams | None:
-        with self._pending_lock:
-            params, self._pending = self._pending, None
-            return params
-
     @property
     def latest_params(self) -> VideoParams:
         """The parameters in force after any queued update is applied."""
-        with self._pending_lock:
-            return self._pending or self.params
+        return self.pending.latest(self.params)

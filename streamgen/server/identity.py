@@ -16,7 +16,6 @@ parameters simply have no effect on the pixels.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from ..errors import InputError
 from ..frames import cover_resize
 from ..params import parse_params
 from ..pipeline.output import StepOutput, StreamCounters
+from ..pipeline.pending import PendingUpdate
 
 IDENTITY_SIZE = (256, 256)
 
@@ -39,8 +39,7 @@ class IdentityState:
     config: StreamConfig
     params: StreamParams
     counters: StreamCounters = field(default_factory=StreamCounters)
-    _pending: StreamParams | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: PendingUpdate[StreamParams] = field(default_factory=PendingUpdate)
 
     @property
     def frames_per_call(self) -> int:
@@ -48,8 +47,7 @@ class IdentityState:
 
     @property
     def latest_params(self) -> StreamParams:
-        with self._lock:
-            return self._pending or self.params
+        return self.pending.latest(self.params)
 
 
 class IdentityPipeline:
@@ -65,8 +63,7 @@ class IdentityPipeline:
 
     def update(self, state: IdentityState, changes: Mapping[str, Any] | None = None, **kwargs: Any) -> StreamParams:
         params = self.parse_update(state, {**(changes or {}), **kwargs})
-        with state._lock:
-            state._pending = params
+        state.pending.set(params)
         return params
 
     def parse_update(self, state: IdentityState, changes: Mapping[str, Any]) -> StreamParams:
@@ -74,15 +71,13 @@ class IdentityPipeline:
 
     def checkpoint(self, state: IdentityState) -> tuple:
         """What a step changes: the parameters, the queued update and the counters."""
-        with state._lock:
-            return state.params, state._pending, dataclasses.replace(state.counters)
+        return state.params, state.pending.peek(), dataclasses.replace(state.counters)
 
     def restore(self, state: IdentityState, saved: tuple) -> None:
         params, pending, counters = saved
-        with state._lock:
-            state.params, state.counters = params, counters
-            if state._pending is None:
-                state._pending = pending
+        applied = state.params if state.params is not params else None
+        state.params, state.counters = params, counters
+        state.pending.restore(at_checkpoint=pending, applied=applied)
 
     def reset(self, state: IdentityState) -> None:
         state.counters = StreamCounters()
@@ -93,9 +88,9 @@ class IdentityPipeline:
         tags = list(tags) if tags is not None else [None] * len(states)
         outputs = []
         for state, batch, tag in zip(states, frames, tags):
-            with state._lock:
-                if state._pending is not None:
-                    state.params, state._pending = state._pending, None
+            queued = state.pending.take()
+            if queued is not None:
+                state.params = queued
             if batch is None or batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
                 raise InputError("the identity model needs (k, H, W, 3) uint8 frames")
             out = self._resize(batch, state.config.width, state.config.height)

@@ -36,28 +36,77 @@ class Outcome:
     error: Exception | None = None
 
 
+@dataclass
+class StepReport:
+    """The outcomes, and whether the batch ran as one clean step (only such a step's time is a fair latency sample)."""
+
+    outcomes: list[Outcome]
+    clean: bool
+
+
 def step_transactionally(pipeline: Any, entries: Sequence[StepEntry]) -> list[Outcome]:
     """Step ``entries`` in one batch; on failure restore all and find the failing sessions (see module docstring)."""
+    return step_with_report(pipeline, entries).outcomes
+
+
+def step_with_report(pipeline: Any, entries: Sequence[StepEntry]) -> StepReport:
+    """:func:`step_transactionally`, saying whether the step ran once, cleanly, for every session.
+
+    Checkpointing and restoring run inside the isolation too: a session
+    whose checkpoint or restore raises fails alone (its state cannot be
+    trusted, so it is not stepped), and the others are served.
+    """
     checkpoint = getattr(pipeline, "checkpoint", None)
     restore = getattr(pipeline, "restore", None)
-    saved = [checkpoint(e.state) for e in entries] if callable(checkpoint) and callable(restore) else None
-    try:
-        outputs = pipeline.step([e.state for e in entries], [e.frames for e in entries], [e.tags for e in entries])
-        return [Outcome(output=o) for o in outputs]
-    except Exception as error:  # noqa: BLE001 - which session it belongs to is found below
-        if saved is not None:
-            for entry, snapshot in zip(entries, saved):
-                restore(entry.state, snapshot)
-        if len(entries) == 1:
-            return [Outcome(error=error)]
-    outcomes = []
-    for entry in entries:
-        # A fresh checkpoint: restoring hands the saved objects back to the state, which may then change them.
-        snapshot = checkpoint(entry.state) if saved is not None else None
+    transactional = callable(checkpoint) and callable(restore)
+    failed: dict[int, Exception] = {}
+    saved: dict[int, Any] = {}
+    if transactional:
+        for index, entry in enumerate(entries):
+            try:
+                saved[index] = checkpoint(entry.state)
+            except Exception as error:  # noqa: BLE001 - this session fails alone; nothing was stepped yet
+                failed[index] = error
+    batch = [i for i in range(len(entries)) if i not in failed]
+    if not failed and batch:
         try:
-            outcomes.append(Outcome(output=pipeline.step([entry.state], [entry.frames], [entry.tags])[0]))
-        except Exception as error:  # noqa: BLE001
-            if snapshot is not None:
+            outputs = pipeline.step([entries[i].state for i in batch], [entries[i].frames for i in batch], [entries[i].tags for i in batch])
+            return StepReport([Outcome(output=o) for o in outputs], clean=True)
+        except Exception as error:  # noqa: BLE001 - which session it belongs to is found below
+            for index in batch:
+                _restore(restore, entries[index].state, saved.get(index), failed, index)
+            if len(entries) == 1 and not failed:
+                return StepReport([Outcome(error=error)], clean=False)
+    outcomes = []
+    for index, entry in enumerate(entries):
+        if index in failed:
+            outcomes.append(Outcome(error=failed[index]))
+            continue
+        outcomes.append(_solo(pipeline, entry, checkpoint if transactional else None, restore))
+    return StepReport(outcomes, clean=False)
+
+
+def _solo(pipeline: Any, entry: StepEntry, checkpoint: Any, restore: Any) -> Outcome:
+    """One session stepped alone, from a fresh checkpoint (restoring hands the saved objects back, which may then change)."""
+    try:
+        snapshot = checkpoint(entry.state) if checkpoint is not None else None
+    except Exception as error:  # noqa: BLE001
+        return Outcome(error=error)
+    try:
+        return Outcome(output=pipeline.step([entry.state], [entry.frames], [entry.tags])[0])
+    except Exception as error:  # noqa: BLE001
+        if snapshot is not None:
+            try:
                 restore(entry.state, snapshot)
-            outcomes.append(Outcome(error=error))
-    return outcomes
+            except Exception as restore_error:  # noqa: BLE001 - the state is lost; the session's error says both
+                return Outcome(error=RuntimeError(f"{error}; restoring the stream after it failed too: {restore_error}"))
+        return Outcome(error=error)
+
+
+def _restore(restore: Any, state: Any, snapshot: Any, failed: dict[int, Exception], index: int) -> None:
+    if snapshot is None:
+        return
+    try:
+        restore(state, snapshot)
+    except Exception as error:  # noqa: BLE001 - a state that could not be put back is not stepped again
+        failed[index] = RuntimeError(f"restoring the stream after a failed step failed: {error}")

@@ -9,7 +9,7 @@ is never idle waiting for a conversion and nothing queues without bound:
   just before the step in flight is predicted to end, so the frames it takes
   are as fresh as they can be and the next step starts at once;
 - **model** runs the prepared step through
-  :func:`~streamgen.server.transaction.step_transactionally` (a step that
+  :func:`~streamgen.server.transaction.step_with_report` (a step that
   raises leaves every session as it was; only the failing session is told),
   applies session resets between steps, and feeds each step's measured time
   to the latency model the scheduler and admission control use. A pipeline
@@ -48,7 +48,7 @@ from .shared_latency import SharedLatency
 from .pipelines import stream_size, takes_no_frames
 from .slot import FrameTag, LatestFrames
 from .step_shape import StepShape, StreamShape, bucket_work, engine_row_limit, step_shape_of_state
-from .transaction import Outcome, StepEntry, step_transactionally
+from .transaction import Outcome, StepEntry, step_with_report
 
 logger = logging.getLogger(__name__)
 
@@ -487,15 +487,16 @@ class ModelWorker:
                 member.served_arrival = served_mark(member.slo, member.served_arrival, newest)
         clock = time.perf_counter()
         try:
-            outcomes = step_transactionally(self.pipeline, entries)
+            report = step_with_report(self.pipeline, entries)
         finally:
             seconds = time.perf_counter() - clock
             with self._cond:
                 self._step_started = None
                 self._cond.notify_all()
-        self.learn(shapes, self._service_seconds(seconds))
+        if report.clean:  # a failed batch and its solo retries say nothing about what a step costs
+            self.learn(shapes, self._service_seconds(seconds))
         self._metrics.observe_step(self.name, seconds, len(entries), late=len(prepared.plan.late), deferred=len(prepared.plan.deferred))
-        self._hand_to_output(_Finished(members, outcomes))
+        self._hand_to_output(_Finished(members, report.outcomes))
 
     def _hand_to_output(self, finished: _Finished) -> None:
         with self._cond:
@@ -509,17 +510,14 @@ class ModelWorker:
         return wall if service is None else service
 
     def learn(self, shapes: list[StepShape], seconds: float) -> None:
-        """Feed the latency model: only steps of one bucket and one pass count are unambiguous samples."""
-        buckets = {s.bucket for s in shapes if s.rows > 0}
-        passes = {s.passes for s in shapes if s.rows > 0}
-        if len(buckets) != 1 or len(passes) != 1:
-            return
-        rows = sum(s.rows for s in shapes)
-        bucket, per_pass = buckets.pop(), seconds / passes.pop()
+        """Feed the latency model with one measured step (see :func:`step_samples`)."""
         with self._cond:
-            self.latency.observe(bucket, rows, per_pass)
+            samples = step_samples(self.latency, shapes, seconds)
+            for bucket, rows, per_pass in samples:
+                self.latency.observe(bucket, rows, per_pass)
         if self._shared is not None:
-            self._shared.observe(bucket, rows, per_pass)
+            for bucket, rows, per_pass in samples:
+                self._shared.observe(bucket, rows, per_pass)
 
     # -- output ----------------------------------------------------------------
     def _output_loop(self) -> bool:
@@ -562,6 +560,34 @@ class ModelWorker:
             loop.call_soon_threadsafe(client.deliver, frames, time.monotonic())
         except RuntimeError:  # the loop shut down between the check and the call
             pass
+
+
+def step_samples(model: LatencyModel, shapes: list[StepShape], seconds: float) -> list[tuple[Any, int, float]]:
+    """What one step of ``shapes`` that took ``seconds`` teaches the latency model: ``(bucket, rows, seconds per pass)`` samples.
+
+    A step of one bucket and one pass count is one sample. A step that mixed
+    them (sessions of two resolutions, or a prefilling stream beside a full
+    one) ran one model call per bucket and pass: its time is split between
+    them in proportion to what the model predicts each costs, so mixed
+    sessions that always share steps keep the model learning instead of
+    freezing it.
+    """
+    groups: dict[tuple[Any, int], int] = {}
+    for shape in shapes:
+        if shape.rows > 0:
+            groups[(shape.bucket, shape.passes)] = groups.get((shape.bucket, shape.passes), 0) + shape.rows
+    if not groups:
+        return []
+    if len(groups) == 1:
+        ((bucket, passes), rows), = groups.items()
+        return [(bucket, rows, seconds / passes)]
+    predicted = {key: key[1] * model.predict(key[0], rows) for key, rows in groups.items()}
+    total = sum(predicted.values())
+    samples = []
+    for (bucket, passes), rows in groups.items():
+        share = predicted[(bucket, passes)] / total if total > 0 else 1.0 / len(groups)
+        samples.append((bucket, rows, seconds * share / passes))
+    return samples
 
 
 def _stages_of(pipeline: Any) -> dict[str, Any]:

@@ -192,3 +192,16 @@ def test_a_forward_that_fails_on_one_stream_ends_that_stream_and_the_others_go_o
     got = torch.cat(outputs)
     assert got.shape == expected_a.shape  # every frame of A came out
     assert (got.int() - expected_a.int()).abs().max() <= 1  # A shared VAE encode calls with B until the fault, as in one process
+
+
+def test_a_restore_keeps_the_frames_the_stages_finished_after_the_checkpoint() -> None:
+    """The result thread counts finished chunks; a rollback on the model thread must not undo what the ring did."""
+    with staged_tiny(2, 2, rebalance=False) as model:
+        pipeline = video_pipeline_for(model)
+        state = pipeline.create_state({"width": SIZE, "height": SIZE}, {"prompt": "a red fox", "num_inference_steps": 1, "seed": 3})
+        saved = pipeline.checkpoint(state)
+        before = state.counters.frames_processed
+        with pipeline._flow:  # as _on_result does when a chunk's frames come back
+            state.counters.frames_processed += 4
+        pipeline.restore(state, saved)
+        assert state.counters.frames_processed == before + 4

@@ -164,3 +164,45 @@ def test_video_step_that_raises_for_one_session_leaves_the_others_equal_to_solo_
             if mine.frames.numel():
                 assert (mine.frames.int() - theirs.frames.int()).abs().max() <= 1
         assert states[i].params.prompt[0].text == "a storm"
+
+
+class _FaultyCheckpoints:
+    """The image pipeline, with checkpoint or restore raising for one chosen state (fault injection)."""
+
+    def __init__(self, pipeline, victim, where):
+        self.inner, self.victim, self.where = pipeline, victim, where
+
+    def checkpoint(self, state):
+        if self.where == "checkpoint" and state is self.victim:
+            raise RuntimeError("checkpoint failed")
+        return self.inner.checkpoint(state)
+
+    def restore(self, state, saved):
+        if self.where == "restore" and state is self.victim:
+            raise RuntimeError("restore failed")
+        self.inner.restore(state, saved)
+
+    def step(self, states, frames, tags=None):
+        return self.inner.step(states, frames, tags)
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "restore"])
+def test_a_failing_checkpoint_or_restore_fails_only_its_session_and_the_others_equal_solo_runs(image_pipeline, where):
+    from streamgen.server.transaction import step_with_report
+
+    pipeline = image_pipeline
+    reference = []
+    for i in (0, 1):
+        state = _image_state(pipeline, IMAGE_SETTINGS[i])
+        reference.append(pipeline.step([state], [_frames(0, i)])[0].frames)
+    healthy = [_image_state(pipeline, IMAGE_SETTINGS[i]) for i in (0, 1)]
+    victim = _image_state(pipeline, IMAGE_SETTINGS[2])
+    if where == "restore":
+        _break(victim)  # the batch must fail, so that restoring is needed
+    entries = [StepEntry(s, _frames(0, i), (None,)) for i, s in enumerate([*healthy, victim])]
+    report = step_with_report(_FaultyCheckpoints(pipeline, victim, where), entries)
+    outcomes = report.outcomes
+    assert not report.clean
+    assert outcomes[2].error is not None and where in str(outcomes[2].error)
+    for i in (0, 1):
+        assert outcomes[i].error is None and torch.equal(outcomes[i].output.frames, reference[i])
