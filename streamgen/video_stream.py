@@ -115,7 +115,7 @@ class VideoStream:
 
     @staticmethod
     def _to_user(out: StepOutput, kind: FrameKind) -> list[Any]:
-        keep = [i for i, tag in enumerate(out.tags) if tag is not None]  # None: padding added by flush
+        keep = [i for i, tag in enumerate(out.tags) if tag is not None]  # every input is tagged here; flush leaves padding out
         if not keep:
             return []
         frames = out.frames[keep]

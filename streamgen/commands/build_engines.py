@@ -93,14 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _warm_up_compiled(pipeline: Any) -> str:
     """Run the steps a server runs while warming up (one stream, then two batched), then save torch.compile's artefacts."""
-    from ..runtime.compile_artifacts import save_compile_artifacts  # noqa: PLC0415
+    from ..runtime.compile_artifacts import save_all_compile_artifacts  # noqa: PLC0415
     from ..server.app import warm_up_pipeline  # noqa: PLC0415
-    from ..server.pipelines import model_kind  # noqa: PLC0415
 
-    kind = model_kind(pipeline)
     for streams in (1, 2):
-        warm_up_pipeline(pipeline, {}, kind, streams)
-    save_compile_artifacts(pipeline.model)
+        warm_up_pipeline(pipeline, {}, streams)
+    save_all_compile_artifacts()
     return "compile"
 
 

@@ -3,16 +3,15 @@
 A live stream never ends, but a file does, and a pipeline may still hold
 frames when it does: stream batch returns the frame of n − 1 calls ago, a
 video pipeline buffers frames into chunks. :class:`StreamRunner` speaks only
-the :class:`~streamgen.pipeline.output.StreamPipeline` protocol:
+the :class:`~streamgen.pipeline.contract.StreamPipeline` protocol:
 
 - it groups input frames into calls of ``frames_per_call`` and tags each frame
   with its pts, so every output frame can be matched to the input it depicts;
 - a step may return 0, 1 or several frames; each goes to ``emit`` with its
   input's pts (frames tagged None, i.e. padding, are not emitted);
-- at the end it completes a partial call with copies of the last frame, calls
-  the pipeline's ``flush(state)`` when it has one, and then keeps stepping on
-  padding until every real input frame has come out (bounded by
-  ``max_drain_calls``), with the similarity filter off so padding is not skipped.
+- at the end it completes a partial call with copies of the last frame and
+  calls the pipeline's ``flush(state)`` (the one end-of-stream drain, which the
+  server's local sessions use too): what is still inside comes out.
 """
 
 from __future__ import annotations
@@ -25,11 +24,11 @@ import numpy as np
 import torch
 
 from ..frames import cover_resize
-from ..pipeline.output import StepOutput, StreamPipeline
+from ..pipeline.contract import StreamPipeline
+from ..pipeline.output import StepOutput
 from .frame_sources import SourceFrame
 
 Emit = Callable[[np.ndarray, int], Any]
-MAX_DRAIN_CALLS = 64
 
 
 @dataclass
@@ -46,13 +45,12 @@ class RunCounts:
 class StreamRunner:
     """Feed frames in order, then :meth:`finish`; outputs go to ``emit(image, pts)``."""
 
-    def __init__(self, pipeline: StreamPipeline, state: Any, emit: Emit, *, frames_per_call: int = 1, txt2img: bool = False, max_drain_calls: int = MAX_DRAIN_CALLS) -> None:
+    def __init__(self, pipeline: StreamPipeline, state: Any, emit: Emit, *, frames_per_call: int = 1, txt2img: bool = False) -> None:
         self.pipeline = pipeline
         self.state = state
         self.emit = emit
         self.frames_per_call = frames_per_call
         self.txt2img = txt2img
-        self.max_drain_calls = max_drain_calls
         self.counts = RunCounts()
         self._call: list[SourceFrame] = []
         self._waiting: set[int] = set()
@@ -70,7 +68,7 @@ class StreamRunner:
         return self._step(images, tags)
 
     def finish(self) -> int:
-        """Push out everything still inside the pipeline; returns the frames it produced."""
+        """Push out everything still inside the pipeline (its ``flush``); returns the frames it produced."""
         if self._last_image is None:
             return 0
         produced = 0
@@ -79,15 +77,8 @@ class StreamRunner:
             images = [f.image for f in self._call] + [self._last_image] * missing
             produced += self._step(images, tuple(f.pts for f in self._call) + (None,) * missing)
             self._call = []
-        flush = getattr(self.pipeline, "flush", None)
-        if self._waiting and callable(flush):
-            produced += self._take(flush(self.state))
         if self._waiting:
-            self._disable_similarity_filter()
-        for _ in range(self.max_drain_calls):
-            if not self._waiting:
-                break
-            produced += self._step([self._last_image] * self.frames_per_call, (None,) * self.frames_per_call)
+            produced += self._take(self.pipeline.flush(self.state))
         self.counts.frames_lost = len(self._waiting)
         return produced
 
@@ -119,12 +110,6 @@ class StreamRunner:
                 produced += 1
         self.counts.frames_emitted += produced
         return produced
-
-    def _disable_similarity_filter(self) -> None:
-        """Padding repeats the last frame; a similarity filter would skip it and never drain."""
-        params = getattr(self.state, "latest_params", None) or getattr(self.state, "params", None)
-        if getattr(params, "similarity_filter", False):
-            self.pipeline.update(self.state, {"similarity_filter": False})
 
 
 def stack_frames(images: list[np.ndarray]) -> torch.Tensor:

@@ -48,10 +48,12 @@ from ..config import StreamConfig, StreamParams
 from ..errors import ConfigError, InputError
 from ..frames import model_to_uint8, uint8_to_model
 from ..models.image.image_model import ImageModel, PromptEmbedding
-from ..params import parse_params
-from ..runtime.engine_limits import engine_limits_of
+from ..params import PARAM_NAMES, parse_params
+from ..runtime.engine_limits import EngineLimits, engine_limits_of
+from .contract import StepShape, StreamShape
+from .image_settings import TXT2IMG_STRENGTH, full_cfg_rows, parse_image_settings
 from .image_state import ImageCheckpoint, ImageStreamState
-from .output import StepOutput
+from .output import PADDING, StepOutput
 from .prompts import PromptTransition, blend_prompts
 from .schedule import SlotSchedule, make_slot_schedule
 from .seeds import blended_noise
@@ -71,11 +73,15 @@ class RowSegment:
 Program = Generator[list[RowSegment], list[torch.Tensor], torch.Tensor]
 
 
-TXT2IMG_STRENGTH = "strength applies to img2img streams; txt2img streams start from pure noise"
-
-
 class ImagePipeline:
-    """Shared weights + the stream algorithm; all per-stream data lives in states."""
+    """Shared weights + the stream algorithm; all per-stream data lives in states.
+
+    Drivers use it through :mod:`streamgen.pipeline.contract` (the methods
+    under "contract" below), the Python API through ``create_state`` /
+    ``step`` / ``update``.
+    """
+
+    kind = "image"
 
     def __init__(self, model: ImageModel) -> None:
         self.model = model
@@ -87,6 +93,74 @@ class ImagePipeline:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype
+
+    # ---------------------------------------------------------------- contract
+    @property
+    def model_name(self) -> str:
+        return str(self.model.name)
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        return tuple(self.model.default_size)
+
+    @property
+    def live_params(self) -> tuple[str, ...]:
+        return PARAM_NAMES
+
+    @property
+    def engine_limits(self) -> EngineLimits | None:
+        return engine_limits_of(self.model)
+
+    def settings_shape(self, settings: Mapping[str, Any]) -> StreamShape:
+        """Validate a session's settings (over the model's defaults) and say what its steps will cost."""
+        config, params = parse_image_settings(settings, self.model.default_params)
+        return self._shape(config.resolved(self.native_size), params)
+
+    def state_from_settings(self, settings: Mapping[str, Any]) -> ImageStreamState:
+        config, params = parse_image_settings(settings, self.model.default_params)
+        return self.create_state(config, params)
+
+    def stream_shape(self, state: ImageStreamState) -> StreamShape:
+        """The stream's shape under its newest parameters (a queued update included: the next step applies it)."""
+        return self._shape(state.config, state.latest_params)
+
+    def shape_with(self, state: ImageStreamState, params: StreamParams) -> StreamShape:
+        return self._shape(state.config, params)
+
+    def step_work(self, state: ImageStreamState, new_frames: int) -> StepShape:
+        """One pass of its rows; a stream-batch stream whose buffer is still empty fills it one slot per pass."""
+        shape = self.stream_shape(state)
+        unit = shape.unit()
+        if shape.stream_batch and state.buffer is None:
+            return StepShape(unit.bucket, shape.frames_per_call * shape.cfg_rows, shape.steps)
+        return unit
+
+    def frames_per_step(self, state: ImageStreamState) -> int:
+        return state.frames_per_call
+
+    def frame_size(self, state: ImageStreamState) -> tuple[int, int]:
+        return state.config.width, state.config.height
+
+    def takes_frames(self, state: ImageStreamState) -> bool:
+        return state.config.mode != "txt2img"
+
+    def params_json(self, state: ImageStreamState) -> dict[str, Any]:
+        return state.latest_params.to_dict()
+
+    def prepare_update(self, params: StreamParams) -> None:
+        """Encode the prompts ``params`` name now (memoised), off the model thread, so the step that applies them finds them ready."""
+        for text in [p.text for p in params.prompt] + [params.negative_prompt]:
+            try:
+                self.model.encode_prompt(text)
+            except UnicodeError as error:
+                raise ConfigError(f"the prompt {text[:40]!r} cannot be encoded as text ({error.reason})") from None
+
+    @staticmethod
+    def _shape(config: StreamConfig, params: StreamParams) -> StreamShape:
+        return StreamShape(
+            "image", config.width, config.height, config.frame_buffer_size, len(params.resolved_t_index_list()),
+            config.use_denoising_batch, full_cfg_rows(params), frames_per_unit=config.frame_buffer_size,
+        )
 
     # ------------------------------------------------------------------ states
     def create_state(
@@ -106,9 +180,8 @@ class ImagePipeline:
             params = parse_params(params, base)
         limits = engine_limits_of(self.model)
         if limits is not None:
-            full_cfg = params.cfg_type == "full" and params.guidance_scale != 1.0
-            steps = len(params.resolved_t_index_list()) if config.use_denoising_batch else 1
-            limits.check_stream(config.width, config.height, config.frame_buffer_size * steps * (2 if full_cfg else 1))
+            unit = self._shape(config, params).unit()
+            limits.check_stream(config.width, config.height, unit.rows)
         h, w = self.model.latent_size(config.width, config.height)
         latent_shape = (self.model.latent_channels, h, w)
         schedule = self._schedule(params, config)
@@ -276,7 +349,34 @@ class ImagePipeline:
             state.counters.frames_processed += state.frames_per_call
             state.force_process = state.prompt.in_progress
             outputs[i] = StepOutput(frames_out, tags=tag, skipped=False)
+        for state, call in zip(states, frames):
+            state.last_input = call
         return outputs  # type: ignore[return-value]
+
+    def flush(self, state: ImageStreamState) -> StepOutput:
+        """End of a finite stream: the frames still inside the stream batch come out.
+
+        A stream-batch stream's output trails its input by ``num_slots − 1``
+        calls. The last call's frames are repeated (tagged None: padding)
+        until every buffered input is out; the similarity filter is bypassed
+        for those calls (it would skip a repeated frame and the buffer would
+        never move). Outputs that depict padding are left out, so the result
+        holds exactly the frames not delivered yet, in order.
+        """
+        empty = StepOutput(torch.zeros(0, state.config.height, state.config.width, 3, dtype=torch.uint8, device=self.device))
+        if state.buffer is None or not state.config.use_denoising_batch or state.num_slots < 2:
+            return empty
+        padding = state.last_input
+        frames, tags = [], []
+        for _ in range(state.num_slots - 1):
+            state.force_process = True
+            out = self.step([state], [padding], [(PADDING,) * state.frames_per_call])[0].real()
+            if out.tags:
+                frames.append(out.frames)
+                tags += out.tags
+        if not frames:
+            return empty
+        return StepOutput(torch.cat(frames), tags=tuple(tags))
 
     @staticmethod
     def _call_tags(state: ImageStreamState, tags: Any) -> tuple[Any, ...]:

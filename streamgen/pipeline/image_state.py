@@ -47,6 +47,7 @@ class ImageStreamState:
     buffer: torch.Tensor | None = None  # ((n-1)·f, C, h, w): slots 1..n-1; None until filled
     uncond_measured: bool = False
     last_output: torch.Tensor | None = None
+    last_input: torch.Tensor | None = None  # the last call's frames, (f, H, W, 3) uint8: what flush repeats as padding
     buffer_tags: deque = field(default_factory=deque)  # per-call tag tuples of the buffered slots
     force_process: bool = True
     counters: StreamCounters = field(default_factory=StreamCounters)

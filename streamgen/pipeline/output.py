@@ -1,7 +1,7 @@
-"""What every stream pipeline (image or video) hands back, and the contract it keeps.
+"""What every stream pipeline (image or video) hands back (the contract itself: :mod:`streamgen.pipeline.contract`).
 
 The server's worker and the Python API drive image and video pipelines the
-same way, through :class:`StreamPipeline`:
+same way:
 
 - ``create_state(config, params)`` makes a per-stream state (call it off the
   event loop: it may encode prompts);
@@ -21,11 +21,27 @@ input frames into chunks and may return none or several.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
+
+
+class _Padding:
+    """The tag of a frame a drain added to complete a call or a chunk (it depicts no input)."""
+
+    _instance: "_Padding | None" = None
+
+    def __new__(cls) -> "_Padding":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "PADDING"
+
+
+PADDING = _Padding()
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,13 @@ class StepOutput:
     tags: tuple[Any, ...] = ()
     skipped: bool = False
 
+    def real(self) -> StepOutput:
+        """The frames that depict inputs: those tagged :data:`PADDING` (added by a drain) left out."""
+        if all(tag is not PADDING for tag in self.tags):
+            return self
+        keep = [i for i, tag in enumerate(self.tags) if tag is not PADDING]
+        return StepOutput(self.frames[keep], tuple(self.tags[i] for i in keep), self.skipped)
+
 
 @dataclass
 class StreamCounters:
@@ -49,15 +72,3 @@ class StreamCounters:
     frames_in: int = 0
     frames_processed: int = 0
     frames_skipped: int = 0
-
-
-class StreamPipeline(Protocol):
-    """The interface the server worker and the stream API use (see module docstring)."""
-
-    def create_state(self, config: Any = None, params: Any = None) -> Any: ...
-
-    def update(self, state: Any, changes: Mapping[str, Any] | None = None, **kwargs: Any) -> Any: ...
-
-    def step(self, states: Sequence[Any], frames: Sequence[torch.Tensor | None], tags: Sequence[Any] | None = None) -> list[StepOutput]: ...
-
-    def reset(self, state: Any) -> None: ...

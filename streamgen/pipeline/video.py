@@ -66,15 +66,22 @@ from ..models.video.video_model import VideoModel
 from ..models.video.wan_context import CrossAttentionContext
 from ..models.video.kv_cache import RollingKVCache
 from .noise import MotionNoiseController, base_timesteps, step_sigmas
-from .output import StepOutput
+from .contract import StepShape, StreamShape
+from .output import PADDING, StepOutput
 from .video_batch import FinishedChunk, RoundEntry, denoise_round
 from .video_checkpoint import VideoCheckpoint, restore_checkpoint, settle_checkpoint, take_checkpoint
-from .video_params import VideoConfig, VideoParams, parse_video_config, parse_video_params, parse_video_settings
+from .video_params import VIDEO_PARAM_NAMES, VideoConfig, VideoParams, parse_video_config, parse_video_params, parse_video_settings
 from .video_state import ChunkInFlight, ContextTransition, VideoState
 
 
 class VideoPipeline:
-    """Shared weights + the causal stream algorithm; all per-stream data lives in :class:`VideoState`."""
+    """Shared weights + the causal stream algorithm; all per-stream data lives in :class:`VideoState`.
+
+    Drivers use it through :mod:`streamgen.pipeline.contract` (the methods
+    under "contract" below).
+    """
+
+    kind = "video"
 
     def __init__(self, model: VideoModel) -> None:
         if getattr(model, "stages", None) is not None and type(self) is VideoPipeline:
@@ -92,6 +99,78 @@ class VideoPipeline:
     @property
     def default_params(self) -> dict[str, Any]:
         return dict(self.model.default_params)
+
+    # ---------------------------------------------------------------- contract
+    @property
+    def model_name(self) -> str:
+        return str(self.model.name)
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        return tuple(self.model.default_size)
+
+    @property
+    def live_params(self) -> tuple[str, ...]:
+        return VIDEO_PARAM_NAMES
+
+    @property
+    def engine_limits(self) -> None:
+        return None  # video backends (eager, compile) take any shape
+
+    @property
+    def temporal_factor(self) -> int:
+        """Input frames per latent frame: the VAE's temporal compression (a model fact, never assumed)."""
+        return int(self.model.vae.temporal_factor)
+
+    def settings_shape(self, settings: Mapping[str, Any]) -> StreamShape:
+        config, params = self.validate_settings(settings)
+        return self._shape(config, params.num_inference_steps)
+
+    def state_from_settings(self, settings: Mapping[str, Any]) -> VideoState:
+        return self.create_state(None, dict(settings))
+
+    def stream_shape(self, state: VideoState) -> StreamShape:
+        """The stream's shape under its newest parameters (a queued update included: the next step applies it)."""
+        return self._shape(state.config, state.latest_params.num_inference_steps)
+
+    def shape_with(self, state: VideoState, params: VideoParams) -> StreamShape:
+        return self._shape(state.config, params.num_inference_steps)
+
+    def step_work(self, state: VideoState, new_frames: int) -> StepShape:
+        """Only a step that completes a chunk runs the model; in stream batch its rows are the chunks in flight plus the new one."""
+        shape = self.stream_shape(state)
+        unit = shape.unit()
+        if len(state.pending_frames) + new_frames < state.frames_needed:
+            return StepShape(unit.bucket, 0, 1)
+        if shape.stream_batch:
+            return StepShape(unit.bucket, min(len(state.in_flight) + 1, shape.steps), 1)
+        return unit
+
+    def frames_per_step(self, state: VideoState) -> int:
+        return state.frames_per_call
+
+    def frame_size(self, state: VideoState) -> tuple[int, int]:
+        return state.config.width, state.config.height
+
+    def takes_frames(self, state: VideoState) -> bool:
+        return True
+
+    def params_json(self, state: VideoState) -> dict[str, Any]:
+        return state.latest_params.to_dict()
+
+    def prepare_update(self, params: VideoParams) -> None:
+        """Encode the prompts ``params`` name now (memoised), off the model thread."""
+        for prompt in params.prompt:
+            try:
+                self.model.encode_prompt(prompt.text)
+            except UnicodeError as error:
+                raise ConfigError(f"the prompt {prompt.text[:40]!r} cannot be encoded as text ({error.reason})") from None
+
+    def _shape(self, config: VideoConfig, steps: int) -> StreamShape:
+        return StreamShape(
+            "video", config.width, config.height, 1, steps, config.use_denoising_batch, 1, config.chunk_frames,
+            frames_per_unit=self.temporal_factor * config.chunk_frames,
+        )
 
     # ------------------------------------------------------------------ states
     def validate_settings(self, settings: Mapping[str, Any]) -> tuple[VideoConfig, VideoParams]:
@@ -127,6 +206,7 @@ class VideoPipeline:
             generator=generator,
             base_timesteps=self._base_timesteps(params.num_inference_steps),
             context=ContextTransition(current=self._prompt_context(params)),
+            temporal_factor=self.temporal_factor,
         )
         return state
 
@@ -272,22 +352,22 @@ class VideoPipeline:
     def flush(self, state: VideoState) -> StepOutput:
         """End of a finite stream: complete a partial chunk with copies of the last frame and drain the stream batch.
 
-        Padding frames carry the tag None (callers do not show them).
+        Only frames that depict real inputs come back (the copies' frames are left out).
         """
         self._pad_last_chunk(state)
         parts = self._run_ready_chunks([state])
         while state.in_flight:
             parts += self._drain_round(state)
         settle_checkpoint(state)
-        return _concat_outputs(parts, self._empty_frames(state))
+        return _concat_outputs(parts, self._empty_frames(state)).real()
 
     def _pad_last_chunk(self, state: VideoState) -> None:
-        """End of a finite stream: apply queued updates, complete a partial chunk with copies of the last frame (tag None)."""
+        """End of a finite stream: apply queued updates, complete a partial chunk with copies of the last frame (tag PADDING)."""
         self.apply_pending(state)
         if state.pending_frames:
             missing = state.frames_needed - len(state.pending_frames)
             state.pending_frames.extend([state.pending_frames[-1]] * missing)
-            state.pending_tags.extend([None] * missing)
+            state.pending_tags.extend([PADDING] * missing)
 
     def _prepare_input(self, state: VideoState, frames: torch.Tensor | None) -> torch.Tensor:
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -362,7 +442,7 @@ def _chunk_output(state: VideoState, chunk: ChunkInFlight, video: torch.Tensor) 
     frames = model_to_uint8(video[0].transpose(0, 1))
     if frames.shape[0] != len(chunk.tags):
         raise RuntimeError(f"decoded {frames.shape[0]} frames for a chunk of {len(chunk.tags)} inputs")
-    state.counters.frames_processed += sum(t is not None for t in chunk.tags)
+    state.counters.frames_processed += sum(t is not PADDING for t in chunk.tags)
     return StepOutput(frames, tags=chunk.tags)
 
 

@@ -67,8 +67,9 @@ from ..models.video.video_model import VideoModel
 from ..parallel.errors import StreamFault
 from ..parallel.rows import DecodeRequest, RowTicket, StageRow
 from ..models.video.flow import flow_x0
+from .contract import StepShape, StreamShape
 from .noise import model_timesteps
-from .output import StepOutput
+from .output import PADDING, StepOutput
 from .video import VideoPipeline, _concat_outputs
 from .video_batch import _advance
 from .video_checkpoint import VideoCheckpoint, restore_checkpoint, settle_checkpoint, take_checkpoint
@@ -110,6 +111,33 @@ class StagedVideoPipeline(VideoPipeline):
         self._flow = threading.Condition()
         self._listeners: list[Callable[[], None]] = []
         self.last_step_service: float | None = None  # see module docstring; None until the stages answered once
+
+    # ---------------------------------------------------------------- contract
+    def step_work(self, state: VideoState, new_frames: int) -> StepShape:
+        """A step that completes a chunk hands all of its denoising steps to the stages at once."""
+        shape = self.stream_shape(state)
+        unit = shape.unit()
+        if len(state.pending_frames) + new_frames < state.frames_needed:
+            return StepShape(unit.bucket, 0, 1)
+        return StepShape(unit.bucket, shape.steps, 1)
+
+    def latency_floor(self, shape: StreamShape) -> float:
+        """What filling the ring adds to a frame's latency beyond the step's own service time.
+
+        A chunk's every denoising step travels the whole ring (all stages),
+        and the service time the worker learns counts one stage's share: the
+        other ``stages − 1`` stage times of each step come on top.
+        """
+        row_seconds = self.driver.row_seconds
+        if row_seconds is None:
+            return 0.0
+        return (self.driver.stages - 1) * shape.steps * row_seconds
+
+    def describe_stages(self) -> dict[str, Any]:
+        return self.model.stages.describe()
+
+    def close_stages(self) -> None:
+        self.model.stages.close()
 
     # ------------------------------------------------------------------ states
     def create_state(self, config=None, params=None) -> VideoState:
@@ -178,7 +206,7 @@ class StagedVideoPipeline(VideoPipeline):
                 self.driver.check()
         self._check_stream(state)
         settle_checkpoint(state)
-        return _concat_outputs([first, self._take_outputs(state)], self._empty_frames(state))
+        return _concat_outputs([first, self._take_outputs(state)], self._empty_frames(state)).real()
 
     def _run_ready_chunks(self, states: Sequence[VideoState]) -> list[StepOutput]:
         """Encode every chunk the buffered frames complete (a checkpoint undoes this), then hand them all over (nothing undoes that)."""
@@ -248,7 +276,7 @@ class StagedVideoPipeline(VideoPipeline):
         with self._flow:
             if entry in state.ring.chunks:
                 state.ring.chunks.remove(entry)
-                state.counters.frames_processed += sum(t is not None for t in chunk.tags)
+                state.counters.frames_processed += sum(t is not PADDING for t in chunk.tags)
                 state.ring.outputs.append(StepOutput(result, tags=chunk.tags))
             self._flow.notify_all()
         for listener in self._listeners:

@@ -125,6 +125,7 @@ class VideoState:
 
     # The server steps a video stream on every input frame; the pipeline builds chunks itself.
     frames_per_call: int = 1
+    temporal_factor: int = 4  # input frames per latent frame: the model's VAE says (VideoPipeline.temporal_factor)
 
     @property
     def num_steps(self) -> int:
@@ -132,9 +133,9 @@ class VideoState:
 
     @property
     def frames_needed(self) -> int:
-        """Input frames that make the next chunk: 1 + 4(T' − 1) for the stream's first, 4T' after."""
-        t = self.config.chunk_frames
-        return 4 * t - 3 if self.chunks_in == 0 else 4 * t
+        """Input frames that make the next chunk: 1 + f(T' − 1) for the stream's first, fT' after (f: the VAE's temporal factor)."""
+        t, f = self.config.chunk_frames, self.temporal_factor
+        return f * (t - 1) + 1 if self.chunks_in == 0 else f * t
 
     @property
     def latest_params(self) -> VideoParams:

@@ -35,6 +35,7 @@ COMPONENT = "compile-artifacts"
 BACKEND = "compile"
 _ATTRIBUTE = "_streamgen_compile_artifacts"
 _lock = threading.Lock()
+_compiled_models: list[Any] = []  # every model given a store in this process (save_all_compile_artifacts)
 
 
 class ArtifactStore:
@@ -71,6 +72,8 @@ def load_compile_artifacts(model: Any, cache: Any) -> bool:
         return False
     store = ArtifactStore(cache, artifacts_key(model, cache))
     setattr(model, _ATTRIBUTE, store)
+    with _lock:
+        _compiled_models.append(model)
     atexit.register(save_compile_artifacts, model, quiet=True)
     path = cache.lookup(store.key)
     if path is None:
@@ -109,6 +112,13 @@ def save_compile_artifacts(model: Any, *, quiet: bool = False) -> Path | None:
     if not quiet:
         logger.info("torch.compile artefacts saved: %s (%.1f MB; %s)", path.name, len(blob) / 1e6, _describe(info))
     return path
+
+
+def save_all_compile_artifacts() -> list[Path]:
+    """Store the artefacts of every model compiled in this process (a server after its warm-up); the paths written."""
+    with _lock:
+        models = list(_compiled_models)
+    return [path for model in models if (path := save_compile_artifacts(model)) is not None]
 
 
 def _describe(info: Any) -> str:

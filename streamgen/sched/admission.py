@@ -34,12 +34,22 @@ HEADROOM = 0.9
 
 @dataclass(frozen=True)
 class Demand:
-    """What one session asks of the worker."""
+    """What one session asks of the worker.
+
+    ``latency_floor_s``: what a frame of this session waits beyond its
+    steps, whatever the load (pipeline stages: the ring's other stages);
+    it counts against the session's deadline.
+    """
 
     bucket: Hashable
     rows: int
     slo: Slo
     passes: int = 1
+    latency_floor_s: float = 0.0
+
+    @property
+    def work(self) -> int:
+        return self.rows * self.passes
 
 
 @dataclass(frozen=True)
@@ -102,13 +112,15 @@ def admit(model: LatencyModel, admitted: Sequence[Demand], new: Demand, *, headr
     def refuse(reason: str) -> Admission:
         return Admission(False, rates[-1], load, step, reason)
 
-    alone = new.passes * model.predict(new.bucket, new.rows)
+    alone = new.passes * model.predict(new.bucket, new.rows) + new.latency_floor_s
     if alone > new.slo.deadline_s:
+        floor = f" (of which {new.latency_floor_s * 1000:.0f} ms filling the pipeline stages)" if new.latency_floor_s else ""
         return refuse(
-            f"one step of this stream alone is predicted to take {alone * 1000:.0f} ms, over its "
+            f"one step of this stream alone is predicted to take {alone * 1000:.0f} ms{floor}, over its "
             f"{new.slo.deadline_s * 1000:.0f} ms deadline; use a lower resolution, fewer steps or fewer frames per call"
         )
-    shortest = min(d.slo.deadline_s for d in everyone)
+    tightest = min(everyone, key=lambda d: d.slo.deadline_s - d.latency_floor_s)
+    shortest = tightest.slo.deadline_s - tightest.latency_floor_s
     if admitted and 2 * step > shortest:
         return refuse(
             f"with this stream a step carrying every session is predicted to take {step * 1000:.0f} ms, and a frame "

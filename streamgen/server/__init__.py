@@ -14,12 +14,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_LAZY = {"create_app": ".app", "run_server": ".app", "ServerConfig": ".config", "IdentityPipeline": ".identity"}
+_LAZY = {"create_app": ".app", "run_server": ".app", "ServerConfig": ".config"}
 
 if TYPE_CHECKING:  # pragma: no cover
     from .app import create_app, run_server
     from .config import ServerConfig
-    from .identity import IdentityPipeline
 
 
 def __getattr__(name: str) -> Any:
@@ -31,4 +30,4 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["IdentityPipeline", "ServerConfig", "create_app", "run_server"]
+__all__ = ["ServerConfig", "create_app", "run_server"]

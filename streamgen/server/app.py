@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from aiohttp import web
 
-from ..runtime.compile_artifacts import save_compile_artifacts
+from ..pipeline.contract import Capabilities, StepShape
+from ..runtime.compile_artifacts import save_all_compile_artifacts
 from .aiohttp_patches import LIMITS_KEY, ConnectionLimits, install_connection_guards, install_json_parse_errors
 from .aiortc_patches import configure_video_encoders, install_marker_jitter_buffer
 from .config import ServerConfig
@@ -44,17 +45,7 @@ from .cors import CorsPolicy, cors
 from .host_check import EVERY_INTERFACE, HostRules, host_check
 from .http_errors import json_errors
 from .metrics import ServerMetrics
-from .pipelines import (
-    create_session_state,
-    frames_per_step,
-    live_param_names,
-    load_server_pipeline,
-    load_server_pipelines,
-    model_kind,
-    model_name,
-    stream_size,
-    takes_no_frames,
-)
+from .pipelines import load_server_pipeline, load_server_pipelines, model_kind
 from .routes_api import add_routes as add_api_routes
 from .routes_streams import add_routes as add_stream_routes
 from .routes_webrtc import add_routes as add_webrtc_routes
@@ -62,7 +53,7 @@ from .sessions import SessionManager
 from .shared_latency import SharedLatency
 from .static import add_routes as add_static_routes
 from .static import find_web_dir
-from .step_shape import StepShape, bucket_work, shape_of_settings, step_shape_of_state
+from .step_shape import bucket_work
 from .worker import ModelWorker
 
 logger = logging.getLogger(__name__)
@@ -89,7 +80,7 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     install_connection_guards()  # before the first connection (on_startup runs after a test's site may already listen)
     install_json_parse_errors()
     app[CONTEXT_KEY] = ServerContext(
-        config, manager, metrics, workers, model_name(pipelines[0]), web_dir, model_kind(pipelines[0]), live_param_names(pipelines[0])
+        config, manager, metrics, workers, pipelines[0].model_name, web_dir, model_kind(pipelines[0]), pipelines[0].live_params
     )
     add_webrtc_routes(app)
     add_api_routes(app)
@@ -103,8 +94,7 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
         for worker in workers:
             worker.start(loop)
         if warm_up:
-            kind = model_kind(pipelines[0])
-            await asyncio.gather(*(warm_up_worker(w, dict(config.default_params), kind) for w in workers))
+            await asyncio.gather(*(warm_up_worker(w, dict(config.default_params)) for w in workers))
         manager.start_sweeper()
 
     async def on_shutdown(app: web.Application) -> None:
@@ -120,19 +110,18 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     return app
 
 
-def warm_up_pipeline(pipeline: Any, settings: dict[str, Any], kind: str, streams: int = 1, steps: int = 3) -> list[tuple[list[StepShape], float]]:
+def warm_up_pipeline(pipeline: Any, settings: dict[str, Any], streams: int = 1, steps: int = 3) -> list[tuple[list[StepShape], float]]:
     """Run ``steps`` steps of ``streams`` fresh streams on grey frames (model thread); returns the measured steps after the first."""
-    states = [create_session_state(pipeline, settings) for _ in range(streams)]
-    settings_shape = shape_of_settings(pipeline, settings, kind)
+    states = [pipeline.state_from_settings(settings) for _ in range(streams)]
     samples = []
     for i in range(steps):
         frames, tags, shapes = [], [], []
         for state in states:
-            k = frames_per_step(state)
-            width, height = stream_size(state) or WARM_UP_SIZE
-            frames.append(None if takes_no_frames(state) else torch.full((k, height, width, 3), 128, dtype=torch.uint8))
+            k = pipeline.frames_per_step(state)
+            width, height = pipeline.frame_size(state) or WARM_UP_SIZE
+            frames.append(torch.full((k, height, width, 3), 128, dtype=torch.uint8) if pipeline.takes_frames(state) else None)
             tags.append((None,) * k)
-            shapes.append(step_shape_of_state(state, k, settings_shape))
+            shapes.append(pipeline.step_work(state, k))
         started = time.perf_counter()
         pipeline.step(states, frames, tags)
         if i > 0:  # the first step pays for lazy initialisation
@@ -140,15 +129,14 @@ def warm_up_pipeline(pipeline: Any, settings: dict[str, Any], kind: str, streams
     return samples
 
 
-async def warm_up_worker(worker: ModelWorker, settings: dict[str, Any], kind: str) -> None:
+async def warm_up_worker(worker: ModelWorker, settings: dict[str, Any]) -> None:
     """Warm up one replica and seed its latency model with one and two batched streams."""
     for streams in (1, 2):
-        samples = await asyncio.wrap_future(worker.run_between_steps(warm_up_pipeline, worker.pipeline, settings, kind, streams))
+        samples = await asyncio.wrap_future(worker.run_between_steps(warm_up_pipeline, worker.pipeline, settings, streams))
         for shapes, seconds in samples:
             worker.learn(shapes, seconds)
-    model = getattr(worker.pipeline, "model", None)
-    if model is not None:  # torch.compile's artefacts of what the warm-up compiled: the next start is warm
-        await asyncio.wrap_future(worker.submit(save_compile_artifacts, model))
+    # torch.compile's artefacts of what the warm-up compiled (nothing when no model was compiled): the next start is warm
+    await asyncio.wrap_future(worker.submit(save_all_compile_artifacts))
 
 
 def run_server(config: ServerConfig, sockets: Sequence[socket.socket] | None = None) -> None:
@@ -182,9 +170,8 @@ def run_server(config: ServerConfig, sockets: Sequence[socket.socket] | None = N
 def close_pipeline_stages(pipelines: Sequence[Any]) -> None:
     """Stop the stage ranks of staged models (streamgen.parallel), so none outlives the server."""
     for pipeline in pipelines:
-        stages = getattr(getattr(pipeline, "model", None), "stages", None)
-        if stages is not None:
-            stages.close()
+        if Capabilities.of(pipeline).staged:
+            pipeline.close_stages()
 
 
 def log_where_to_go(config: ServerConfig, port: int | None = None) -> None:

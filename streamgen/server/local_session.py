@@ -18,11 +18,12 @@ What differs is only at the edges:
 
 A file ends, and a pipeline still holds frames when it does (stream batch
 returns the frame of n − 1 steps ago; a video model buffers chunks). When
-the input ends, :meth:`LocalSession.start_input` keeps stepping the stream
-on copies of the last frame, with timestamps after it, until an output that
-depicts one of those copies comes back: every real frame is out by then.
-The copies are never delivered. :attr:`LocalSession.finished` is set then
-(or when the session closes).
+the input ends, a call left incomplete is filled with copies of the last
+frame (timestamps after it; never delivered), and the worker runs the
+pipeline's own end-of-stream drain (``flush``, the one ``streamgen run``
+uses) once the stream's last frames have been stepped: every real frame is
+out then. :attr:`LocalSession.finished` is set then (or when the session
+closes).
 """
 
 from __future__ import annotations
@@ -43,9 +44,7 @@ from .slot import FrameTag
 from .step_shape import ServerCaps
 from .worker import ModelWorker, OutputFrame
 
-DRAIN_STEPS = 64  # the most steps spent pushing the last frames out of the pipeline
-DRAIN_POLL_SECONDS = 0.005
-DRAIN_GRACE_SECONDS = 10.0  # after the last padding frame, how long its output may take
+DRAIN_SECONDS = 120.0  # how long the pipeline's end-of-stream drain may take (a video model may hold several chunks)
 
 
 class LocalOutput(Protocol):
@@ -119,7 +118,6 @@ class LocalSession(Session):
         self.finished = asyncio.Event()
         self.drained: bool | None = None  # None while the input runs; then whether every real frame came out
         self._last_real_pts: int | None = None
-        self._padding_out = asyncio.Event()
 
     # ------------------------------------------------------------------ input
     def start_input(self, track: CaptureTrack | None) -> None:  # type: ignore[override]
@@ -135,24 +133,19 @@ class LocalSession(Session):
         self.finished.set()
 
     async def _drain(self, last: VideoFrame) -> bool:
-        """Step copies of the last frame until an output depicting one comes back; True when one did."""
+        """Complete the last call with copies of the last frame, then the pipeline's flush; True when it ran to the end."""
         self._last_real_pts = last.pts
         period = self._frame_period(last)
         pts = last.pts
-        for _ in range(DRAIN_STEPS * self.slot.capacity):
-            if self.closed or self._padding_out.is_set():
-                break
-            while self.slot.ready() and not self.closed and not self._padding_out.is_set():
-                await asyncio.sleep(DRAIN_POLL_SECONDS)  # a full step is waiting: let the worker take it
+        while 0 < self.slot.waiting() < self.slot.capacity and not self.closed:
             pts += period
             self._frame_index += 1
             self.slot.put(last, FrameTag(pts, last.time_base, time.monotonic(), self._frame_index))
-            self.worker.notify()
+        self.worker.notify()
         try:
-            await asyncio.wait_for(self._padding_out.wait(), DRAIN_GRACE_SECONDS)
-        except asyncio.TimeoutError:
+            return bool(await asyncio.wait_for(asyncio.wrap_future(self.worker.flush(self)), DRAIN_SECONDS))
+        except (asyncio.TimeoutError, RuntimeError):
             return False
-        return True
 
     def _frame_period(self, last: VideoFrame) -> int:
         """One frame interval in the input's time base, from the fps cap (padding needs only distinct, later times)."""
@@ -162,16 +155,9 @@ class LocalSession(Session):
 
     # ----------------------------------------------------------------- output
     def deliver(self, frames: list[OutputFrame], produced_at: float) -> None:
-        """Like every session's, less the frames that depict padding (whose arrival ends the drain)."""
+        """Like every session's, less the frames that depict padding."""
         if self._last_real_pts is not None:
-            real = []
-            for output in frames:
-                if self._is_padding(output):
-                    if not output.skipped:  # a skipped step hands back the previous picture: not yet through
-                        self._padding_out.set()
-                else:
-                    real.append(output)
-            frames = real
+            frames = [output for output in frames if not self._is_padding(output)]
         super().deliver(frames, produced_at)
 
     def _is_padding(self, output: OutputFrame) -> bool:

@@ -36,9 +36,8 @@ from ..errors import ConfigError
 from .access import bearer, require_admin, same_secret
 from .context import ServerContext, context
 from .http_errors import ForbiddenError, NotFoundError, loggable, read_json_object, read_text, require_content_type
-from .pipelines import params_to_json, validate_session_settings
+from .pipelines import params_to_json
 from .session import Session
-from .step_shape import shape_of_settings, work_of
 from .streams import (
     DEFAULT_STREAM,
     STREAM_SECRET_HEADER,
@@ -129,12 +128,11 @@ def check_kept_params(ctx: ServerContext, params: dict[str, Any], *, within_defa
     manager = ctx.manager
     pipeline = manager.workers[0].pipeline
     settings = {**ctx.config.default_params, **params}
-    validate_session_settings(pipeline, settings)
-    shape = shape_of_settings(pipeline, settings, manager.kind)
-    manager.caps.check(shape.width, shape.height, shape.frames_per_call, shape.steps)
+    shape = pipeline.settings_shape(settings)
+    manager.caps.check_shape(shape)
     if within_defaults:
-        baseline = work_of(shape_of_settings(pipeline, dict(ctx.config.default_params), manager.kind).unit())
-        asked = work_of(shape.unit())
+        baseline = pipeline.settings_shape(dict(ctx.config.default_params)).unit().work
+        asked = shape.unit().work
         if asked > baseline:
             raise ForbiddenError(
                 f"these parameters would make each step of the stream's next sessions cost the model {asked} rows, more than "

@@ -25,6 +25,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..errors import InputError
+from ..pipeline.contract import StreamShape
 from ..sched import Slo
 from .config import ServerConfig
 from .control import ControlChannel, ControlHandlers
@@ -32,10 +33,10 @@ from .fps_cap import FpsCap
 from .http_errors import ForbiddenError
 from .liveness import PacketWatch
 from .metrics import ServerMetrics, SessionSample
-from .pipelines import current_params, frames_per_step, parse_update, warm_prompts
+from .pipelines import parse_update
 from .slot import FrameTag, LatestFrames
 from .stats import SessionStats
-from .step_shape import ServerCaps, shape_with_params, work_of
+from .step_shape import ServerCaps
 from .tracks import OutputTrack
 from .worker import ModelWorker, OutputFrame
 
@@ -80,7 +81,7 @@ class Session:
         self.pc = pc
         self.worker = worker
         self.state = state
-        self.slot = LatestFrames(frames_per_step(state))
+        self.slot = LatestFrames(worker.pipeline.frames_per_step(state))
         self.stats = SessionStats()
         self.output: OutputTrack | None = None
         self.viewers: dict[str, Viewer] = {}
@@ -156,19 +157,20 @@ class Session:
                 raise InputError("the session has ended")
             pipeline = self.worker.pipeline
             parsed = parse_update(pipeline, self.state, changes, self._caps)
+            shape = pipeline.shape_with(self.state, parsed)
             if within_admission:
-                self._check_within_admission(parsed)
-            await asyncio.wrap_future(self.worker.submit(warm_prompts, pipeline, parsed))
+                self._check_within_admission(shape)
+            self.worker.admit_change(self, shape)  # admitted like an offer: it may not break the others' deadlines
+            await asyncio.wrap_future(self.worker.submit(pipeline.prepare_update, parsed))
             if self.state is None:
                 raise InputError("the session has ended")
             return pipeline.update(self.state, changes)
 
-    def _check_within_admission(self, params: Any) -> None:
+    def _check_within_admission(self, shape: StreamShape) -> None:
         reservation = self.worker.admitted(self)
         if reservation is None:
             return
-        asked = work_of(shape_with_params(self.state, params, reservation.shape).unit())
-        granted = work_of(reservation.shape.unit())
+        asked, granted = shape.unit().work, reservation.shape.unit().work
         if asked > granted:
             raise ForbiddenError(
                 f"this change would make each step of the stream cost the model {asked} rows, more than the {granted} its session "
@@ -185,7 +187,7 @@ class Session:
 
     @property
     def params(self) -> dict[str, Any]:
-        return current_params(self.state)
+        return self.worker.pipeline.params_json(self.state) if self.state is not None else {}
 
     # ------------------------------------------------------------------ input
     async def _pump(self, track: MediaStreamTrack) -> None:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import CapacityError, InputError
+from ..pipeline.contract import StreamShape
 from ..sched import Slo, replica_order
 from .access import EndedSessions, new_session_secret
 from .capture_track import CaptureTrack
@@ -49,9 +50,9 @@ from .local_session import LocalOutput, LocalSession
 from .memory import schedule_trim
 from .metrics import ServerMetrics
 from .peer import add_transceivers, answer_offer, new_peer_connection, parse_offer
-from .pipelines import create_session_state, model_kind, validate_session_settings
+from .pipelines import model_kind
 from .session import Session, Viewer
-from .step_shape import ServerCaps, StreamShape, check_engine_limits, shape_of_settings
+from .step_shape import ServerCaps, check_engine_limits
 from .tracks import OutputTrack
 from .worker import ModelWorker, Reservation
 
@@ -73,7 +74,7 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         pipeline = workers[0].pipeline
         self.kind = model_kind(pipeline)
-        self.caps = ServerCaps.for_pipeline(pipeline, self.kind, config.max_width, config.max_height)
+        self.caps = ServerCaps.for_pipeline(pipeline, config.max_width, config.max_height)
         self._opening = 0
         self._opening_by: dict[str | None, int] = {}  # client address -> sessions it is opening now
         self._sweeper: asyncio.Task | None = None
@@ -117,7 +118,7 @@ class SessionManager:
         reservation = None
         try:
             worker, reservation = await self._reserve_or_displace(stream, session_slo)
-            state = await asyncio.wrap_future(worker.submit(create_session_state, worker.pipeline, merged))
+            state = await asyncio.wrap_future(worker.submit(worker.pipeline.state_from_settings, merged))
             pc = new_peer_connection(self.config.ice_servers)
             session = Session(new_id(), kind, pc, worker, state, self.config, self.metrics, self._forget, session_slo, self.caps, secret=new_session_secret())
             session.client = client
@@ -212,7 +213,7 @@ class SessionManager:
         reservation = None
         try:
             worker, reservation = self._reserve(stream, session_slo)
-            state = await asyncio.wrap_future(worker.submit(create_session_state, worker.pipeline, merged))
+            state = await asyncio.wrap_future(worker.submit(worker.pipeline.state_from_settings, merged))
             session = LocalSession(
                 new_id(), worker, state, self.config, self.metrics, self._forget, session_slo, self.caps,
                 secret=new_session_secret(), output=output, notice=notice,
@@ -231,12 +232,12 @@ class SessionManager:
         """The cheap checks, on the loop: settings over the defaults, the SLO asked for, the caps; picks the worker."""
         merged = {**self.config.default_params, **settings}
         worker = min(self.workers, key=lambda w: w.load)
-        validate_session_settings(worker.pipeline, merged)
+        worker.pipeline.settings_shape(merged)  # the schema first: a bad value is named before anything else
         session_slo = self.config.slo_limits.parse(slo, self.config.default_slo)
         if self.kind == "video" and "use_denoising_batch" not in merged:
             merged["use_denoising_batch"] = self._video_mode(worker, merged, session_slo)
-        stream = shape_of_settings(worker.pipeline, merged, self.kind)
-        self.caps.check(stream.width, stream.height, stream.frames_per_call, stream.steps)
+        stream = worker.pipeline.settings_shape(merged)
+        self.caps.check_shape(stream)
         check_engine_limits(worker.pipeline, stream)
         return worker, merged, session_slo, stream
 
@@ -268,7 +269,7 @@ class SessionManager:
 
     def _video_mode(self, worker: ModelWorker, settings: Mapping[str, Any], slo: Slo) -> bool:
         """Stream batch or sequential denoising for a video session that did not choose (the scheduler's call)."""
-        return worker.choose_video_mode(shape_of_settings(worker.pipeline, settings, "video"), slo)
+        return worker.choose_video_mode(worker.pipeline.settings_shape(settings), slo)
 
     async def add_viewer(self, session_id: str, offer_sdp: Any) -> tuple[Viewer, str]:
         """A WHEP viewer of ``session_id``'s output; returns it and the answer SDP."""

@@ -58,6 +58,11 @@ class LatestFrames:
         with self._lock:
             return len(self._items) >= self._capacity
 
+    def waiting(self) -> int:
+        """How many frames wait (fewer than ``capacity``: a step's call is not complete yet)."""
+        with self._lock:
+            return len(self._items)
+
     def take(self) -> list[tuple[Any, FrameTag]] | None:
         """All frames of one step, oldest first, or None when fewer are waiting."""
         with self._lock:

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..pipeline.contract import Checkpointable
+
 
 @dataclass(frozen=True)
 class StepEntry:
@@ -49,16 +51,18 @@ def step_transactionally(pipeline: Any, entries: Sequence[StepEntry]) -> list[Ou
     return step_with_report(pipeline, entries).outcomes
 
 
-def step_with_report(pipeline: Any, entries: Sequence[StepEntry]) -> StepReport:
+def step_with_report(pipeline: Any, entries: Sequence[StepEntry], *, checkpoints: bool | None = None) -> StepReport:
     """:func:`step_transactionally`, saying whether the step ran once, cleanly, for every session.
 
-    Checkpointing and restoring run inside the isolation too: a session
-    whose checkpoint or restore raises fails alone (its state cannot be
-    trusted, so it is not stepped), and the others are served.
+    ``checkpoints``: whether the pipeline is :class:`~streamgen.pipeline.contract.Checkpointable`
+    (the worker knows it from load; None: find out now). Checkpointing and
+    restoring run inside the isolation too: a session whose checkpoint or
+    restore raises fails alone (its state cannot be trusted, so it is not
+    stepped), and the others are served.
     """
-    checkpoint = getattr(pipeline, "checkpoint", None)
-    restore = getattr(pipeline, "restore", None)
-    transactional = callable(checkpoint) and callable(restore)
+    transactional = isinstance(pipeline, Checkpointable) if checkpoints is None else checkpoints
+    checkpoint = pipeline.checkpoint if transactional else None
+    restore = pipeline.restore if transactional else None
     failed: dict[int, Exception] = {}
     saved: dict[int, Any] = {}
     if transactional:

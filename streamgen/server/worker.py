@@ -40,14 +40,14 @@ from typing import Any, Protocol
 
 
 from ..errors import CapacityError, InputError, StreamgenError
+from ..pipeline.contract import Capabilities, StepShape, StreamShape
 from ..sched import Admission, Candidate, Demand, LatencyModel, Slo, StepPlan, admit, choose_video_mode, plan_step, served_mark
 from .frame_convert import OutputFrame, frames_to_tensor, to_model_device, to_output_frames
 from .jobs import STOPPED, JobThread, run_job
 from .metrics import ServerMetrics
 from .shared_latency import SharedLatency
-from .pipelines import stream_size, takes_no_frames
 from .slot import FrameTag, LatestFrames
-from .step_shape import StepShape, StreamShape, bucket_work, engine_row_limit, step_shape_of_state
+from .step_shape import bucket_work, engine_row_limit
 from .transaction import Outcome, StepEntry, step_with_report
 
 logger = logging.getLogger(__name__)
@@ -86,15 +86,22 @@ class Reservation:
 
 @dataclass(eq=False)
 class _Member:
-    """The worker's scheduling record of one attached session (no pipeline state here)."""
+    """The worker's scheduling record of one attached session (no pipeline state here).
+
+    ``demand`` is what the session costs now: recomputed from its live state
+    at every plan, and at once when a live change is admitted (admission
+    counts it from then on, not the demand frozen when it was admitted).
+    """
 
     client: WorkerClient
     reservation: Reservation
     key: str
+    demand: Demand
     last_served: float | None = None
     served_arrival: float | None = None
     deferred: int = 0
     resets: list[concurrent.futures.Future] = field(default_factory=list)
+    flush: concurrent.futures.Future | None = None  # an end-of-stream drain asked for (see ModelWorker.flush)
 
     @property
     def slo(self) -> Slo:
@@ -113,6 +120,7 @@ class _Prepared:
 class _Finished:
     members: list[_Member]
     outcomes: list[Outcome]
+    done: concurrent.futures.Future | None = None  # resolved on the event loop once these frames were handed to it
 
 
 class ModelWorker:
@@ -132,6 +140,7 @@ class ModelWorker:
         self._reservations: list[Reservation] = []
         self._model_jobs: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._prepared: _Prepared | None = None
+        self._converting: list[_Member] = []  # picked by the input thread, frames being converted (not yet prepared)
         self._finished: deque[_Finished] = deque()
         self._step_started: float | None = None
         self._step_predicted = 0.0
@@ -140,9 +149,9 @@ class ModelWorker:
         self._loop = None
         self._keys = 0
         self._outputs_waiting = False
-        listen = getattr(pipeline, "add_output_listener", None)
-        if callable(listen):  # a pipeline that finishes work between steps (pipeline stages): collect it at once
-            listen(self._pipeline_output)
+        self.capabilities = Capabilities.of(pipeline)  # once, at load: never probed again
+        if self.capabilities.output_listener:  # a pipeline that finishes work between steps (pipeline stages): collect it at once
+            pipeline.add_output_listener(self._pipeline_output)
         self.setup = JobThread(f"streamgen-setup-{name}")
         self._threads = [
             threading.Thread(target=self._guard(self._input_loop), name=f"streamgen-input-{name}", daemon=True),
@@ -163,7 +172,7 @@ class ModelWorker:
             self._stopping = True
             jobs = list(self._model_jobs)
             self._model_jobs.clear()
-            resets = [f for m in self._members for f in m.resets]
+            resets = [f for m in self._members for f in m.resets] + [m.flush for m in self._members if m.flush is not None]
             self._cond.notify_all()
         for future in [f for _, f in jobs] + resets:
             if future.set_running_or_notify_cancel():
@@ -187,28 +196,60 @@ class ModelWorker:
         with self._cond:
             return len(self._members) + len(self._reservations)
 
+    def demand_of(self, shape: StreamShape, slo: Slo) -> Demand:
+        """What a session of ``shape`` asks of this replica (a staged pipeline adds its fill latency)."""
+        unit = shape.unit()
+        floor = self.pipeline.latency_floor(shape) if self.capabilities.staged else 0.0
+        return Demand(unit.bucket, unit.rows, slo, unit.passes, floor)
+
     def predict(self, shape: StreamShape, slo: Slo) -> Admission:
         """What admission control would answer for one more session of ``shape`` here (nothing is reserved)."""
-        demand = Demand(shape.bucket, shape.unit().rows, slo, shape.unit().passes)
+        demand = self.demand_of(shape, slo)
         with self._cond:
-            admitted = [m.reservation.demand for m in self._members] + [r.demand for r in self._reservations]
-            return admit(self.latency, admitted, demand)
+            return admit(self.latency, self._demands_locked(), demand)
 
     def reserve(self, shape: StreamShape, slo: Slo) -> Reservation:
         """Admission control: a place for a new session, or CapacityError with the reason (and the numbers)."""
-        demand = Demand(shape.bucket, shape.unit().rows, slo, shape.unit().passes)
+        demand = self.demand_of(shape, slo)
         with self._cond:
-            admitted = [m.reservation.demand for m in self._members] + [r.demand for r in self._reservations]
-            answer = admit(self.latency, admitted, demand)
+            answer = admit(self.latency, self._demands_locked(), demand)
             if not answer.admitted:
                 raise CapacityError(answer.reason or "the server is at capacity", details=answer.to_json())
             reservation = Reservation(demand, shape, answer)
             self._reservations.append(reservation)
             return reservation
 
+    def admit_change(self, client: WorkerClient, shape: StreamShape) -> None:
+        """A live change would give ``client``'s session ``shape``: admitted like an offer, or CapacityError with the numbers.
+
+        A change that costs no more than what the session costs now is always
+        admitted; one that costs more must keep every other session within its
+        deadline and minimum rate, exactly as a new session must.
+        """
+        with self._cond:
+            member = self._member(client)
+            if member is None:
+                return
+            demand = self.demand_of(shape, member.slo)
+            if demand.bucket == member.demand.bucket and demand.work <= member.demand.work:
+                member.demand = demand
+                return
+            answer = admit(self.latency, self._demands_locked(excluding=member), demand)
+            if not answer.admitted:
+                raise CapacityError(
+                    f"this change would make the stream cost the model more than the server can give it now: {answer.reason}",
+                    details=answer.to_json(),
+                )
+            member.demand = demand
+            member.reservation = Reservation(demand, shape, answer)
+
+    def _demands_locked(self, excluding: _Member | None = None) -> list[Demand]:
+        """What every attached session costs now, and the places reserved for sessions being set up."""
+        return [m.demand for m in self._members if m is not excluding] + [r.demand for r in self._reservations]
+
     def choose_video_mode(self, shape: StreamShape, slo: Slo) -> bool:
         """Stream batch (True) or sequential for a video stream of ``shape``, from the latency model (under its lock)."""
-        chunk_period = 4 * shape.chunk_frames / slo.target_fps  # 4 input frames per latent frame
+        chunk_period = shape.frames_per_unit / slo.target_fps  # input frames one step consumes: the model's fact
         with self._cond:
             choice = choose_video_mode(self.latency, shape.bucket, steps=shape.steps, chunk_period_s=chunk_period, deadline_s=slo.deadline_s)
         return choice.stream_batch
@@ -223,14 +264,14 @@ class ModelWorker:
             if reservation in self._reservations:
                 self._reservations.remove(reservation)
             self._keys += 1
-            self._members.append(_Member(client, reservation, f"{self._keys:08d}"))
+            self._members.append(_Member(client, reservation, f"{self._keys:08d}", reservation.demand))
             self._cond.notify_all()
 
     def detach(self, client: WorkerClient) -> None:
         with self._cond:
             for member in [m for m in self._members if m.client is client]:
                 self._members.remove(member)
-                for future in member.resets:
+                for future in [*member.resets, *([member.flush] if member.flush is not None else [])]:
                     if future.set_running_or_notify_cancel():
                         future.set_exception(RuntimeError("the session has ended"))
             self._cond.notify_all()
@@ -267,12 +308,33 @@ class ModelWorker:
             self._cond.notify_all()
         return future
 
+    def flush(self, client: WorkerClient) -> concurrent.futures.Future:
+        """End of a finite stream: run the pipeline's drain (``flush``) for ``client`` once its waiting frames have been stepped.
+
+        The drained frames go out like a step's; the future resolves, on the
+        event loop, once they have been handed to it (False: the pipeline
+        cannot flush, nothing was inside). The one end-of-stream drain of the
+        contract, as ``streamgen run`` uses it.
+        """
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            member = self._member(client)
+            if member is None or self._stopping:
+                future.set_exception(RuntimeError("the session has ended" if member is None else STOPPED))
+                return future
+            if not self.capabilities.flush:
+                future.set_result(False)
+                return future
+            member.flush = future
+            self._cond.notify_all()
+        return future
+
     def describe(self) -> dict[str, Any]:
         """For /health: sessions, the step in flight, and the fitted latency curve (ms per row count) of each bucket."""
         with self._cond:
             buckets = {}
             for member in self._members:
-                bucket = member.reservation.demand.bucket
+                bucket = member.demand.bucket
                 samples = self.latency.samples(bucket)
                 buckets["x".join(map(str, bucket[1:])) if isinstance(bucket, tuple) else str(bucket)] = {
                     str(rows): round(seconds * 1000, 2) for rows, seconds in samples.items()
@@ -283,7 +345,7 @@ class ModelWorker:
                 "stepping": self._step_started is not None,
                 "step_in_flight_s": None if self._step_started is None else round(time.monotonic() - self._step_started, 3),
                 "predicted_step_ms": round(self._step_predicted * 1000, 2),
-                **_stages_of(self.pipeline),
+                **({"stages": self.pipeline.describe_stages()} if self.capabilities.staged else {}),
                 "step_ms_by_rows": buckets,
             }
 
@@ -326,6 +388,7 @@ class ModelWorker:
                 return True
             now = time.monotonic()
             picked, plan = self._plan_locked(now)
+            self._converting = [member for member, _, _ in picked]  # their frames left the slots: not drained before they are stepped
             if not picked:
                 # Throttled or nothing ready: the next frame, or the first throttled frame's time, wakes us.
                 wait = IDLE_WAIT if plan.wake_at is None else min(IDLE_WAIT, max(0.001, plan.wake_at - now))
@@ -338,6 +401,7 @@ class ModelWorker:
             self._prep_seconds += PREP_DECAY * (elapsed - self._prep_seconds)
             if prepared.entries:
                 self._prepared = prepared
+            self._converting = []
             self._cond.notify_all()
         return True
 
@@ -367,7 +431,8 @@ class ModelWorker:
             if client.closed or client.state is None or not client.slot.ready():
                 continue
             arrivals = client.slot.arrivals()
-            shape = step_shape_of_state(client.state, len(arrivals), member.reservation.shape)
+            member.demand = self.demand_of(self.pipeline.stream_shape(client.state), member.slo)
+            shape = self.pipeline.step_work(client.state, len(arrivals))
             by_key[member.key], shapes[member.key] = member, shape
             candidates.append(
                 Candidate(
@@ -398,9 +463,10 @@ class ModelWorker:
             if client.closed or state is None:
                 continue
             try:
-                frames = None if takes_no_frames(state) else frames_to_tensor([f for f, _ in items], stream_size(state))
+                pipeline = self.pipeline
+                frames = frames_to_tensor([f for f, _ in items], pipeline.frame_size(state)) if pipeline.takes_frames(state) else None
                 if frames is not None:
-                    frames = to_model_device(frames, getattr(self.pipeline, "device", None))
+                    frames = to_model_device(frames, pipeline.device)
             except StreamgenError as error:
                 client.fail(error, True)
                 continue
@@ -434,12 +500,33 @@ class ModelWorker:
             self._run_step(prepared)  # a step returns what came back too
         elif collect:
             self._collect_outputs()
+        self._run_flushes()
         return True
+
+    def _flushable_locked(self) -> list[_Member]:
+        """Members whose drain was asked for and whose frames have all been stepped (none waiting, none prepared)."""
+        busy = (self._prepared.members if self._prepared is not None else []) + self._converting
+        return [m for m in self._members if m.flush is not None and not m.client.slot.ready() and m not in busy]
+
+    def _run_flushes(self) -> None:
+        with self._cond:
+            due = [(m, m.flush) for m in self._flushable_locked()]
+            for member, _ in due:
+                member.flush = None
+        for member, future in due:
+            state = member.client.state
+            try:
+                output = self.pipeline.flush(state)
+            except Exception as error:  # noqa: BLE001 - reported to whoever asked, and to the session
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(error)
+                continue
+            self._hand_to_output(_Finished([member], [Outcome(output=output)], done=future))
 
     def _model_has_work(self) -> bool:
         return (
             self._stopping or bool(self._model_jobs) or self._prepared is not None or self._outputs_waiting
-            or any(m.resets for m in self._members)
+            or any(m.resets for m in self._members) or bool(self._flushable_locked())
         )
 
     def _pipeline_output(self) -> None:
@@ -487,7 +574,7 @@ class ModelWorker:
                 member.served_arrival = served_mark(member.slo, member.served_arrival, newest)
         clock = time.perf_counter()
         try:
-            report = step_with_report(self.pipeline, entries)
+            report = step_with_report(self.pipeline, entries, checkpoints=self.capabilities.checkpoint)
         finally:
             seconds = time.perf_counter() - clock
             with self._cond:
@@ -506,7 +593,7 @@ class ModelWorker:
 
     def _service_seconds(self, wall: float) -> float:
         """What the step cost the model: its wall time, or what a pipeline that hands work over (stages) says it cost."""
-        service = getattr(self.pipeline, "last_step_service", None)
+        service = self.pipeline.last_step_service if self.capabilities.staged else None
         return wall if service is None else service
 
     def learn(self, shapes: list[StepShape], seconds: float) -> None:
@@ -543,7 +630,24 @@ class ModelWorker:
                 continue
             if frames:
                 self._deliver(client, frames)
+        if finished.done is not None:
+            self._resolve_on_loop(finished.done)
         return True
+
+    def _resolve_on_loop(self, future: concurrent.futures.Future) -> None:
+        """Resolve ``future`` after the deliveries queued before it (the loop runs callbacks in order)."""
+        def resolve() -> None:
+            if future.set_running_or_notify_cancel():
+                future.set_result(True)
+
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            resolve()
+            return
+        try:
+            loop.call_soon_threadsafe(resolve)
+        except RuntimeError:
+            resolve()
 
     @staticmethod
     def _fail(client: WorkerClient, error: Exception) -> None:
@@ -588,9 +692,3 @@ def step_samples(model: LatencyModel, shapes: list[StepShape], seconds: float) -
         share = predicted[(bucket, passes)] / total if total > 0 else 1.0 / len(groups)
         samples.append((bucket, rows, seconds * share / passes))
     return samples
-
-
-def _stages_of(pipeline: Any) -> dict[str, Any]:
-    """``{"stages": ...}`` for a pipeline whose model runs as pipeline stages (streamgen.parallel), else nothing."""
-    stages = getattr(getattr(pipeline, "model", None), "stages", None)
-    return {"stages": stages.describe()} if stages is not None else {}

@@ -15,16 +15,14 @@ class ChunkedPipeline:
     """A stand-in for a video pipeline: buffers frames into chunks of 3, returns 0 or 3 at a time.
 
     Output frames are the input frames plus one, so the test can see which input each depicts.
-    With ``flush`` it hands back a partial chunk at the end, as a video pipeline may.
+    Its ``flush`` hands back a partial chunk at the end, as a video pipeline's does.
     """
 
     chunk = 3
 
-    def __init__(self, with_flush: bool) -> None:
+    def __init__(self) -> None:
         self.buffer: list[tuple[torch.Tensor, object]] = []
         self.calls = 0
-        if with_flush:
-            self.flush = self._flush
 
     def create_state(self, config=None, params=None):
         return object()
@@ -43,7 +41,7 @@ class ChunkedPipeline:
         chunk, self.buffer = self.buffer[: self.chunk], self.buffer[self.chunk :]
         return [StepOutput(torch.stack([f + 1 for f, _ in chunk]), tuple(t for _, t in chunk))]
 
-    def _flush(self, state):
+    def flush(self, state):
         chunk, self.buffer = self.buffer, []
         if not chunk:
             return []
@@ -63,21 +61,16 @@ def _run(pipeline, count: int, frames_per_call: int = 1):
     return emitted, runner.counts
 
 
-def test_steps_returning_no_or_several_frames_are_all_emitted_in_order():
-    emitted, counts = _run(ChunkedPipeline(with_flush=False), 7)
-    assert emitted == [(i + 1, 10 * i) for i in range(7)]  # the last partial chunk is pushed out with padding
-    assert counts.frames_in == 7 and counts.frames_lost == 0
-
-
-def test_a_pipeline_flush_is_used_at_end_of_input():
-    pipeline = ChunkedPipeline(with_flush=True)
+def test_steps_returning_no_or_several_frames_are_all_emitted_in_order_and_flush_drains_the_rest():
+    pipeline = ChunkedPipeline()
     emitted, counts = _run(pipeline, 7)
-    assert emitted == [(i + 1, 10 * i) for i in range(7)]
+    assert emitted == [(i + 1, 10 * i) for i in range(7)]  # the last partial chunk comes out of flush
+    assert counts.frames_in == 7 and counts.frames_lost == 0
     assert pipeline.calls == 7  # flush, no padding calls
 
 
 def test_partial_last_call_is_padded_and_padding_never_emitted():
-    emitted, _ = _run(ChunkedPipeline(with_flush=False), 5, frames_per_call=2)
+    emitted, _ = _run(ChunkedPipeline(), 5, frames_per_call=2)
     assert [pts for _, pts in emitted] == [0, 10, 20, 30, 40]
 
 

@@ -18,8 +18,7 @@ from streamgen.pipeline.video_loading import video_pipeline_for
 from streamgen.pipeline.video_staged import StagedVideoPipeline
 from streamgen.sched import Slo
 from streamgen.server.metrics import ServerMetrics
-from streamgen.server.pipelines import create_session_state
-from streamgen.server.step_shape import StreamShape
+from streamgen.pipeline.contract import StreamShape
 from streamgen.server.worker import ModelWorker
 
 from ..server.worker_client import Client
@@ -118,7 +117,7 @@ async def test_the_worker_delivers_frames_that_finish_after_the_last_input_and_l
         worker.start(asyncio.get_running_loop())
         try:
             settings = {"width": SIZE, "height": SIZE, "prompt": "a fox", "num_inference_steps": 2}
-            state = await asyncio.wrap_future(worker.submit(create_session_state, pipeline, settings))
+            state = await asyncio.wrap_future(worker.submit(pipeline.state_from_settings, settings))
             client = Client(state, SIZE)
             shape = StreamShape("video", SIZE, SIZE, 1, 2, True)
             worker.attach(client, worker.reserve(shape, Slo(deadline_s=30.0)))

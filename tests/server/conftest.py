@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamgen.pipeline import ImagePipeline
-from streamgen.server import IdentityPipeline
+from streamgen.pipeline.identity import IdentityPipeline
 
 
 @pytest.fixture()

@@ -65,7 +65,7 @@ def test_control_messages_parse_or_say_what_is_wrong(raw):
 @pytest.fixture(scope="module")
 def server_url():
     """A real server on loopback, in a thread of its own so hypothesis can drive it synchronously."""
-    from streamgen.server import IdentityPipeline
+    from streamgen.pipeline.identity import IdentityPipeline
 
     from .helpers import running_server
 

@@ -8,10 +8,12 @@ sessions landed on replica-0.
 
 from __future__ import annotations
 
+from streamgen.pipeline.identity import IdentityPipeline
 from streamgen.sched import Demand, Slo, replica_order
 from streamgen.server.metrics import ServerMetrics
 from streamgen.server.shared_latency import SharedLatency
-from streamgen.server.step_shape import StepShape, StreamShape, bucket_work
+from streamgen.pipeline.contract import StepShape, StreamShape
+from streamgen.server.step_shape import bucket_work
 from streamgen.server.worker import ModelWorker, Reservation
 
 
@@ -26,7 +28,7 @@ def _shape(size: int) -> StreamShape:
 
 def _workers(shared: SharedLatency | None) -> list[ModelWorker]:
     metrics = ServerMetrics()
-    return [ModelWorker(object(), f"replica-{i}", metrics, shared=shared) for i in range(2)]
+    return [ModelWorker(IdentityPipeline(), f"replica-{i}", metrics, shared=shared) for i in range(2)]
 
 
 def _busy_replica_looks_cheaper(shared: SharedLatency | None) -> bool:

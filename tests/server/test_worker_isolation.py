@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from streamgen.errors import InputError
-from streamgen.server import IdentityPipeline
+from streamgen.pipeline.identity import IdentityPipeline
 from streamgen.server.client import connect_offer
 from streamgen.server.synthetic import MarkerVideoTrack
 

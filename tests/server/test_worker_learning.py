@@ -8,9 +8,9 @@ import pytest
 
 from streamgen.errors import InputError
 from streamgen.sched import Demand, LatencyModel, Slo
-from streamgen.server import IdentityPipeline
+from streamgen.pipeline.identity import IdentityPipeline
 from streamgen.server.metrics import ServerMetrics
-from streamgen.server.step_shape import StepShape, StreamShape
+from streamgen.pipeline.contract import StepShape, StreamShape
 from streamgen.server.worker import ModelWorker, Reservation, step_samples
 
 from .worker_client import Client
@@ -47,7 +47,7 @@ async def _run(pipeline, frames: int) -> ModelWorker:
     worker = ModelWorker(pipeline, "replica-0", ServerMetrics())
     worker.start(asyncio.get_running_loop())
     try:
-        client = Client(pipeline.create_state(None, {}))
+        client = Client(pipeline.state_from_settings({"width": 64, "height": 64}))
         shape = _shape()
         unit = shape.unit()
         worker.attach(client, Reservation(Demand(unit.bucket, unit.rows, Slo(), unit.passes), shape, worker.predict(shape, Slo())))

@@ -15,8 +15,8 @@ import pytest
 from streamgen.pipeline import ImagePipeline
 from streamgen.sched import Slo
 from streamgen.server.metrics import ServerMetrics
-from streamgen.server.pipelines import create_session_state, parse_update, warm_prompts
-from streamgen.server.step_shape import StreamShape
+from streamgen.pipeline.contract import StreamShape
+from streamgen.server.pipelines import parse_update
 from streamgen.server.worker import ModelWorker
 
 from .worker_client import Client
@@ -50,7 +50,7 @@ def blocking(tiny_model) -> BlockingPipeline:
 async def _started_worker(pipeline) -> tuple[ModelWorker, Client]:
     worker = ModelWorker(pipeline, "test", ServerMetrics())
     worker.start(asyncio.get_running_loop())
-    state = await asyncio.wrap_future(worker.submit(create_session_state, pipeline, SETTINGS))
+    state = await asyncio.wrap_future(worker.submit(pipeline.state_from_settings, SETTINGS))
     client = Client(state)
     worker.attach(client, worker.reserve(SHAPE, Slo(deadline_s=5.0)))
     return worker, client
@@ -89,9 +89,9 @@ async def test_setup_and_prompt_encoding_do_not_wait_for_a_step_in_flight(blocki
         await _wait(blocking.entered.is_set, 10, "the step to start")
 
         started = time.monotonic()
-        state = await asyncio.wait_for(asyncio.wrap_future(worker.submit(create_session_state, blocking, {**SETTINGS, "prompt": "a new session"})), 10)
+        state = await asyncio.wait_for(asyncio.wrap_future(worker.submit(blocking.state_from_settings, {**SETTINGS, "prompt": "a new session"})), 10)
         parsed = parse_update(blocking, client.state, {"prompt": "a brand new prompt"})  # the PATCH path: parse, then encode
-        await asyncio.wait_for(asyncio.wrap_future(worker.submit(warm_prompts, blocking, parsed)), 10)
+        await asyncio.wait_for(asyncio.wrap_future(worker.submit(blocking.prepare_update, parsed)), 10)
         assert time.monotonic() - started < 10
         assert state is not None
         assert "a brand new prompt" in blocking.model._prompt_cache, "encoded beside the step, not in it"
@@ -115,7 +115,7 @@ async def test_stop_does_not_wait_for_a_step_in_flight(blocking):
     client.feed(1)
     worker.notify()
     await _wait(blocking.entered.is_set, 10, "the step to start")
-    pending = worker.submit(create_session_state, blocking, SETTINGS)
+    pending = worker.submit(blocking.state_from_settings, SETTINGS)
     started = time.monotonic()
     await asyncio.get_running_loop().run_in_executor(None, worker.stop)
     assert time.monotonic() - started < 3.0

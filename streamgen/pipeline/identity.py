@@ -1,4 +1,4 @@
-"""``identity``: a real :class:`~streamgen.pipeline.output.StreamPipeline` that returns its input.
+"""``identity``: a real :class:`~streamgen.pipeline.contract.StreamPipeline` that returns its input.
 
 Selected with ``streamgen serve --model identity``. It runs through the same
 worker, slots, tracks and encoders as a diffusion model but spends no time on
@@ -26,8 +26,11 @@ from ..config import StreamConfig, StreamParams
 from ..errors import InputError
 from ..frames import cover_resize
 from ..params import parse_params
-from ..pipeline.output import StepOutput, StreamCounters
-from ..pipeline.pending import PendingUpdate
+from ..params import PARAM_NAMES
+from .contract import StepShape, StreamShape
+from .image_settings import full_cfg_rows, parse_image_settings
+from .output import StepOutput, StreamCounters
+from .pending import PendingUpdate
 
 IDENTITY_SIZE = (256, 256)
 
@@ -54,6 +57,55 @@ class IdentityPipeline:
     """Returns each input frame, scaled to the stream's resolution (see module docstring)."""
 
     name = "identity"
+    kind = "identity"
+    device = torch.device("cpu")
+    model_name = "identity"
+    native_size = IDENTITY_SIZE
+    live_params = PARAM_NAMES
+    engine_limits = None
+
+    # ---------------------------------------------------------------- contract
+    def settings_shape(self, settings: Mapping[str, Any]) -> StreamShape:
+        config, params = parse_image_settings(settings)
+        return self._shape(config.resolved(IDENTITY_SIZE), params)
+
+    def state_from_settings(self, settings: Mapping[str, Any]) -> IdentityState:
+        return self.create_state(*parse_image_settings(settings))
+
+    def stream_shape(self, state: IdentityState) -> StreamShape:
+        return self._shape(state.config, state.latest_params)
+
+    def shape_with(self, state: IdentityState, params: StreamParams) -> StreamShape:
+        return self._shape(state.config, params)
+
+    def step_work(self, state: IdentityState, new_frames: int) -> StepShape:
+        return self.stream_shape(state).unit()
+
+    def frames_per_step(self, state: IdentityState) -> int:
+        return state.frames_per_call
+
+    def frame_size(self, state: IdentityState) -> tuple[int, int]:
+        return state.config.width, state.config.height
+
+    def takes_frames(self, state: IdentityState) -> bool:
+        return state.config.mode != "txt2img"
+
+    def params_json(self, state: IdentityState) -> dict[str, Any]:
+        return state.latest_params.to_dict()
+
+    def prepare_update(self, params: StreamParams) -> None:
+        """Nothing to prepare: the parameters change no pixel."""
+
+    def flush(self, state: IdentityState) -> StepOutput:
+        """Nothing is ever inside: every call returns its own frames."""
+        return StepOutput(torch.zeros(0, state.config.height, state.config.width, 3, dtype=torch.uint8))
+
+    @staticmethod
+    def _shape(config: StreamConfig, params: StreamParams) -> StreamShape:
+        return StreamShape(
+            "identity", config.width, config.height, config.frame_buffer_size, len(params.resolved_t_index_list()),
+            config.use_denoising_batch, full_cfg_rows(params), frames_per_unit=config.frame_buffer_size,
+        )
 
     def create_state(self, config: StreamConfig | None = None, params: StreamParams | Mapping[str, Any] | None = None) -> IdentityState:
         config = (config or StreamConfig()).resolved(IDENTITY_SIZE)
