@@ -4,7 +4,7 @@ A PROJECTION, NOT A MEASUREMENT. No GPU ran anything here: per-stage costs
 are built from published single-GPU figures, the models' widths and stated
 assumptions, the block split is chosen by :func:`streamgen.sched.blocks.balanced_split`
 and the pipeline is played by the discrete-event simulator
-:mod:`streamgen.sched.stage_sim`. Its numbers are only as good as the inputs
+:mod:`bench.stage_sim`. Its numbers are only as good as the inputs
 below; ``bench/scaling.py`` feeds the same machinery with *measured*
 per-block, fixed and transfer times (:class:`StageInputs`) and compares.
 
@@ -88,7 +88,7 @@ from importlib import resources
 from typing import Any
 
 from streamgen.sched.blocks import BlockSplit, StageTiming, balanced_split, stage_times
-from streamgen.sched.stage_sim import PipelineSpec, StageCost, simulate
+from bench.stage_sim import PipelineSpec, StageCost, simulate
 
 from .common import markdown_table, table, write_json
 

@@ -39,44 +39,44 @@ MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_FRAME_BUFFER = 8
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _number(name: str, value: Any, low: float, high: float) -> float:
+def number_field(name: str, value: Any, low: float, high: float) -> float:
     if not is_finite_number(value):
-        raise ConfigError(f"{name} must be a finite number, got {_describe(value)}")
+        raise ConfigError(f"{name} must be a finite number, got {describe_value(value)}")
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
     return float(value)
 
 
-def _integer(name: str, value: Any, low: int, high: int) -> int:
+def integer_field(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{name} must be an integer, got {_describe(value)}")
+        raise ConfigError(f"{name} must be an integer, got {describe_value(value)}")
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
     return value
 
 
-def _boolean(name: str, value: Any) -> bool:
+def boolean_field(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {_describe(value)}")
+        raise ConfigError(f"{name} must be true or false, got {describe_value(value)}")
     return value
 
 
 def _choice(name: str, value: Any, options: tuple[str, ...]) -> str:
     if value not in options:
-        raise ConfigError(f"{name} must be one of {', '.join(options)}; got {_describe(value)}")
+        raise ConfigError(f"{name} must be one of {', '.join(options)}; got {describe_value(value)}")
     return value
 
 
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{name} must be a string, got {_describe(value)}")
+        raise ConfigError(f"{name} must be a string, got {describe_value(value)}")
     if len(value) > MAX_PROMPT_CHARS:
         raise ConfigError(f"{name} is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}")
     try:
@@ -106,14 +106,14 @@ def _pairs(name: str, value: Any, key: str) -> list[tuple[Any, Any]]:
         elif isinstance(entry, (list, tuple)) and len(entry) == 2:
             out.append((entry[0], entry[1]))
         else:
-            raise ConfigError(f"{name}[{i}] must be a [{key}, weight] pair, got {_describe(entry)}")
-    weights = [_number(f"{name}[{i}] weight", w, 0.0, 1e6) for i, (_, w) in enumerate(out)]
+            raise ConfigError(f"{name}[{i}] must be a [{key}, weight] pair, got {describe_value(entry)}")
+    weights = [number_field(f"{name}[{i}] weight", w, 0.0, 1e6) for i, (_, w) in enumerate(out)]
     if sum(weights) <= 0:
         raise ConfigError(f"{name} weights must not all be zero")
     return [(v, w) for (v, _), w in zip(out, weights)]
 
 
-def _prompts(name: str, value: Any) -> tuple[WeightedPrompt, ...]:
+def prompts_field(name: str, value: Any) -> tuple[WeightedPrompt, ...]:
     if isinstance(value, str):
         return (WeightedPrompt(_text(name, value), 1.0),)
     return tuple(WeightedPrompt(_text(f"{name}[{i}] text", t), w) for i, (t, w) in enumerate(_pairs(name, value, "text")))
@@ -121,8 +121,8 @@ def _prompts(name: str, value: Any) -> tuple[WeightedPrompt, ...]:
 
 def _seeds(name: str, value: Any) -> tuple[WeightedSeed, ...]:
     if not isinstance(value, (list, tuple)):
-        return (WeightedSeed(_integer(name, value, 0, MAX_SEED), 1.0),)
-    return tuple(WeightedSeed(_integer(f"{name}[{i}] seed", s, 0, MAX_SEED), w) for i, (s, w) in enumerate(_pairs(name, value, "seed")))
+        return (WeightedSeed(integer_field(name, value, 0, MAX_SEED), 1.0),)
+    return tuple(WeightedSeed(integer_field(f"{name}[{i}] seed", s, 0, MAX_SEED), w) for i, (s, w) in enumerate(_pairs(name, value, "seed")))
 
 
 def _t_index_list(name: str, value: Any) -> tuple[int, ...] | None:
@@ -132,44 +132,44 @@ def _t_index_list(name: str, value: Any) -> tuple[int, ...] | None:
         raise ConfigError(f"{name} must be a non-empty list of integers or null")
     if len(value) > MAX_STEPS:
         raise ConfigError(f"{name} may have at most {MAX_STEPS} steps, got {len(value)}")
-    indices = tuple(_integer(f"{name}[{i}]", v, 0, TIMESTEP_GRID_SIZE - 1) for i, v in enumerate(value))
+    indices = tuple(integer_field(f"{name}[{i}]", v, 0, TIMESTEP_GRID_SIZE - 1) for i, v in enumerate(value))
     if any(b <= a for a, b in zip(indices, indices[1:])):
         raise ConfigError(f"{name} must be strictly increasing (from most to least noisy), got {list(indices)}")
     return indices
 
 
 _PARAM_PARSERS = {
-    "prompt": _prompts,
+    "prompt": prompts_field,
     "negative_prompt": _text,
     "prompt_interpolation": lambda n, v: _choice(n, v, INTERPOLATIONS),
-    "transition_frames": lambda n, v: _integer(n, v, 0, MAX_TRANSITION_FRAMES),
-    "guidance_scale": lambda n, v: _number(n, v, 0.0, MAX_GUIDANCE),
-    "delta": lambda n, v: _number(n, v, 0.0, MAX_DELTA),
+    "transition_frames": lambda n, v: integer_field(n, v, 0, MAX_TRANSITION_FRAMES),
+    "guidance_scale": lambda n, v: number_field(n, v, 0.0, MAX_GUIDANCE),
+    "delta": lambda n, v: number_field(n, v, 0.0, MAX_DELTA),
     "cfg_type": lambda n, v: _choice(n, v, CFG_TYPES),
     "seed": _seeds,
     "seed_interpolation": lambda n, v: _choice(n, v, INTERPOLATIONS),
-    "strength": lambda n, v: _number(n, v, 0.0, 1.0),
-    "num_inference_steps": lambda n, v: _integer(n, v, 1, MAX_STEPS),
+    "strength": lambda n, v: number_field(n, v, 0.0, 1.0),
+    "num_inference_steps": lambda n, v: integer_field(n, v, 1, MAX_STEPS),
     "t_index_list": _t_index_list,
-    "renoise": _boolean,
-    "similarity_filter": _boolean,
-    "similarity_threshold": lambda n, v: _number(n, v, 0.0, 0.9999),
-    "max_skip_frames": lambda n, v: _integer(n, v, 0, MAX_SKIP_FRAMES),
+    "renoise": boolean_field,
+    "similarity_filter": boolean_field,
+    "similarity_threshold": lambda n, v: number_field(n, v, 0.0, 0.9999),
+    "max_skip_frames": lambda n, v: integer_field(n, v, 0, MAX_SKIP_FRAMES),
 }
 assert set(_PARAM_PARSERS) == set(field_names(StreamParams)), "schema and StreamParams disagree"
 
 _CONFIG_PARSERS = {
-    "width": lambda n, v: None if v is None else _size(n, v),
-    "height": lambda n, v: None if v is None else _size(n, v),
-    "frame_buffer_size": lambda n, v: _integer(n, v, 1, MAX_FRAME_BUFFER),
+    "width": lambda n, v: None if v is None else size_field(n, v),
+    "height": lambda n, v: None if v is None else size_field(n, v),
+    "frame_buffer_size": lambda n, v: integer_field(n, v, 1, MAX_FRAME_BUFFER),
     "mode": lambda n, v: _choice(n, v, STREAM_MODES),
-    "use_denoising_batch": _boolean,
+    "use_denoising_batch": boolean_field,
 }
 assert set(_CONFIG_PARSERS) == set(field_names(StreamConfig)), "schema and StreamConfig disagree"
 
 
-def _size(name: str, value: Any) -> int:
-    size = _integer(name, value, MIN_SIZE, MAX_SIZE)
+def size_field(name: str, value: Any) -> int:
+    size = integer_field(name, value, MIN_SIZE, MAX_SIZE)
     if size % 8:
         raise ConfigError(f"{name} must be a multiple of 8, got {size}")
     return size
@@ -195,7 +195,7 @@ def parse_params(updates: Mapping[str, Any], base: StreamParams | None = None) -
             raise ConfigError(f"{name} cannot be changed on a running stream; start a new stream with the new {name}")
         parser = _PARAM_PARSERS.get(name)
         if parser is None:
-            raise ConfigError(f"unknown parameter {_describe(name)}; known parameters: {', '.join(sorted(_PARAM_PARSERS))}")
+            raise ConfigError(f"unknown parameter {describe_value(name)}; known parameters: {', '.join(sorted(_PARAM_PARSERS))}")
         changes[name] = parser(name, value)
     params = dataclasses.replace(base or StreamParams(), **changes)
     if params.t_index_list is None and params.num_inference_steps > TIMESTEP_GRID_SIZE:
@@ -215,7 +215,7 @@ def parse_fields(values: Mapping[str, Any], parsers: Mapping[str, Any], base: An
     for name, value in values.items():
         parser = parsers.get(name)
         if parser is None:
-            raise ConfigError(f"unknown {what} {_describe(name)}; known settings: {', '.join(sorted(parsers))}")
+            raise ConfigError(f"unknown {what} {describe_value(name)}; known settings: {', '.join(sorted(parsers))}")
         changes[name] = parser(name, value)
     return dataclasses.replace(base, **changes)
 

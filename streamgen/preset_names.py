@@ -12,3 +12,8 @@ IDENTITY = "identity"
 IMAGE_PRESET_NAMES = ("tiny", "sd-turbo", "sd15-lcm", "sdxl-turbo")
 VIDEO_PRESET_NAMES = ("tiny-video", "wan-causal-1.3b", "wan-causal-14b")
 ALL_PRESET_NAMES = (*IMAGE_PRESET_NAMES, *VIDEO_PRESET_NAMES)
+
+
+def presets_hint() -> str:
+    """Every built-in preset, image and video, for error messages ("Image presets: ...; video presets: ...")."""
+    return f"Image presets (ImageStream): {', '.join(IMAGE_PRESET_NAMES)}; video presets (VideoStream): {', '.join(VIDEO_PRESET_NAMES)}"

@@ -103,8 +103,8 @@ def plan_camera(args: argparse.Namespace) -> CameraPlan:
     """Options, parameters, input and outputs checked without opening anything (ConfigError / InputError)."""
     from ..outputs.spec import SinkSettings, parse_outputs  # noqa: PLC0415
     from .camera_sources import CaptureSettings, parse_input  # noqa: PLC0415
-    from .serve import _size_flag  # noqa: PLC0415 - the one WxH flag parser
-    from .video_writer import pick_codec  # noqa: PLC0415
+    from .serve import size_flag  # noqa: PLC0415 - the one WxH flag parser
+    from ..outputs.video_writer import pick_codec  # noqa: PLC0415
 
     settings = collect_settings(args)
     check_settings(args.model, settings)
@@ -124,7 +124,7 @@ def plan_camera(args: argparse.Namespace) -> CameraPlan:
         raise ConfigError(f"--output file:{source.target} is the input file; choose another name")
     if args.loop and source.kind in ("camera", "screen"):
         raise ConfigError(f"--loop repeats a video file, a URL or a synthetic clip; --input {args.input!r} is a device")
-    size = _size_flag("--capture-size", args.capture_size, "1280x720") if args.capture_size else None
+    size = size_flag("--capture-size", args.capture_size, "1280x720") if args.capture_size else None
     capture = CaptureSettings(fps=args.fps, size=size, options=parse_capture_options(args.capture_option))
     sink_settings = SinkSettings(fps=args.fps, codec=codec, bitrate_kbps=args.bitrate, title=f"streamgen camera: {args.model}")
     return CameraPlan(settings, source, capture, tuple(outputs), sink_settings)

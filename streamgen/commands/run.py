@@ -64,7 +64,7 @@ class RunPlan:
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
     """Validate options, parameters and paths up front (ConfigError / InputError on a mistake)."""
-    from .video_writer import check_output_path, pick_codec  # noqa: PLC0415
+    from ..outputs.video_writer import check_output_path, pick_codec  # noqa: PLC0415
 
     check_model_name(args.model, allow_identity=False)
     settings = collect_settings(args)
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from ..stream import load_stream_pipeline  # noqa: PLC0415
     from .frame_sources import open_source  # noqa: PLC0415
     from .stream_runner import StreamRunner  # noqa: PLC0415
-    from .video_writer import VideoWriter  # noqa: PLC0415
+    from ..outputs.video_writer import VideoWriter  # noqa: PLC0415
 
     from ..threads import apply_thread_budget  # noqa: PLC0415
 

@@ -75,13 +75,13 @@ def build_config(args: argparse.Namespace):
     from ..errors import ConfigError  # noqa: PLC0415
     from ..server.config import ServerConfig, parse_codecs, parse_default_params, parse_names  # noqa: PLC0415
 
-    width, height = _size_flag("--max-input", args.max_input, "1920x1080")
+    width, height = size_flag("--max-input", args.max_input, "1920x1080")
     low, _, high = args.slo_range.partition(",")
     try:
         min_slo, max_slo = float(low), float(high)
     except ValueError:
         raise ConfigError(f"--slo-range must look like 30,5000 (milliseconds), got {args.slo_range!r}") from None
-    max_width, max_height = _size_flag("--max-resolution", args.max_resolution, "1024x1024") if args.max_resolution else (None, None)
+    max_width, max_height = size_flag("--max-resolution", args.max_resolution, "1024x1024") if args.max_resolution else (None, None)
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -128,7 +128,7 @@ def build_config(args: argparse.Namespace):
     )
 
 
-def _size_flag(flag: str, text: str, example: str) -> tuple[int, int]:
+def size_flag(flag: str, text: str, example: str) -> tuple[int, int]:
     """``WxH`` → (width, height); ConfigError naming the flag otherwise."""
     from ..errors import ConfigError  # noqa: PLC0415
 

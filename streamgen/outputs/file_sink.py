@@ -14,7 +14,7 @@ from pathlib import Path
 
 import av
 
-from ..commands.video_writer import VideoWriter
+from .video_writer import VideoWriter
 from ..errors import StreamgenError
 from .sink import OutputError, Picture
 

@@ -75,7 +75,7 @@ def parse_outputs(texts: list[str]) -> list[OutputSpec]:
 
 def check_outputs(specs: list[OutputSpec], settings: SinkSettings) -> dict[OutputSpec, str]:
     """Fail now (ConfigError) if an output cannot work here; returns what each check found (the virtual camera's device)."""
-    from ..commands.video_writer import check_output_path  # noqa: PLC0415
+    from .video_writer import check_output_path  # noqa: PLC0415
 
     found: dict[OutputSpec, str] = {}
     for spec in specs:

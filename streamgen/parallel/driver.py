@@ -293,9 +293,9 @@ class StageDriver:
         cache row, each attending to its own cache row.
         """
         model = self.shard.model
-        rows, *_ = model._check_latents(latents, timesteps)
+        rows, *_ = model.check_latents(latents, timesteps)
         segments = [s if isinstance(s, CacheSegment) else CacheSegment(s) for s in segments]
-        model._check_segments(segments, rows, latents.shape[3], latents.shape[4])
+        model.check_segments(segments, rows, latents.shape[3], latents.shape[4])
         results: list[concurrent.futures.Future] = [concurrent.futures.Future() for _ in range(rows)]
         contexts = context.expand(rows) if context.rows == 1 else context
         staged, row = [], 0

@@ -141,10 +141,10 @@ def build_stage_transformer(source: StageSource, role: StageRole, device: torch.
         model = _meta_built(wan_transformer_config(preset.dummy_config), role, device, dtype, source.seed)
         _seed_owned_blocks(model, role, source.seed)
         return model
-    from ..models.loading.video_presets import _wan_snapshot  # noqa: PLC0415
+    from ..models.loading.video_presets import wan_snapshot  # noqa: PLC0415
 
-    folder = _wan_snapshot(preset, dtype) / "transformer"
-    config = _read_config(folder)
+    folder = wan_snapshot(preset, dtype) / "transformer"
+    config = read_config(folder)
     model = _meta_built(config, role, device, dtype, source.seed)
     _load_owned(model, role, _safetensors_state(folder, role))
     if source.checkpoint is not None:
@@ -153,6 +153,21 @@ def build_stage_transformer(source: StageSource, role: StageRole, device: torch.
         state = load_causal_checkpoint(source.checkpoint, key=source.checkpoint_key)
         _load_owned(model, role, {k: v for k, v in state.items() if role.owns(k)})
     return model
+
+
+def num_blocks(source: StageSource, preset: Any) -> int:
+    """How many DiT blocks ``source``'s model has (tiny-video's override, a dummy config's, or the downloaded config's)."""
+    if source.model == "tiny-video":
+        from ..models.video.tiny_video_dit import TINY_WAN_CONFIG  # noqa: PLC0415
+
+        return source.layers or TINY_WAN_CONFIG["num_layers"]
+    if source.weights == "dummy":
+        from ..models.video.wan_build import wan_transformer_config  # noqa: PLC0415
+
+        return int(wan_transformer_config(preset.dummy_config)["num_layers"])
+    from ..models.loading.video_presets import wan_snapshot  # noqa: PLC0415
+
+    return int(read_config(wan_snapshot(preset, torch.float32) / "transformer")["num_layers"])
 
 
 # --------------------------------------------------------------------- internals
@@ -196,7 +211,7 @@ def _seed_owned_blocks(model: CausalWanTransformer, role: StageRole, seed: int) 
             table.copy_(torch.randn(table.shape) / table.shape[-1] ** 0.5)
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+def read_config(folder: Path) -> dict[str, Any]:
     import json  # noqa: PLC0415
 
     path = folder / "config.json"
@@ -257,7 +272,7 @@ def build_stage_vae(source: StageSource, device: torch.device, dtype: torch.dtyp
         return keep_vae_half(StreamingWanVAE(place(vae, device, dtype)), "decoder")
     from diffusers import AutoencoderKLWan  # noqa: PLC0415
 
-    from ..models.loading.video_presets import VIDEO_PRESETS, _wan_snapshot  # noqa: PLC0415
+    from ..models.loading.video_presets import VIDEO_PRESETS, wan_snapshot  # noqa: PLC0415
 
     if source.weights == "dummy":  # as build_dummy_video_model seeds it
         from ..models.video.wan_build import building_on, seeded  # noqa: PLC0415
@@ -265,7 +280,7 @@ def build_stage_vae(source: StageSource, device: torch.device, dtype: torch.dtyp
         with seeded(source.seed + 1, device), building_on(device, dtype):
             vae = AutoencoderKLWan()
         return keep_vae_half(StreamingWanVAE(place(vae, device, dtype)), "decoder")
-    folder = _wan_snapshot(VIDEO_PRESETS[source.model], dtype) / "vae"
+    folder = wan_snapshot(VIDEO_PRESETS[source.model], dtype) / "vae"
     try:
         vae = AutoencoderKLWan.from_pretrained(folder, torch_dtype=torch.float32 if dtype == torch.float16 else dtype)
     except (OSError, ValueError, RuntimeError) as error:

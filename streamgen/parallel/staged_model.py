@@ -26,7 +26,7 @@ from ..sched.blocks import BlockBalancer, BlockSplit
 from .driver import StageDriver
 from .handles import ShardedContext, ShardedKVCache
 from .launch import StageGroup, StageLaunch, start_stage_group
-from .shard_loading import StageRole, StageSource, build_stage_transformer, keep_vae_half, prune
+from .shard_loading import StageRole, StageSource, build_stage_transformer, keep_vae_half, num_blocks, prune
 from .stage_shard import StageShard
 
 logger = logging.getLogger(__name__)
@@ -163,12 +163,12 @@ def load_staged_video_model(
     device = torch.device(devices[0])
     torch_dtype = resolve_dtype(dtype, device, family="video")
     source = StageSource(model, weights, seed, layers, tiny_dit, checkpoint, checkpoint_key)
-    num_blocks = _num_blocks(source, preset)
-    if len(devices) > num_blocks:
-        raise ConfigError(f"{model} has {num_blocks} blocks: at most {num_blocks} stages, got {len(devices)} devices")
-    block_split = split if isinstance(split, BlockSplit) else (BlockSplit(tuple(split)) if split else BlockSplit.even(num_blocks, len(devices)))
-    if block_split.stages != len(devices) or block_split.num_blocks != num_blocks:
-        raise ConfigError(f"block split {list(block_split.bounds)} does not fit {num_blocks} blocks on {len(devices)} devices")
+    block_count = num_blocks(source, preset)
+    if len(devices) > block_count:
+        raise ConfigError(f"{model} has {block_count} blocks: at most {block_count} stages, got {len(devices)} devices")
+    block_split = split if isinstance(split, BlockSplit) else (BlockSplit(tuple(split)) if split else BlockSplit.even(block_count, len(devices)))
+    if block_split.stages != len(devices) or block_split.num_blocks != block_count:
+        raise ConfigError(f"block split {list(block_split.bounds)} does not fit {block_count} blocks on {len(devices)} devices")
     launch = StageLaunch(devices, source, block_split, str(torch_dtype).removeprefix("torch."), threads, acceleration=acceleration)
     logger.info("starting %d pipeline stages on %s (blocks %s)", len(devices), ", ".join(devices), list(block_split.bounds))
     group = start_stage_group(launch)
@@ -200,21 +200,6 @@ def _bounds(split: BlockSplit, stage: int) -> tuple[int, int]:
     return blocks.start, blocks.stop
 
 
-def _num_blocks(source: StageSource, preset: Any) -> int:
-    if source.model == "tiny-video":
-        from ..models.video.tiny_video_dit import TINY_WAN_CONFIG  # noqa: PLC0415
-
-        return source.layers or TINY_WAN_CONFIG["num_layers"]
-    if source.weights == "dummy":
-        from ..models.video.wan_build import wan_transformer_config  # noqa: PLC0415
-
-        return int(wan_transformer_config(preset.dummy_config)["num_layers"])
-    from ..models.loading.video_presets import _wan_snapshot  # noqa: PLC0415
-    from .shard_loading import _read_config  # noqa: PLC0415
-
-    return int(_read_config(_wan_snapshot(preset, torch.float32) / "transformer")["num_layers"])
-
-
 def _driver_side(source: StageSource, preset: Any, role: StageRole, device: torch.device, dtype: torch.dtype) -> VideoModel:
     """The driver's model: its stage of the DiT plus the VAE (the caller drops its decoder), the text encoder and the tokenizer."""
     from ..models.loading import video_presets  # noqa: PLC0415
@@ -226,4 +211,4 @@ def _driver_side(source: StageSource, preset: Any, role: StageRole, device: torc
     transformer = build_stage_transformer(source, role, device, dtype)
     if source.weights == "dummy":
         return video_presets.build_dummy_video_model(preset, seed=source.seed, device=device, dtype=dtype, transformer=transformer)
-    return video_presets.load_wan_folder(video_presets._wan_snapshot(preset, dtype), preset, device=device, dtype=dtype, transformer=transformer)
+    return video_presets.load_wan_folder(video_presets.wan_snapshot(preset, dtype), preset, device=device, dtype=dtype, transformer=transformer)

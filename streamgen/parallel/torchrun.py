@@ -43,8 +43,7 @@ def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined:
     from ..models.loading.video_presets import VIDEO_PRESETS  # noqa: PLC0415
     from ..sched.blocks import BlockSplit  # noqa: PLC0415
     from .links import open_links, stage_timeout_seconds  # noqa: PLC0415
-    from .shard_loading import StageRole, StageSource, build_stage_shard  # noqa: PLC0415
-    from .staged_model import _num_blocks  # noqa: PLC0415
+    from .shard_loading import StageRole, StageSource, build_stage_shard, num_blocks  # noqa: PLC0415
     from .stage_loop import run_stage  # noqa: PLC0415
 
     rank, world = joined
@@ -57,7 +56,7 @@ def run_torchrun_stage(model: str, devices: tuple[str, ...], dtype: str, joined:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     source = StageSource(model)
-    split = BlockSplit.even(_num_blocks(source, preset), world)
+    split = BlockSplit.even(num_blocks(source, preset), world)
     blocks = split.blocks_of(rank)
     with torch.inference_mode():
         shard = build_stage_shard(source, StageRole(rank, world, blocks.start, blocks.stop), device, resolve_dtype(dtype, device, family="video"))

@@ -359,7 +359,7 @@ class VideoPipeline:
         while state.in_flight:
             parts += self._drain_round(state)
         settle_checkpoint(state)
-        return _concat_outputs(parts, self._empty_frames(state)).real()
+        return concat_outputs(parts, self._empty_frames(state)).real()
 
     def _pad_last_chunk(self, state: VideoState) -> None:
         """End of a finite stream: apply queued updates, complete a partial chunk with copies of the last frame (tag PADDING)."""
@@ -388,7 +388,7 @@ class VideoPipeline:
             entries = [RoundEntry(state, chunk) for state, chunk in zip(ready, self._enter_chunks(ready))]
             for state, output in self._decode(denoise_round(self.model.forward_chunks, entries)):
                 parts[state].append(output)
-        return [_concat_outputs(parts[state], self._empty_frames(state)) for state in states]
+        return [concat_outputs(parts[state], self._empty_frames(state)) for state in states]
 
     def _drain_round(self, state: VideoState) -> list[StepOutput]:
         """One forward over the stream batch's chunks in flight, no new chunk: the oldest one finishes."""
@@ -455,7 +455,7 @@ def _call_tags(tags: Any, count: int) -> tuple[Any, ...]:
     return tags
 
 
-def _concat_outputs(parts: list[StepOutput], empty: torch.Tensor) -> StepOutput:
+def concat_outputs(parts: list[StepOutput], empty: torch.Tensor) -> StepOutput:
     parts = [p for p in parts if p.frames.shape[0]]
     if not parts:
         return StepOutput(empty)

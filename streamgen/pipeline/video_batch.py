@@ -130,10 +130,10 @@ def _forward_rows(forward: ForwardChunks, streams: list[StreamRows]) -> None:
     v = forward(latents, timesteps, segments, _rows_context([c.context for c in chunks])).float()
     x0 = flow_x0(latents, v, sigmas.view(-1, 1, 1, 1, 1))
     for row, chunk in enumerate(chunks):
-        _advance(chunk, x0[row : row + 1])
+        advance_chunk(chunk, x0[row : row + 1])
 
 
-def _advance(chunk: ChunkInFlight, x0: torch.Tensor) -> None:
+def advance_chunk(chunk: ChunkInFlight, x0: torch.Tensor) -> None:
     """After step ``chunk.step``: keep the clean latents if it was the last step, else re-noise to the next."""
     nxt = chunk.step + 1
     if nxt == chunk.num_steps:

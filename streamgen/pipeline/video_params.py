@@ -29,7 +29,7 @@ from typing import Any
 
 from ..config import WeightedPrompt, field_names
 from ..errors import ConfigError
-from ..params import MAX_SEED, parse_fields, _boolean, _describe, _integer, _number, _prompts, _size
+from ..params import MAX_SEED, boolean_field, describe_value, integer_field, number_field, parse_fields, prompts_field, size_field
 from .noise import MAX_STEPS, MotionNoiseSettings
 
 MAX_TRANSITION_CHUNKS = 1000
@@ -101,32 +101,32 @@ class VideoParams:
 def _size16(name: str, value: Any) -> int | None:
     if value is None:
         return None
-    size = _size(name, value)
+    size = size_field(name, value)
     if size % 16:
         raise ConfigError(f"{name} must be a multiple of 16 for video models (8x VAE, 2x2 patches), got {size}")
     return size
 
 
 _PARAM_PARSERS = {
-    "prompt": _prompts,
-    "transition_chunks": lambda n, v: _integer(n, v, 0, MAX_TRANSITION_CHUNKS),
-    "seed": lambda n, v: _integer(n, v, 0, MAX_SEED),
-    "num_inference_steps": lambda n, v: _integer(n, v, 1, MAX_STEPS),
-    "motion_aware": _boolean,
-    "noise_scale": lambda n, v: _number(n, v, 0.2, 1.0),
-    "motion_scale": lambda n, v: _number(n, v, 0.01, 2.0),
-    "motion_weight": lambda n, v: _number(n, v, 0.0, 0.5),
-    "noise_smoothing": lambda n, v: _number(n, v, 0.0, 0.99),
+    "prompt": prompts_field,
+    "transition_chunks": lambda n, v: integer_field(n, v, 0, MAX_TRANSITION_CHUNKS),
+    "seed": lambda n, v: integer_field(n, v, 0, MAX_SEED),
+    "num_inference_steps": lambda n, v: integer_field(n, v, 1, MAX_STEPS),
+    "motion_aware": boolean_field,
+    "noise_scale": lambda n, v: number_field(n, v, 0.2, 1.0),
+    "motion_scale": lambda n, v: number_field(n, v, 0.01, 2.0),
+    "motion_weight": lambda n, v: number_field(n, v, 0.0, 0.5),
+    "noise_smoothing": lambda n, v: number_field(n, v, 0.0, 0.99),
 }
 assert set(_PARAM_PARSERS) == set(field_names(VideoParams)), "video schema and VideoParams disagree"
 
 _CONFIG_PARSERS = {
     "width": _size16,
     "height": _size16,
-    "use_denoising_batch": _boolean,
-    "chunk_frames": lambda n, v: _integer(n, v, 1, MAX_CHUNK_FRAMES),
-    "sink_frames": lambda n, v: _integer(n, v, 0, MAX_SINK_FRAMES),
-    "ring_frames": lambda n, v: _integer(n, v, 1, MAX_RING_FRAMES),
+    "use_denoising_batch": boolean_field,
+    "chunk_frames": lambda n, v: integer_field(n, v, 1, MAX_CHUNK_FRAMES),
+    "sink_frames": lambda n, v: integer_field(n, v, 0, MAX_SINK_FRAMES),
+    "ring_frames": lambda n, v: integer_field(n, v, 1, MAX_RING_FRAMES),
 }
 assert set(_CONFIG_PARSERS) == set(field_names(VideoConfig)), "video schema and VideoConfig disagree"
 
@@ -150,7 +150,7 @@ def parse_video_params(updates: Mapping[str, Any], base: VideoParams | None = No
         parser = _PARAM_PARSERS.get(name)
         if parser is None:
             raise ConfigError(
-                f"unknown video parameter {_describe(name)}; known parameters: {', '.join(VIDEO_PARAM_NAMES)}"
+                f"unknown video parameter {describe_value(name)}; known parameters: {', '.join(VIDEO_PARAM_NAMES)}"
                 f" (stream settings: {', '.join(VIDEO_CONFIG_NAMES)})"
             )
         changes[name] = parser(name, value)

@@ -70,8 +70,8 @@ from ..models.video.flow import flow_x0
 from .contract import StepShape, StreamShape
 from .noise import model_timesteps
 from .output import PADDING, StepOutput
-from .video import VideoPipeline, _concat_outputs
-from .video_batch import _advance
+from .video import VideoPipeline, concat_outputs
+from .video_batch import advance_chunk
 from .video_checkpoint import VideoCheckpoint, restore_checkpoint, settle_checkpoint, take_checkpoint
 from .video_state import ChunkInFlight, VideoState
 
@@ -206,7 +206,7 @@ class StagedVideoPipeline(VideoPipeline):
                 self.driver.check()
         self._check_stream(state)
         settle_checkpoint(state)
-        return _concat_outputs([first, self._take_outputs(state)], self._empty_frames(state)).real()
+        return concat_outputs([first, self._take_outputs(state)], self._empty_frames(state)).real()
 
     def _run_ready_chunks(self, states: Sequence[VideoState]) -> list[StepOutput]:
         """Encode every chunk the buffered frames complete (a checkpoint undoes this), then hand them all over (nothing undoes that)."""
@@ -266,7 +266,7 @@ class StagedVideoPipeline(VideoPipeline):
         """On the result thread: a flow prediction moves the chunk to its next step; decoded frames finish it."""
         chunk = entry.chunk
         if chunk.step < chunk.num_steps - 1:
-            _advance(chunk, flow_x0(chunk.latents, result, chunk.sigmas[chunk.step]))
+            advance_chunk(chunk, flow_x0(chunk.latents, result, chunk.sigmas[chunk.step]))
             self.driver.submit([self._row(entry)])
             return
         chunk.step = chunk.num_steps
@@ -286,7 +286,7 @@ class StagedVideoPipeline(VideoPipeline):
         with self._flow:
             parts = list(state.ring.outputs)
             state.ring.outputs.clear()
-        return _concat_outputs(parts, self._empty_frames(state))
+        return concat_outputs(parts, self._empty_frames(state))
 
 
 class _timed:

@@ -136,11 +136,11 @@ def unet_export(model: Any) -> ComponentExport:
         shapes["time_ids"] = lambda r, hp, wp: (r, time_ids)
 
         def call(latents, timesteps, hidden, text_embeds, time_ids_):
-            return model._eager_unet(latents, timesteps, hidden, {"text_embeds": text_embeds, "time_ids": time_ids_})
+            return model.eager_unet(latents, timesteps, hidden, {"text_embeds": text_embeds, "time_ids": time_ids_})
     else:
 
         def call(latents, timesteps, hidden):
-            return model._eager_unet(latents, timesteps, hidden, None)
+            return model.eager_unet(latents, timesteps, hidden, None)
 
     axes = {name: {0: "rows"} for name in names}
     axes["latents"] = {0: "rows", 2: "height", 3: "width"}
@@ -178,11 +178,11 @@ def text_encoder_exports(model: Any) -> list[ComponentExport]:
         tokens = int(tokenizer.model_max_length)
         ids = tokenizer([""], padding="max_length", max_length=tokens, truncation=True, return_tensors="pt").input_ids.to(model.device)
         with torch.no_grad():
-            _, pooled = model._eager_text_encode(index, ids)
+            _, pooled = model.eager_text_encode(index, ids)
         outputs = ("hidden",) if pooled is None else ("hidden", "pooled")
 
         def call(token_ids, index=index, with_pooled=pooled is not None):
-            hidden, pooled_ = model._eager_text_encode(index, token_ids)
+            hidden, pooled_ = model.eager_text_encode(index, token_ids)
             return (hidden, pooled_) if with_pooled else hidden
 
         axes = {"input_ids": {0: "rows"}, **{name: {0: "rows"} for name in outputs}}

@@ -4,8 +4,7 @@ Pure decision code (DESIGN.md, "Policy vs. mechanism"): it takes numbers
 (arrival times, deadlines, a latency model fitted from the worker's own
 measurements, measured stage times, ``now``) and returns plain dataclasses.
 It imports no torch and no asyncio, so every decision is tested with a fake
-clock. :mod:`.stage_sim` simulates a pipeline of stages from their costs
-(for projections and for checking the block split).
+clock.
 """
 
 from .admission import Admission, Demand, admit, predicted_rates, replica_order
@@ -13,7 +12,6 @@ from .blocks import BlockBalancer, BlockMove, BlockSplit, RebalanceConfig, Stage
 from .latency import LatencyModel
 from .policy import Candidate, StepPlan, choose_video_mode, plan_step, served_mark
 from .slo import Slo, SloLimits
-from .stage_sim import PipelineSpec, SimResult, StageCost, simulate
 
 __all__ = [
     "Admission",
@@ -23,16 +21,12 @@ __all__ = [
     "Candidate",
     "Demand",
     "LatencyModel",
-    "PipelineSpec",
     "RebalanceConfig",
-    "SimResult",
     "Slo",
     "SloLimits",
-    "StageCost",
     "StageTiming",
     "StepPlan",
     "balanced_split",
-    "simulate",
     "stage_times",
     "admit",
     "predicted_rates",

@@ -154,10 +154,6 @@ class LatencyModel:
             return prior.predict(bucket, rows)
         return self._predict_unmeasured(bucket, rows)
 
-    def predict_mixed(self, rows_by_bucket: dict[Bucket, int]) -> float:
-        """A step carrying rows of several buckets runs one model call per bucket, one after another."""
-        return sum(self.predict(b, r) for b, r in rows_by_bucket.items())
-
     def knee(self, bucket: Bucket, *, gain: float = 0.1) -> int | None:
         """The batch size past which more rows buy little throughput (None until two row counts are measured).
 

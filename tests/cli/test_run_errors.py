@@ -105,7 +105,7 @@ def test_an_output_format_that_cannot_hold_the_video_fails_before_the_model_load
 
 
 def test_an_encoder_the_container_takes_is_accepted(cli, tmp_path):
-    from streamgen.commands.video_writer import check_output_path, container_takes
+    from streamgen.outputs.video_writer import check_output_path, container_takes
 
     assert container_takes("out.mkv", "mpeg4") and container_takes("out.MP4", "mpeg4")
     assert not container_takes("out.txt", "mpeg4") and not container_takes("out.y4m", "mpeg4")

@@ -7,7 +7,7 @@ import torch
 
 from streamgen.commands.frame_sources import SourceFrame
 from streamgen.commands.stream_runner import StreamRunner, stack_frames
-from streamgen.commands.video_writer import VideoWriter
+from streamgen.outputs.video_writer import VideoWriter
 from streamgen.pipeline.output import StepOutput
 
 

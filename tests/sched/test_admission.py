@@ -110,3 +110,14 @@ def test_replica_ties_go_to_fewer_sessions_then_the_lower_index():
     predictions = [(_admission(True, 0.5), 2), (_admission(True, 0.5), 1), (_admission(True, 0.5), 1)]
     assert replica_order(predictions) == [1, 2, 0]
     assert replica_order([]) == []
+
+
+def test_a_latency_floor_counts_against_the_deadline():
+    """Pipeline stages add the ring's other stages to every frame: a stream that fits alone may not fit once that counts."""
+    model = _model()  # 2 rows: 0.03 s
+    slo = Slo(target_fps=5, deadline_s=0.2, min_fps=1)
+    assert admit(model, [], Demand("256", 2, slo)).admitted
+    refused = admit(model, [], Demand("256", 2, slo, latency_floor_s=0.18))
+    assert not refused.admitted and "filling the pipeline stages" in refused.reason
+    crowded = admit(model, [Demand("256", 2, slo, latency_floor_s=0.12)], Demand("256", 2, slo))
+    assert not crowded.admitted  # two such steps no longer fit in what the staged session's deadline leaves

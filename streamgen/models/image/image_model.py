@@ -81,10 +81,10 @@ class ImageModel:
         self.default_size = default_size
         self.is_sdxl = is_sdxl
         self.default_params = dict(default_params or {})  # StreamParams fields that suit this model
-        self.unet_forward: UnetForward = self._eager_unet
+        self.unet_forward: UnetForward = self.eager_unet
         self.vae_encode_forward: ImageForward = self._eager_vae_encode
         self.vae_decode_forward: ImageForward = self._eager_vae_decode
-        self.text_encode_forward: TextForward = self._eager_text_encode
+        self.text_encode_forward: TextForward = self.eager_text_encode
         # Set by a backend whose engines have fixed shape ranges (streamgen.runtime.engine_limits.EngineLimits).
         self.engine_limits: Any = None
         self._prompt_cache: OrderedDict[str, PromptEmbedding] = OrderedDict()
@@ -153,7 +153,7 @@ class ImageModel:
         hidden = torch.cat(hidden_parts, dim=-1).to(self.dtype)
         return PromptEmbedding(hidden=hidden, pooled=None if pooled is None else pooled.to(self.dtype))
 
-    def _eager_text_encode(self, index: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def eager_text_encode(self, index: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token ids (1, L) → (the states the UNet attends to, the pooled vector or None) of encoder ``index``.
 
         SDXL takes the penultimate hidden states, and its projection
@@ -185,7 +185,7 @@ class ImageModel:
             out = ac.sqrt() * out + (1 - ac).sqrt() * latents
         return out
 
-    def _eager_unet(self, latents, timesteps, hidden, added_cond):
+    def eager_unet(self, latents, timesteps, hidden, added_cond):
         return self.unet(latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added_cond, return_dict=False)[0]
 
     # ---- VAE --------------------------------------------------------------

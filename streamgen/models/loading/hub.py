@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import ModelLoadError
+from ...preset_names import presets_hint
 
 # Seconds to wait for the hub's answer to "which files does this repo have?".
 HUB_CHECK_TIMEOUT_S = 5.0
@@ -167,6 +168,4 @@ def _offline_message(what: str, repo: str, cached: Path | None, missing: Callabl
 
 
 def _presets_hint() -> str:
-    from .presets import presets_hint  # noqa: PLC0415
-
     return f"Built-in presets: {presets_hint()}."

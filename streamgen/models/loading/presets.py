@@ -78,8 +78,3 @@ def get_image_preset(name: str) -> ImagePreset | None:
     return IMAGE_PRESETS.get(name)
 
 
-def presets_hint() -> str:
-    """Every built-in preset, image and video, for error messages ("Image presets: ...; video presets: ...")."""
-    from .video_presets import VIDEO_PRESETS  # noqa: PLC0415  (imports torch and the video models)
-
-    return f"Image presets (ImageStream): {', '.join(IMAGE_PRESETS)}; video presets (VideoStream): {', '.join(VIDEO_PRESETS)}"

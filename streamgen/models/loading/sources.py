@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Literal
 
 from ...errors import ModelLoadError
-from .presets import IMAGE_PRESETS, ImagePreset, get_image_preset, presets_hint
+from ...preset_names import presets_hint
+from .presets import IMAGE_PRESETS, ImagePreset, get_image_preset
 from .single_file import is_single_file
 
 SourceKind = Literal["preset", "directory", "single_file", "hub", "hub_file"]

@@ -31,6 +31,7 @@ import torch
 
 from ...config import ModelSpec
 from ...errors import ConfigError, ModelLoadError
+from ...preset_names import presets_hint
 from .device import resolve_device, resolve_dtype
 from .hub import SnapshotRequest, download_command, fetch_snapshot
 from ..video.stream_vae import StreamingWanVAE
@@ -108,7 +109,7 @@ def load_video_model(model: str | ModelSpec, **spec: Any) -> VideoModel:
     if video_spec.weights == "dummy":
         model_out = build_dummy_video_model(preset, seed=video_spec.seed, device=device, dtype=dtype)
     else:
-        folder = _wan_snapshot(preset, dtype)
+        folder = wan_snapshot(preset, dtype)
         model_out = load_wan_folder(folder, preset, device=device, dtype=dtype)
     if video_spec.checkpoint is not None:
         from ..video.wan_checkpoint import load_causal_weights  # noqa: PLC0415
@@ -128,8 +129,6 @@ def _video_spec(model: str | ModelSpec, spec: Mapping[str, Any]) -> VideoSpec:
         model = model.source
     preset = VIDEO_PRESETS.get(model) if isinstance(model, str) else None
     if preset is None:
-        from .presets import presets_hint  # noqa: PLC0415
-
         raise ConfigError(f"unknown video model {model!r}. {presets_hint()}")
     weights = values.get("weights", "pretrained")
     if weights not in WEIGHT_KINDS:
@@ -273,7 +272,7 @@ def _variant(folder: Path, prefer_half: bool) -> str | None:
     return choice.variant if choice is not None else None
 
 
-def _wan_snapshot(preset: VideoPreset, dtype: torch.dtype) -> Path:
+def wan_snapshot(preset: VideoPreset, dtype: torch.dtype) -> Path:
     prefer_half = dtype in (torch.float16, torch.bfloat16)
     include = ("model_index.json", *(f"{f}/*" for f in WAN_FOLDERS))
 

@@ -342,9 +342,9 @@ class CausalWanTransformer(torch.nn.Module):
         context: CrossAttentionContext,
     ) -> torch.Tensor:
         """:meth:`forward_chunks` with the layers run by ``core``: plan, ``core``, commit (see module docstring)."""
-        rows, _, frames, height, width = self._check_latents(latents, timesteps)
+        rows, _, frames, height, width = self.check_latents(latents, timesteps)
         segments = [s if isinstance(s, CacheSegment) else CacheSegment(s) for s in segments]
-        self._check_segments(segments, rows, height, width)
+        self.check_segments(segments, rows, height, width)
         context = self._context_rows(context, rows)
         layouts, planned = plan_segments(segments, frames)
         out = core(latents, timesteps, context, planned)
@@ -391,7 +391,7 @@ class CausalWanTransformer(torch.nn.Module):
         chunk_frames: int | Sequence[int] = 1,
     ) -> torch.Tensor:
         """All ``T`` frames in one forward with a block-causal mask (chunks of ``chunk_frames``, or the listed sizes)."""
-        batch, _, frames, height, width = self._check_latents(latents, timesteps)
+        batch, _, frames, height, width = self.check_latents(latents, timesteps)
         sizes = _chunk_sizes(frames, chunk_frames)
         if frames > self.rope.max_positions:
             raise InputError(f"{frames} frames exceed the RoPE table ({self.rope.max_positions} positions)")
@@ -415,7 +415,7 @@ class CausalWanTransformer(torch.nn.Module):
         return self._forward(latents, timesteps, context, attend)
 
     # --------------------------------------------------------------- internals
-    def _check_latents(self, latents: torch.Tensor, timesteps: torch.Tensor) -> tuple[int, int, int, int, int]:
+    def check_latents(self, latents: torch.Tensor, timesteps: torch.Tensor) -> tuple[int, int, int, int, int]:
         if latents.ndim != 5 or latents.shape[1] != self.in_channels:
             raise InputError(f"latents must be (B, {self.in_channels}, T, h, w), got {tuple(latents.shape)}")
         batch, channels, frames, height, width = latents.shape
@@ -424,7 +424,7 @@ class CausalWanTransformer(torch.nn.Module):
         self.tokens_per_frame(height, width)
         return batch, channels, frames, height, width
 
-    def _check_segments(self, segments: list[CacheSegment], rows: int, height: int, width: int) -> None:
+    def check_segments(self, segments: list[CacheSegment], rows: int, height: int, width: int) -> None:
         if not segments:
             raise InputError("a chunk forward needs at least one cache segment")
         if sum(segment.rows for segment in segments) != rows:

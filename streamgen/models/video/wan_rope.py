@@ -47,12 +47,12 @@ class WanRope:
         if table.is_meta:
             return
         count = min(64, table.shape[0])
-        ours, _ = self._time_cos_sin(torch.arange(count), torch.device("cpu"))
+        ours, _ = self.time_cos_sin(torch.arange(count), torch.device("cpu"))
         tolerance = 1e-6 if table.dtype in (torch.float32, torch.float64) else 1e-2  # a model cast to half casts its table
         if not torch.allclose(ours, table[:count].to("cpu", torch.float32), atol=tolerance, rtol=0):
             raise ValueError("the transformer's RoPE table does not match Wan's time frequencies (theta 10000)")
 
-    def _time_cos_sin(self, positions: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def time_cos_sin(self, positions: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``cos``, ``sin`` ``(*positions.shape, t_dim)`` float32, pairs interleaved like diffusers' tables."""
         # diffusers' get_1d_rotary_pos_embed in float64 (computed here, on the device: no stored state
         # that a dtype cast of the model could round, nothing copied from the host inside a graph)
@@ -81,7 +81,7 @@ class WanRope:
         """
         cos_parts, sin_parts = self._parts()
         device = frame_positions.device if device is None else device
-        time_cos, time_sin = self._time_cos_sin(frame_positions, device)
+        time_cos, time_sin = self.time_cos_sin(frame_positions, device)
         cos = _assemble(time_cos, cos_parts, grid_h, grid_w, device)
         sin = _assemble(time_sin, sin_parts, grid_h, grid_w, device)
         return cos, sin * _pair_sign(sin.shape[-1], device)
@@ -112,7 +112,7 @@ class KeyRotation:
 
     def shifted_time_channels(self, keys: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Just the time channels ``(..., time_dim)`` of :meth:`shift_time` (the spatial ones do not change)."""
-        cos, sin = self.rope._time_cos_sin(frames, keys.device)  # (*frames.shape, t_dim)
+        cos, sin = self.rope.time_cos_sin(frames, keys.device)  # (*frames.shape, t_dim)
         cos, sin = cos[..., None, None, :], (sin * _pair_sign(self.time_dim, keys.device))[..., None, None, :]
         return apply_rope(keys[..., : self.time_dim], cos, sin)
 

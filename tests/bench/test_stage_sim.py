@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamgen.sched.stage_sim import PipelineSpec, StageCost, percentile, simulate
+from bench.stage_sim import PipelineSpec, StageCost, percentile, simulate
 
 F = 4  # video frames per chunk
 
