@@ -11,8 +11,8 @@ per-block, fixed and transfer times (:class:`StageInputs`) and compares.
 Where every input comes from
 ----------------------------
 
-Published (StreamDiffusionV2, arXiv 2511.07399, as summarised in
-``shared/REFERENCE.md``; bf16, no TensorRT, H100, 512×512):
+Published (StreamDiffusionV2, arXiv 2511.07399; bf16, no TensorRT, H100,
+512×512):
 
 - single-H100 fps for 1/2/3/4 denoising steps: Wan-1.3B 26.21 / 24.02 /
   21.51 / 19.43; Wan-14B 18.71 / 13.01 / 10.09 / 8.26. One stream-batch call
@@ -22,7 +22,7 @@ Published (StreamDiffusionV2, arXiv 2511.07399, as summarised in
   38.41 / 31.62) — used only to compare, never as an input.
 
 From the shipped model configs (``streamgen/models/configs/wan-*/transformer/config.json``,
-the Wan2.1 diffusers configs; they agree with REFERENCE.md): 1.3B width
+the Wan2.1 diffusers configs; they agree with the published architecture): 1.3B width
 1536 = 12 heads × 128, FFN 8960, 30 blocks; 14B width 5120 = 40 heads ×
 128, FFN 13824, 40 blocks; text width 4096, 16 latent channels, patch
 (1, 2, 2), time-frequency width 256.
@@ -61,7 +61,7 @@ Assumed (change them with the options; each is a guess, said so):
   projection does not model.
 - a micro-batch is the stream batch of ``steps`` rows, as on one GPU (so a
   call's time is the published one); as many micro-batches in flight as
-  stages; 2 messages in flight per link (REFERENCE.md: "at most 1–2").
+  stages; 2 messages in flight per link (as the StreamDiffusionV2 paper has it: "at most 1–2").
 - links: NVLink 450 GB/s effective + 10 µs per message; PCIe 25 GB/s +
   15 µs. Transfers run asynchronously beside compute (the simulator's links),
   and are counted as exposed in the balancer's stage times (conservative).

@@ -1,7 +1,7 @@
 """Loading a video model into a :class:`~streamgen.pipeline.video.VideoPipeline`.
 
 The pipeline layer wraps what :mod:`streamgen.models.loading.video_presets`
-loads; models never import pipelines (DESIGN.md, "Layers point one way").
+loads; models never import pipelines (docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Scheduling policy: which sessions' frames run next, whether a new session fits, which blocks each pipeline stage runs.
 
-Pure decision code (DESIGN.md, "Policy vs. mechanism"): it takes numbers
+Pure decision code (docs/architecture.md, "Layers"): it takes numbers
 (arrival times, deadlines, a latency model fitted from the worker's own
 measurements, measured stage times, ``now``) and returns plain dataclasses.
 It imports no torch and no asyncio, so every decision is tested with a fake
