@@ -26,8 +26,8 @@ from typing import Any
 
 import aiohttp
 
-from streamgen.server.client import connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 
 @dataclass

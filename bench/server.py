@@ -55,8 +55,8 @@ from typing import Any
 
 import aiohttp
 
-from streamgen.server.client import ClientPeer, ReceivedFrame, ServerError, connect_offer
-from streamgen.server.synthetic import CLOCK_RATE, MarkerVideoTrack
+from streamgen.client.webrtc import ClientPeer, ReceivedFrame, ServerError, connect_offer
+from streamgen.client.synthetic import CLOCK_RATE, MarkerVideoTrack
 
 from .common import OUT_DIR, machine, ms, percentile, table, write_json
 

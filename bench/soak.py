@@ -30,7 +30,7 @@ the run waits for the server to have no session, and the idle RSS, fds and
 threads are compared with the warm idle level: ``memory_returned`` says
 whether RSS came back within ``max(10 %, 32 MiB)`` of it. (The server hands
 freed heap pages back to the system a couple of seconds after a session
-ends, see :mod:`streamgen.server.memory`; the idle measurements wait
+ends, see :mod:`streamgen.server.sessions.memory`; the idle measurements wait
 ``--settle`` seconds, longer than that.)
 
 Reports: RSS over time, fd and thread counts, sessions opened / refused
@@ -65,8 +65,8 @@ from typing import Any
 
 import aiohttp
 
-from streamgen.server.client import ClientPeer, ServerError, connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import ClientPeer, ServerError, connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .adversary import run_adversaries
 from .common import OUT_DIR, machine, percentile, table, write_json

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("stream", "video_stream"),
     ("outputs",),
     ("server",),
-    ("commands",),
+    ("commands", "client"),
     ("cli", "__main__", "__init__"),
 ]
 LAYER_OF = {unit: index for index, units in enumerate(LAYERS) for unit in units}

@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_with(args: argparse.Namespace, plan: CameraPlan, sockets: list) -> int:
     from ..outputs.spec import check_outputs  # noqa: PLC0415
-    from ..server.pipelines import load_server_pipeline  # noqa: PLC0415
+    from ..server.worker.pipelines import load_server_pipeline  # noqa: PLC0415
     from ..threads import apply_thread_budget  # noqa: PLC0415
     from .camera_sources import open_capture  # noqa: PLC0415
 

@@ -2,7 +2,7 @@
 
 Decoding a camera, a file or a network stream blocks, so it has a thread of
 its own; the session's capture track keeps only the newest frame it is
-offered (:mod:`streamgen.server.capture_track`), and the session's slot
+offered (:mod:`streamgen.server.webrtc.capture_track`), and the session's slot
 only the newest frames of one step: a slow model never makes capture queue.
 
 Timestamps: a live source (device, URL) is stamped with the capture clock,
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..server.capture_track import CAPTURE_TIME_BASE, CLOCK_RATE, CaptureTrack
+from ..server.webrtc.capture_track import CAPTURE_TIME_BASE, CLOCK_RATE, CaptureTrack
 from .camera_sources import CaptureSource
 
 logger = logging.getLogger(__name__)

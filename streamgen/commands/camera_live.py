@@ -2,7 +2,7 @@
 
 The run is a streamgen server (the aiohttp app, its model worker, scheduler
 and parameter API, bound to the control port) holding ONE session, opened
-with :meth:`~streamgen.server.sessions.SessionManager.open_local`: its
+with :meth:`~streamgen.server.sessions.manager.SessionManager.open_local`: its
 input is the capture thread, its output the local sinks, and WHEP viewers
 may watch it. Nothing here steps a model or touches a device on the event
 loop: capture, the model and the sinks each have their own threads.
@@ -32,10 +32,10 @@ from ..outputs.pump import SinkPump
 from ..outputs.sink import SinkClosed
 from ..outputs.spec import OutputSpec, SinkSettings, open_sinks
 from ..server.app import SHUTDOWN_SECONDS, create_app
-from ..server.capture_track import CaptureTrack
+from ..server.webrtc.capture_track import CaptureTrack
 from ..server.config import ServerConfig
 from ..server.context import CONTEXT_KEY
-from ..server.local_session import LocalSession
+from ..server.sessions.local_session import LocalSession
 from .camera_capture import CaptureCounts, CaptureThread
 from .camera_console import Console, StdinLines, format_status, parse_typed_line
 from .camera_sources import CaptureSource

@@ -24,7 +24,7 @@ Each pipeline says what its sessions cost in those units:
   an image stream filling its stream batch costs one pass per slot).
 
 Capabilities: :class:`Checkpointable` (a failed batched step is undone,
-:mod:`streamgen.server.transaction`), :class:`Flushable` (a finite stream's
+:mod:`streamgen.server.worker.transaction`), :class:`Flushable` (a finite stream's
 end drains what is inside the pipeline), :class:`OutputListener` (work
 finishes between steps: pipeline stages) and :class:`Staged` (the model
 runs as pipeline stages: service time, fill latency, description, close).

@@ -84,7 +84,7 @@ class VideoPipeline:
     kind = "video"
 
     def __init__(self, model: VideoModel) -> None:
-        if getattr(model, "stages", None) is not None and type(self) is VideoPipeline:
+        if model.stages is not None and type(self) is VideoPipeline:
             raise ConfigError("this model runs as pipeline stages: use StagedVideoPipeline (or video_pipeline_for(model))")
         self.model = model
 

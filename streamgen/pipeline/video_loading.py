@@ -74,7 +74,7 @@ def _staged_pipeline(model: Any, devices: list[str], acceleration: Any, spec: di
 
 def video_pipeline_for(model: Any) -> VideoPipeline:
     """The pipeline that runs ``model``: :class:`StagedVideoPipeline` for a model on pipeline stages, else :class:`VideoPipeline`."""
-    if getattr(model, "stages", None) is not None:
+    if model.stages is not None:
         from .video_staged import StagedVideoPipeline  # noqa: PLC0415
 
         return StagedVideoPipeline(model)

@@ -102,7 +102,7 @@ class StagedVideoPipeline(VideoPipeline):
     """The video pipeline over pipeline stages (see module docstring)."""
 
     def __init__(self, model: VideoModel, depth: int | None = None) -> None:
-        stages = getattr(model, "stages", None)
+        stages = model.stages
         if stages is None:
             raise ConfigError("StagedVideoPipeline runs a model loaded with devices=[...] (pipeline stages)")
         super().__init__(model)

@@ -178,20 +178,21 @@ class LatencyModel:
         return knee
 
     def _predict_unmeasured(self, bucket: Bucket, rows: int) -> float:
+        """From the nearest measured bucket, scaled by work per row; among equally near ones the costlier estimate
+        (never a guess that depends on which bucket happened to be measured first)."""
         if not self._curves:
             return self._default * rows
         if self._bucket_work is None:
-            nearest = next(iter(self._curves))
-            return self._curves[nearest].predict(rows)
+            return max(curve.predict(rows) for curve in self._curves.values())
         work = self._bucket_work(bucket)
-        best, best_ratio = None, math.inf
-        for other in self._curves:
+        scored = []
+        for other, curve in self._curves.items():
             other_work = self._bucket_work(other)
             if other_work <= 0:
                 continue
-            ratio = abs(math.log(max(work, 1e-12) / other_work))
-            if ratio < best_ratio:
-                best, best_ratio = other, ratio
-        if best is None:
+            distance = abs(math.log(max(work, 1e-12) / other_work))
+            scored.append((round(distance, 9), curve.predict(rows) * work / other_work))
+        if not scored:
             return self._default * rows
-        return self._curves[best].predict(rows) * work / self._bucket_work(best)
+        nearest = min(distance for distance, _ in scored)
+        return max(estimate for distance, estimate in scored if distance == nearest)

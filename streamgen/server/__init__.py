@@ -5,7 +5,7 @@ same application around already loaded pipelines (tests, embedding).
 Importing this package is cheap: its names load their modules (aiortc,
 aiohttp, torch) on first use (PEP 562), so ``streamgen serve`` checks its
 flags in well under a second before anything heavy loads. Nothing in
-aiortc is changed on import; see :mod:`streamgen.server.aiortc_patches`
+aiortc is changed on import; see :mod:`streamgen.server.webrtc.aiortc_patches`
 for what the server changes at start-up.
 """
 

@@ -6,8 +6,8 @@ routes; tests call it with a pipeline they share between servers.
 the app, serve until interrupted.
 
 At start-up the app applies streamgen's aiortc settings (jitter buffer,
-encoder bitrate; see :mod:`streamgen.server.aiortc_patches`), starts one
-:class:`~streamgen.server.worker.ModelWorker` per replica and warms each up
+encoder bitrate; see :mod:`streamgen.server.webrtc.aiortc_patches`), starts one
+:class:`~streamgen.server.worker.model_worker.ModelWorker` per replica and warms each up
 with a few steps of streams built from the default settings (one stream,
 then two batched), so the first session does not pay for lazy
 initialisation, bad ``--defaults`` fail at start, not at the first client,
@@ -16,10 +16,10 @@ instead of a guess. At shutdown it closes every session and stops the
 workers without waiting for a step in flight.
 
 Every connection is bounded first (header, body and idle timeouts, a cap
-on open connections; :mod:`~streamgen.server.aiohttp_patches`). Every
+on open connections; :mod:`~streamgen.server.http.aiohttp_patches`). Every
 request passes, outermost first: the ``Host`` check
-(:mod:`~streamgen.server.host_check`), CORS (:mod:`~streamgen.server.cors`)
-and the JSON error answers (:mod:`~streamgen.server.http_errors`).
+(:mod:`~streamgen.server.http.host_check`), CORS (:mod:`~streamgen.server.http.cors`)
+and the JSON error answers (:mod:`~streamgen.server.http.http_errors`).
 """
 
 from __future__ import annotations
@@ -37,24 +37,24 @@ from aiohttp import web
 
 from ..pipeline.contract import Capabilities, StepShape
 from ..runtime.compile_artifacts import save_all_compile_artifacts
-from .aiohttp_patches import LIMITS_KEY, ConnectionLimits, install_connection_guards, install_json_parse_errors
-from .aiortc_patches import configure_video_encoders, install_marker_jitter_buffer
+from .http.aiohttp_patches import LIMITS_KEY, ConnectionLimits, install_connection_guards, install_json_parse_errors
+from .webrtc.aiortc_patches import configure_video_encoders, install_marker_jitter_buffer
 from .config import ServerConfig
 from .context import CONTEXT_KEY, ServerContext
-from .cors import CorsPolicy, cors
-from .host_check import EVERY_INTERFACE, HostRules, host_check
-from .http_errors import json_errors
+from .http.cors import CorsPolicy, cors
+from .http.host_check import EVERY_INTERFACE, HostRules, host_check
+from .http.http_errors import json_errors
 from .metrics import ServerMetrics
-from .pipelines import load_server_pipeline, load_server_pipelines, model_kind
-from .routes_api import add_routes as add_api_routes
-from .routes_streams import add_routes as add_stream_routes
-from .routes_webrtc import add_routes as add_webrtc_routes
-from .sessions import SessionManager
-from .shared_latency import SharedLatency
-from .static import add_routes as add_static_routes
-from .static import find_web_dir
-from .step_shape import bucket_work
-from .worker import ModelWorker
+from .worker.pipelines import load_server_pipeline, load_server_pipelines, model_kind
+from .http.routes_api import add_routes as add_api_routes
+from .http.routes_streams import add_routes as add_stream_routes
+from .http.routes_webrtc import add_routes as add_webrtc_routes
+from .sessions.manager import SessionManager
+from .worker.shared_latency import SharedLatency
+from .http.static import add_routes as add_static_routes
+from .http.static import find_web_dir
+from .worker.step_shape import bucket_work
+from .worker.model_worker import ModelWorker
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from ..runtime.backend import ACCELERATIONS
 from ..sched import Slo, SloLimits
-from .cors import parse_origins
-from .host_check import HostRules, parse_allowed_hosts
+from .http.cors import parse_origins
+from .http.host_check import HostRules, parse_allowed_hosts
 
 VideoCodec = Literal["VP8", "H264"]
 CODEC_CHOICES: dict[str, tuple[VideoCodec, ...]] = {
@@ -38,14 +38,14 @@ class ServerConfig:
     ``max_fps`` caps the frames per second a session feeds the model.
     ``token``: the admin token. When set, creating a session needs it as
     ``Authorization: Bearer <token>``; it also reads, changes, watches and
-    ends any session and lists them all (see :mod:`streamgen.server.access`;
+    ends any session and lists them all (see :mod:`streamgen.server.http.access`;
     each session has its own secret besides).
     ``allowed_hosts``: ``Host`` names answered besides those the server is
     bound to (``name`` or ``name:port``; ``"*"``: no check, unsafe; see
-    :mod:`streamgen.server.host_check`).
+    :mod:`streamgen.server.http.host_check`).
     ``cors_origins``: web origins (``https://example.org``) whose pages may
     call the server (``"*"``: any); none by default (see
-    :mod:`streamgen.server.cors`).
+    :mod:`streamgen.server.http.cors`).
     ``metrics_session_labels``: per-session series, labelled with session
     ids, on ``/metrics`` (off: server-wide totals only).
     ``default_params`` are the settings of a session whose client sent none
@@ -66,11 +66,11 @@ class ServerConfig:
     closed); ``keepalive_timeout``: seconds an idle HTTP
     connection stays open; ``max_connections``: open HTTP connections
     beyond which new ones are refused (see
-    :mod:`streamgen.server.aiohttp_patches`).
+    :mod:`streamgen.server.http.aiohttp_patches`).
     ``connect_grace``: a session whose peer has not connected this long may
     be displaced by a newcomer when the server is full;
     ``max_pending_per_client``: sessions one address may have waiting for
-    their peer to connect (see :mod:`streamgen.server.sessions`).
+    their peer to connect (see :mod:`streamgen.server.sessions.manager`).
     ``peer_timeout``: a connected peer that sends nothing at all (no media,
     RTCP or data-channel packet) for this long has vanished and its
     session (or viewer) is closed, well before ICE consent expires (~30 s).

@@ -9,8 +9,8 @@ from aiohttp import web
 
 from .config import ServerConfig
 from .metrics import ServerMetrics
-from .sessions import SessionManager
-from .worker import ModelWorker
+from .sessions.manager import SessionManager
+from .worker.model_worker import ModelWorker
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Server-wide histograms (frame latency, time to first frame, model step time)
 are observed from the event loop and the worker threads, so they lock. Per
 session numbers are read from the sessions' own
-:class:`~streamgen.server.stats.SessionStats` when the page is rendered.
+:class:`~streamgen.server.sessions.stats.SessionStats` when the page is rendered.
 
 ``/metrics`` names no session unless the operator asks
 (``--metrics-sessions``, ``session_labels=True``): by default it has only

@@ -37,8 +37,8 @@ from streamgen.commands.camera_console import Console, format_status, parse_type
 from streamgen.commands.camera_devices import linux_cameras, parse_avfoundation_list, parse_dshow_list
 from streamgen.commands.camera_sources import CaptureSettings, InputSpec, device_input, parse_input
 from streamgen.errors import ConfigError, InputError
-from streamgen.server.capture_track import CaptureTrack
-from streamgen.server.client import whep_view
+from streamgen.server.webrtc.capture_track import CaptureTrack
+from streamgen.client.webrtc import whep_view
 
 from .media import decode, write_clip
 
@@ -126,7 +126,7 @@ def test_a_recording_behind_a_url_plays_in_real_time(cli, tmp_path):
 # ------------------------------------------------------------------ mistakes: exit 2, one message, before the model
 @pytest.fixture()
 def no_model_load(monkeypatch):
-    import streamgen.server.pipelines as pipelines
+    import streamgen.server.worker.pipelines as pipelines
 
     monkeypatch.setattr(pipelines, "load_server_pipeline", lambda *a, **k: pytest.fail("the model must not load"))
 

@@ -15,8 +15,8 @@ import aiohttp
 import psutil
 import pytest
 
-from streamgen.server.client import connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from ..server.test_serve_command import free_port
 

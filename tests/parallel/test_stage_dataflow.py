@@ -19,7 +19,7 @@ from streamgen.pipeline.video_staged import StagedVideoPipeline
 from streamgen.sched import Slo
 from streamgen.server.metrics import ServerMetrics
 from streamgen.pipeline.contract import StreamShape
-from streamgen.server.worker import ModelWorker
+from streamgen.server.worker.model_worker import ModelWorker
 
 from ..server.worker_client import Client
 from .staging import SIZE, input_frames, reference_frames, staged_tiny, stream_frames

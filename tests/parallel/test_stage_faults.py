@@ -10,8 +10,8 @@ import pytest
 from streamgen.parallel.errors import StageFailure
 from streamgen.pipeline.video_loading import video_pipeline_for
 from streamgen.server.app import close_pipeline_stages
-from streamgen.server.client import connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from ..server.helpers import bearer, poll, real_offer_sdp, running_server
 from .staging import SIZE, input_frames, staged_tiny

@@ -16,7 +16,7 @@ import torch
 from streamgen.models.loading.video_presets import build_tiny_video_model
 from streamgen.pipeline.pending import PendingUpdate
 from streamgen.pipeline.video_loading import video_pipeline_for
-from streamgen.server.transaction import StepEntry, step_transactionally
+from streamgen.server.worker.transaction import StepEntry, step_transactionally
 
 
 def test_the_newest_accepted_update_is_queued_again_after_a_rollback():

@@ -16,12 +16,13 @@ def _model() -> LatencyModel:
 GUARANTEED = Slo(target_fps=10, deadline_s=0.3, min_fps=10)
 
 
-def test_admits_while_there_is_room():
+def test_admits_while_there_is_room_and_every_session_gets_its_target_rate():
     model = _model()
-    answer = admit(model, [Demand("256", 2, GUARANTEED)], Demand("256", 2, GUARANTEED))
-    assert answer.admitted
-    assert answer.fps == 10
-    assert answer.utilization == pytest.approx(2 * 10 * 0.05 / 4 * 2)
+    one = admit(model, [], Demand("256", 2, GUARANTEED))
+    two = admit(model, [Demand("256", 2, GUARANTEED)], Demand("256", 2, GUARANTEED))
+    assert one.admitted and two.admitted
+    assert two.fps == GUARANTEED.target_fps and predicted_rates(model, [Demand("256", 2, GUARANTEED)] * 2) == [10, 10]
+    assert one.utilization < two.utilization < 1.0  # a second session costs something, and there is room for it
 
 
 def test_refuses_the_session_that_would_break_the_others_and_admits_it_once_capacity_returns():

@@ -33,12 +33,22 @@ def test_tracks_a_machine_that_slows_down():
 
 
 def test_unmeasured_bucket_is_scaled_from_the_nearest_measured_one():
-    work = {"256": 256 * 256, "512": 512 * 512, "1024": 1024 * 1024}
+    work = {"256": 256 * 256, "384": 384 * 384, "512": 512 * 512, "1024": 1024 * 1024}
     model = LatencyModel(bucket_work=work.__getitem__)
     model.observe("256", 1, 0.01)
     model.observe("1024", 1, 0.5)
-    assert model.predict("512", 1) == pytest.approx(0.04)  # nearest is 256 (ratio 4 either way: first found)
-    assert not model.measured("512")
+    assert model.predict("384", 1) == pytest.approx(0.01 * 384 * 384 / (256 * 256))  # 256 is nearer
+    assert not model.measured("384")
+
+
+@pytest.mark.parametrize("order", [("256", "1024"), ("1024", "256")])
+def test_equally_near_buckets_give_the_costlier_estimate_whatever_was_measured_first(order):
+    work = {"256": 256 * 256, "512": 512 * 512, "1024": 1024 * 1024}
+    model = LatencyModel(bucket_work=work.__getitem__)
+    seconds = {"256": 0.01, "1024": 0.5}
+    for bucket in order:
+        model.observe(bucket, 1, seconds[bucket])
+    assert model.predict("512", 1) == pytest.approx(max(0.01 * 4, 0.5 / 4))  # 4x either way: the higher estimate
 
 
 def test_prior_before_any_measurement():

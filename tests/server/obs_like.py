@@ -21,8 +21,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
-from streamgen.server.client import strip_candidates
-from streamgen.server.peer import video_codec_preferences
+from streamgen.client.webrtc import strip_candidates
+from streamgen.server.webrtc.peer import video_codec_preferences
 
 CLOCK_RATE = 90000
 

@@ -4,7 +4,7 @@ Usage: ``python stock_client.py BASE_URL --size 512 --seconds 4``; prints one
 JSON line with what it saw.
 
 It imports nothing from streamgen on purpose: streamgen's fixes to aiortc
-(:mod:`streamgen.server.aiortc_patches`: the marker jitter buffer, the
+(:mod:`streamgen.server.webrtc.aiortc_patches`: the marker jitter buffer, the
 encoder bitrates) are process-wide monkeypatches, so a client that must
 behave like any aiortc application out there (aiortc's own jitter buffer,
 aiortc's own encoder settings) has to live in a process where they were

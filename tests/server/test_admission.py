@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from streamgen.server.client import ServerError, connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import ServerError, connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import bearer, real_offer_sdp, running_server
 

@@ -8,9 +8,9 @@ import logging
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from streamgen.server.client import connect_offer
-from streamgen.server.peer import video_codec_preferences
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import connect_offer
+from streamgen.server.webrtc.peer import video_codec_preferences
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import ADMIN_TOKEN, bearer, running_server, tracebacks
 

@@ -24,7 +24,7 @@ from streamgen.pipeline.contract import (
 )
 
 ROOT = Path(__file__).resolve().parents[2] / "streamgen"
-DRIVERS = sorted((ROOT / "server").glob("*.py")) + [ROOT / "commands" / "stream_runner.py"]
+DRIVERS = sorted((ROOT / "server").rglob("*.py")) + [ROOT / "commands" / "stream_runner.py"]
 MEMBERS = contract_members(StreamPipeline, Checkpointable, Flushable, OutputListener, Staged)
 
 

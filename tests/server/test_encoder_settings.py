@@ -8,10 +8,10 @@ from aiortc.codecs import h264, vpx
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
-from streamgen.server import vp8_encoder
-from streamgen.server.aiortc_patches import RETRANSMISSION_HISTORY
-from streamgen.server.h264_encoder import BoundedH264Encoder
-from streamgen.server.vp8_encoder import BoundedVp8Encoder
+from streamgen.server.webrtc import vp8_encoder
+from streamgen.server.webrtc.aiortc_patches import RETRANSMISSION_HISTORY
+from streamgen.server.webrtc.h264_encoder import BoundedH264Encoder
+from streamgen.server.webrtc.vp8_encoder import BoundedVp8Encoder
 
 from .helpers import running_server
 

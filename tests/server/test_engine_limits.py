@@ -13,8 +13,8 @@ from streamgen.errors import ConfigError
 from streamgen.models.image.tiny import build_tiny_image_model
 from streamgen.pipeline import ImagePipeline
 from streamgen.runtime.engine_limits import EngineLimits
-from streamgen.server.client import ServerError, connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import ServerError, connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import running_server
 

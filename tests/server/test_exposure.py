@@ -9,10 +9,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from streamgen.errors import ConfigError
-from streamgen.server.client import connect_offer, whip_publish
-from streamgen.server.cors import CorsPolicy, parse_origin
-from streamgen.server.host_check import HostRules, parse_host
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import connect_offer, whip_publish
+from streamgen.server.http.cors import CorsPolicy, parse_origin
+from streamgen.server.http.host_check import HostRules, parse_host
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import bearer, poll, raw_request, running_server
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from streamgen.server.fps_cap import FpsCap
+from streamgen.server.webrtc.fps_cap import FpsCap
 
 
 def admitted_per_second(cap: FpsCap, times: list[float], seconds: float) -> float:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from streamgen.errors import StreamgenError
 from streamgen.params import PARAM_NAMES, parse_params
 from streamgen.pipeline.video_params import VIDEO_PARAM_NAMES, parse_video_params
-from streamgen.server.control import ControlError, parse_message
+from streamgen.server.webrtc.control import ControlError, parse_message
 
 SCALARS = st.one_of(
     st.none(),

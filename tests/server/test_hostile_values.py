@@ -11,7 +11,7 @@ import pytest
 from streamgen.config import is_finite_number
 from streamgen.errors import ConfigError
 from streamgen.params import parse_params
-from streamgen.server.control import ControlError, parse_message
+from streamgen.server.webrtc.control import ControlError, parse_message
 
 from .helpers import ADMIN_TOKEN, bearer, raw_request, real_offer_sdp, running_server, tracebacks
 
@@ -87,7 +87,7 @@ async def test_offers_with_disabled_video_or_inconsistent_media_ids_are_refused(
     from aiortc import RTCPeerConnection
 
     from streamgen.errors import InputError
-    from streamgen.server.peer import parse_offer
+    from streamgen.server.webrtc.peer import parse_offer
 
     pc = RTCPeerConnection()
     try:
@@ -126,7 +126,7 @@ def _nested(depth: int) -> str:
 
 
 def test_json_that_parses_but_nests_past_the_limit_is_refused_where_it_is_parsed():
-    from streamgen.server.json_limits import MAX_JSON_DEPTH, json_depth
+    from streamgen.server.http.json_limits import MAX_JSON_DEPTH, json_depth
 
     assert json_depth(json.loads(_nested(900))) == MAX_JSON_DEPTH + 1  # counted without recursion, and no further than needed
     with pytest.raises(ControlError, match="nested too deeply: more than 32 levels") as refused:

@@ -6,9 +6,9 @@ import aiortc.rtcrtpreceiver
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtp import RtpPacket
 
-from streamgen.server.aiortc_patches import MarkerJitterBuffer, install_marker_jitter_buffer, marker_jitter_buffer_installed
-from streamgen.server.client import connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.server.webrtc.aiortc_patches import MarkerJitterBuffer, install_marker_jitter_buffer, marker_jitter_buffer_installed
+from streamgen.client.webrtc import connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import running_server
 

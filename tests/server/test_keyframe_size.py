@@ -2,8 +2,8 @@
 
 aiortc's own encoders make keyframes of 200-400 RTP packets at 1024x1024
 at 8 Mbit/s (more than aiortc's 128-packet retransmission history);
-:class:`~streamgen.server.vp8_encoder.BoundedVp8Encoder` and
-:class:`~streamgen.server.h264_encoder.BoundedH264Encoder` keep them near
+:class:`~streamgen.server.webrtc.vp8_encoder.BoundedVp8Encoder` and
+:class:`~streamgen.server.webrtc.h264_encoder.BoundedH264Encoder` keep them near
 ``KEYFRAME_PACKETS``, including keyframes a receiver asks for in the
 middle of a stream, and the frames stay decodable.
 """
@@ -18,9 +18,9 @@ from aiortc.codecs import h264, vpx
 from aiortc.codecs.h264 import H264Encoder, H264PayloadDescriptor
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
-from streamgen.server import vp8_encoder
-from streamgen.server.h264_encoder import BoundedH264Encoder
-from streamgen.server.vp8_encoder import KEYFRAME_PACKETS, BoundedVp8Encoder, keyframe_cap_percent
+from streamgen.server.webrtc import vp8_encoder
+from streamgen.server.webrtc.h264_encoder import BoundedH264Encoder
+from streamgen.server.webrtc.vp8_encoder import KEYFRAME_PACKETS, BoundedVp8Encoder, keyframe_cap_percent
 
 from .stock_client import Camera
 

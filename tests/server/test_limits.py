@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from streamgen.server.client import ServerError, connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import ServerError, connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import poll, running_server
 

@@ -9,7 +9,7 @@ from streamgen.pipeline.contract import StreamShape
 from streamgen.pipeline.identity import IdentityPipeline
 from streamgen.sched import LatencyModel, Slo
 from streamgen.server.metrics import ServerMetrics
-from streamgen.server.worker import ModelWorker
+from streamgen.server.worker.model_worker import ModelWorker
 
 from .worker_client import Client
 

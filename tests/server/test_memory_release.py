@@ -23,9 +23,9 @@ from pathlib import Path
 import aiortc.rtcrtpsender
 import pytest
 
-from streamgen.server import memory
-from streamgen.server.client import connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.server.sessions import memory
+from streamgen.client.webrtc import connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import poll, running_server
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamgen.server.client import connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import mean_abs_diff, running_server
 

@@ -9,7 +9,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
-from streamgen.server.tracks import OutputTrack
+from streamgen.server.webrtc.tracks import OutputTrack
 
 
 def frame(pts: int) -> VideoFrame:

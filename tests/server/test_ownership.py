@@ -14,10 +14,10 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from streamgen.server.access import EndedSessions, authorize_session, new_session_secret
-from streamgen.server.client import ServerError, connect_offer, whep_view
-from streamgen.server.http_errors import NotFoundError, UnauthorizedError
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.server.http.access import EndedSessions, authorize_session, new_session_secret
+from streamgen.client.webrtc import ServerError, connect_offer, whep_view
+from streamgen.server.http.http_errors import NotFoundError, UnauthorizedError
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import ADMIN_TOKEN, bearer, real_offer_sdp, running_server
 

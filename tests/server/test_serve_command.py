@@ -124,8 +124,8 @@ async def test_serve_starts_serves_the_page_and_stops_on_sigint():
 
 async def test_sigterm_stops_a_streaming_server_within_seconds():
     """SIGTERM with a session streaming through the tiny model: sessions closed, exit 0, a few seconds."""
-    from streamgen.server.client import connect_offer
-    from streamgen.server.synthetic import MarkerVideoTrack
+    from streamgen.client.webrtc import connect_offer
+    from streamgen.client.synthetic import MarkerVideoTrack
 
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

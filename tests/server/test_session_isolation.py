@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from streamgen.server.client import connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import mean_abs_diff, running_server
 
@@ -43,7 +43,7 @@ async def test_two_tiny_model_sessions_with_different_prompts_stay_apart(shared_
             await asyncio.gather(*(p.wait_for_frames(20, timeout=60) for p in peers))
             # References: each stream's latest frame. The picture is not constant frame to frame: a capped
             # keyframe starts coarse and sharpens, and a bitrate step starts a new VP8 stream with a new
-            # keyframe (streamgen.server.vp8_encoder). So each frame is judged by which stream it is closer
+            # keyframe (streamgen.server.webrtc.vp8_encoder). So each frame is judged by which stream it is closer
             # to: a frame of the other session would sit at ~0 from the other's picture, ~`between` from its own.
             last_a, last_b = peers[0].images[-1], peers[1].images[-1]
             between = mean_abs_diff(last_a, last_b)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from streamgen.pipeline.identity import IdentityPipeline
 from streamgen.sched import Demand, Slo, replica_order
 from streamgen.server.metrics import ServerMetrics
-from streamgen.server.shared_latency import SharedLatency
+from streamgen.server.worker.shared_latency import SharedLatency
 from streamgen.pipeline.contract import StepShape, StreamShape
-from streamgen.server.step_shape import bucket_work
-from streamgen.server.worker import ModelWorker, Reservation
+from streamgen.server.worker.step_shape import bucket_work
+from streamgen.server.worker.model_worker import ModelWorker, Reservation
 
 
 class _Client:

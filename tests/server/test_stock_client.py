@@ -1,6 +1,6 @@
 """A stock aiortc client (none of streamgen's patches, aiortc's own jitter buffer and encoder settings) is served at every size.
 
-streamgen's aiortc changes (:mod:`streamgen.server.aiortc_patches`) are
+streamgen's aiortc changes (:mod:`streamgen.server.webrtc.aiortc_patches`) are
 process-wide, and this test process has them (the server applies them at
 start). The client therefore runs in a subprocess (``stock_client.py``, which
 imports nothing from streamgen) against a server started here, sending a
@@ -33,7 +33,7 @@ import pytest
 from aiortc.codecs.h264 import H264Encoder, H264PayloadDescriptor
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
-from streamgen.server.vp8_encoder import KEYFRAME_PACKETS
+from streamgen.server.webrtc.vp8_encoder import KEYFRAME_PACKETS
 
 from .helpers import running_server
 

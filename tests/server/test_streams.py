@@ -11,9 +11,9 @@ import logging
 import pytest
 
 from streamgen.errors import CapacityError
-from streamgen.server.client import ServerError, whep_view
-from streamgen.server.http_errors import NotFoundError, UnauthorizedError
-from streamgen.server.streams import StreamRegistry
+from streamgen.client.webrtc import ServerError, whep_view
+from streamgen.server.http.http_errors import NotFoundError, UnauthorizedError
+from streamgen.server.sessions.streams import StreamRegistry
 
 from .helpers import ADMIN_TOKEN, bearer, poll, real_offer_sdp, running_server, tracebacks
 from .obs_like import ColourTrack, obs_publish

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamgen.errors import InputError
-from streamgen.server.frame_convert import COVER_AREA_LIMIT, MAX_ASPECT, frame_to_rgb, plan_conversion
+from streamgen.server.worker.frame_convert import COVER_AREA_LIMIT, MAX_ASPECT, frame_to_rgb, plan_conversion
 
 SIDES = st.integers(1, 4096)
 STREAM_SIDES = st.integers(8, 1024).map(lambda n: n - n % 8 or 8)

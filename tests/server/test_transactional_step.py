@@ -17,7 +17,7 @@ import torch
 from streamgen.models.loading.video_presets import build_tiny_video_model
 from streamgen.pipeline import ImagePipeline
 from streamgen.pipeline.video import VideoPipeline
-from streamgen.server.transaction import StepEntry, step_transactionally
+from streamgen.server.worker.transaction import StepEntry, step_transactionally
 
 IMAGE_SETTINGS = [
     {"prompt": "a red fox", "seed": 1, "cfg_type": "self", "guidance_scale": 1.4, "num_inference_steps": 2},
@@ -188,7 +188,7 @@ class _FaultyCheckpoints:
 
 @pytest.mark.parametrize("where", ["checkpoint", "restore"])
 def test_a_failing_checkpoint_or_restore_fails_only_its_session_and_the_others_equal_solo_runs(image_pipeline, where):
-    from streamgen.server.transaction import step_with_report
+    from streamgen.server.worker.transaction import step_with_report
 
     pipeline = image_pipeline
     reference = []

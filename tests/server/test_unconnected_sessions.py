@@ -11,8 +11,8 @@ import asyncio
 
 import aiohttp
 
-from streamgen.server.client import ServerError, connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import ServerError, connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import poll, real_offer_sdp, running_server
 

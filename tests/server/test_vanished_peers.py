@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 
-from streamgen.server.client import connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import poll, running_server, tracebacks
 

@@ -6,8 +6,8 @@ import pytest
 
 from streamgen.pipeline.video_loading import load_video_pipeline
 from streamgen.pipeline.video_params import VIDEO_PARAM_NAMES
-from streamgen.server.client import connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import bearer, running_server
 

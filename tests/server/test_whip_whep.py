@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamgen.server.client import ServerError, strip_candidates, whep_view, whip_publish
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import ServerError, strip_candidates, whep_view, whip_publish
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import ADMIN_TOKEN, bearer, poll, running_server
 

@@ -12,8 +12,8 @@ import logging
 
 from streamgen.errors import InputError
 from streamgen.pipeline.identity import IdentityPipeline
-from streamgen.server.client import connect_offer
-from streamgen.server.synthetic import MarkerVideoTrack
+from streamgen.client.webrtc import connect_offer
+from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import running_server, tracebacks
 

@@ -11,7 +11,7 @@ from streamgen.sched import Demand, LatencyModel, Slo
 from streamgen.pipeline.identity import IdentityPipeline
 from streamgen.server.metrics import ServerMetrics
 from streamgen.pipeline.contract import StepShape, StreamShape
-from streamgen.server.worker import ModelWorker, Reservation, step_samples
+from streamgen.server.worker.model_worker import ModelWorker, Reservation, step_samples
 
 from .worker_client import Client
 

@@ -16,8 +16,8 @@ from streamgen.pipeline import ImagePipeline
 from streamgen.sched import Slo
 from streamgen.server.metrics import ServerMetrics
 from streamgen.pipeline.contract import StreamShape
-from streamgen.server.pipelines import parse_update
-from streamgen.server.worker import ModelWorker
+from streamgen.server.worker.pipelines import parse_update
+from streamgen.server.worker.model_worker import ModelWorker
 
 from .worker_client import Client
 

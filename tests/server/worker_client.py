@@ -1,4 +1,4 @@
-"""The least a session offers the model worker, for tests that drive a :class:`~streamgen.server.worker.ModelWorker` directly."""
+"""The least a session offers the model worker, for tests that drive a :class:`~streamgen.server.worker.model_worker.ModelWorker` directly."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from fractions import Fraction
 import numpy as np
 from av import VideoFrame
 
-from streamgen.server.frame_convert import OutputFrame
-from streamgen.server.slot import FrameTag, LatestFrames
+from streamgen.server.worker.frame_convert import OutputFrame
+from streamgen.server.sessions.slot import FrameTag, LatestFrames
 
 
 class Client:

@@ -49,6 +49,10 @@ class VideoModel:
     default_params: dict[str, Any] = field(default_factory=dict)
     forward_chunk: Callable[..., torch.Tensor] | None = None
     forward_chunks: Callable[..., torch.Tensor] | None = None
+    # How the DiT executes, chosen at load: None runs it in this process; pipeline stages
+    # (streamgen.parallel.staged_model.StagedTransformer) put their executor here, and
+    # ``transformer``/``forward_chunk(s)`` are the executor's calls.
+    stages: Any = None
     _prompt_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _prompt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

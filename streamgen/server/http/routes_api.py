@@ -1,0 +1,96 @@
+"""The session API, health and metrics.
+
+- ``GET /api/sessions`` → ``{"sessions": [...]}``; ``GET /api/sessions/{id}``
+  → one session (``id``, ``kind``, ``connection``, ``params``, ``stats``,
+  ``viewers``).
+- ``PATCH /api/sessions/{id}/params``: a JSON object of live parameters, the
+  same schema as the ``control`` data channel's ``params`` messages; it is
+  validated at once (400 with the reason) and applied at the next step.
+- ``DELETE /api/sessions/{id}`` ends a session.
+- ``GET /health`` and ``GET /metrics`` (Prometheus text): open to anyone
+  who reaches the server; ``/metrics`` names sessions only when the operator
+  asks (``--metrics-sessions``).
+
+Listing needs the admin token; one session's endpoints need its secret or
+the admin token (see :mod:`streamgen.server.http.access`).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .access import authorize_session, require_admin
+from ..context import context
+from .http_errors import read_json_object
+from ..metrics import render_metrics
+from ..worker.pipelines import params_to_json
+from ..sessions.session import Session
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    ctx = context(request)
+    require_admin(request, ctx.config.token, "listing sessions")
+    return web.json_response({"sessions": ctx.manager.describe_all()})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    return web.json_response(_authorized(request).describe())
+
+
+async def patch_params(request: web.Request) -> web.Response:
+    ctx = context(request)
+    session = _authorized(request)
+    changes = await read_json_object(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
+    params = await session.update_params(changes)
+    return web.json_response({"id": session.id, "params": params_to_json(params)})
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    session = _authorized(request)
+    await session.close("ended through the API (DELETE)")
+    return web.json_response({"id": session.id, "closed": True})
+
+
+def _authorized(request: web.Request) -> Session:
+    ctx = context(request)
+    return authorize_session(request, ctx.manager, ctx.config.token, request.match_info["session_id"])
+
+
+async def health(request: web.Request) -> web.Response:
+    ctx = context(request)
+    return web.json_response(
+        {
+            "status": "ok",
+            "model": ctx.model_name,
+            "kind": ctx.model_kind,
+            "params": list(ctx.live_params),
+            "sessions": len(ctx.manager.sessions),
+            "max_sessions": ctx.config.max_sessions,
+            "codecs": list(ctx.config.codecs),
+            "token_required": ctx.config.token is not None,
+            "caps": ctx.manager.caps.to_json(),
+            "slo": {
+                "deadline_ms": ctx.config.slo_ms,
+                "min_fps": ctx.config.min_fps,
+                "max_fps": ctx.config.max_fps,
+                "deadline_ms_range": [ctx.config.min_slo_ms, ctx.config.max_slo_ms],
+            },
+            "workers": [w.describe() for w in ctx.workers],
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    ctx = context(request)
+    samples = [s.sample() for s in ctx.manager.sessions.values()]
+    text = render_metrics(ctx.metrics, samples, ctx.model_name, session_labels=ctx.config.metrics_session_labels)
+    return web.Response(body=text.encode("utf-8"), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/sessions", list_sessions)
+    app.router.add_get("/api/sessions/{session_id}", get_session)
+    app.router.add_patch("/api/sessions/{session_id}/params", patch_params)
+    app.router.add_delete("/api/sessions/{session_id}", delete_session)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
