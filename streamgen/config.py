@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 CfgType = Literal["none", "full", "self", "initialize"]
@@ -80,13 +80,20 @@ class StreamParams:
     similarity_filter: bool = False
     similarity_threshold: float = 0.98
     max_skip_frames: int = 10
+    # Steering beside the prompt (streamgen.control_params): ControlNet entries by position, the IP-Adapter's
+    # reference image (a ReferenceImage, or None) and its strength.
+    controlnets: tuple[Any, ...] = ()
+    ip_adapter_image: Any = None
+    ip_adapter_scale: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, the same shape :func:`streamgen.params.parse_params` accepts."""
-        out = asdict(self)
+        """JSON-ready form, the same shape :func:`streamgen.params.parse_params` accepts (the reference image as its digest)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["prompt"] = [[p.text, p.weight] for p in self.prompt]
         out["seed"] = [[s.seed, s.weight] for s in self.seed]
         out["t_index_list"] = list(self.t_index_list) if self.t_index_list is not None else None
+        out["controlnets"] = [entry.to_dict() for entry in self.controlnets]
+        out["ip_adapter_image"] = self.ip_adapter_image.to_dict() if self.ip_adapter_image is not None else None
         return out
 
     def resolved_t_index_list(self) -> tuple[int, ...]:

@@ -25,6 +25,7 @@ from .config import (
     field_names,
     is_finite_number,
 )
+from .control_params import MAX_IP_ADAPTER_SCALE, parse_controlnets, parse_reference_image
 from .errors import ConfigError
 
 MAX_PROMPT_CHARS = 2000
@@ -155,6 +156,15 @@ _PARAM_PARSERS = {
     "similarity_filter": boolean_field,
     "similarity_threshold": lambda n, v: number_field(n, v, 0.0, 0.9999),
     "max_skip_frames": lambda n, v: integer_field(n, v, 0, MAX_SKIP_FRAMES),
+    "controlnets": None,  # parsed over the current entries (positional updates): see _parse_with_base
+    "ip_adapter_image": None,
+    "ip_adapter_scale": lambda n, v: number_field(n, v, 0.0, MAX_IP_ADAPTER_SCALE),
+}
+# Fields whose new value depends on the current one: a ControlNet update names fields of existing entries,
+# a reference image may be named by the digest of the one in force.
+_PARSERS_WITH_BASE = {
+    "controlnets": lambda n, v, base: parse_controlnets(n, v, base.controlnets),
+    "ip_adapter_image": lambda n, v, base: parse_reference_image(n, v, base.ip_adapter_image),
 }
 assert set(_PARAM_PARSERS) == set(field_names(StreamParams)), "schema and StreamParams disagree"
 
@@ -189,15 +199,18 @@ def parse_params(updates: Mapping[str, Any], base: StreamParams | None = None) -
     with a message saying they cannot change on a running stream.
     """
     updates = _check_mapping(updates)
+    base = base or StreamParams()
     changes: dict[str, Any] = {}
     for name, value in updates.items():
         if name in _CONFIG_PARSERS:
             raise ConfigError(f"{name} cannot be changed on a running stream; start a new stream with the new {name}")
-        parser = _PARAM_PARSERS.get(name)
-        if parser is None:
+        if name not in _PARAM_PARSERS:
             raise ConfigError(f"unknown parameter {describe_value(name)}; known parameters: {', '.join(sorted(_PARAM_PARSERS))}")
-        changes[name] = parser(name, value)
-    params = dataclasses.replace(base or StreamParams(), **changes)
+        if name in _PARSERS_WITH_BASE:
+            changes[name] = _PARSERS_WITH_BASE[name](name, value, base)
+        else:
+            changes[name] = _PARAM_PARSERS[name](name, value)
+    params = dataclasses.replace(base, **changes)
     if params.t_index_list is None and params.num_inference_steps > TIMESTEP_GRID_SIZE:
         raise ConfigError(f"num_inference_steps must be at most {TIMESTEP_GRID_SIZE}")
     return params

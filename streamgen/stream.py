@@ -13,11 +13,14 @@ each keeps its own state.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import threading
+from pathlib import Path
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
 
+from .control_params import ReferenceImage, parse_reference_image
 from .config import ModelSpec, StreamConfig, StreamParams, check_no_model_options, field_names
 from .errors import ConfigError, InputError
 from .frames import frames_to_uint8, uint8_to_user
@@ -95,7 +98,11 @@ class ImageStream:
         spec = {k: settings.pop(k) for k in _SPEC_FIELDS if k in settings}
         if "model_seed" in spec:
             spec["seed"] = spec.pop("model_seed")
+        ip_adapter = settings.pop("ip_adapter", None)
         self.pipeline = load_pipeline(model, **spec)
+        if ip_adapter is not None:
+            settings.update(_attach_ip_adapter(self.pipeline, ip_adapter))
+        settings = _user_images(settings)
         config_values, live_values = split_settings(settings)
         config = parse_stream_config(config_values)
         base = StreamParams(**_defaults_for(config, self.pipeline))
@@ -114,8 +121,13 @@ class ImageStream:
         return self.state.latest_params
 
     def update(self, changes: Mapping[str, Any] | None = None, **params: Any) -> StreamParams:
-        """Change parameters live; the stream keeps its buffers. Returns the new parameters."""
-        return self.pipeline.update(self.state, changes, **params)
+        """Change parameters live; the stream keeps its buffers. Returns the new parameters.
+
+        ``ip_adapter_image`` may be a path, an (H, W, 3) uint8 array or
+        tensor, a PIL image, encoded bytes or base64 text;
+        ``controlnets=[{...}, ...]`` changes attached ControlNets by position.
+        """
+        return self.pipeline.update(self.state, _user_images({**(changes or {}), **params}))
 
     def reset(self) -> None:
         """Start over from the next frame (keeps parameters)."""
@@ -169,6 +181,51 @@ class ImageStream:
             "frames_processed": counters.frames_processed,
             "frames_skipped": counters.frames_skipped,
         }
+
+
+_IP_ADAPTER_KEYS = ("model", "image", "scale", "variant", "image_encoder")
+
+
+def _attach_ip_adapter(pipeline: ImagePipeline, ip_adapter: Any) -> dict[str, Any]:
+    """Load ``ip_adapter={"model": ..., "image": ..., "scale": ...}`` into the pipeline; the stream parameters it sets."""
+    if isinstance(ip_adapter, str):
+        ip_adapter = {"model": ip_adapter}
+    if not isinstance(ip_adapter, Mapping) or "model" not in ip_adapter:
+        raise ConfigError(f"ip_adapter must be a model name or a mapping with 'model' (and optionally {', '.join(_IP_ADAPTER_KEYS[1:])})")
+    unknown = sorted(set(ip_adapter) - set(_IP_ADAPTER_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown ip_adapter key(s) {', '.join(unknown)}; known: {', '.join(_IP_ADAPTER_KEYS)}")
+    options = {k: ip_adapter[k] for k in ("variant", "image_encoder") if ip_adapter.get(k) is not None}
+    pipeline.attach_ip_adapter(ip_adapter["model"], **options)
+    out: dict[str, Any] = {}
+    if ip_adapter.get("image") is not None:
+        out["ip_adapter_image"] = ip_adapter["image"]
+    if "scale" in ip_adapter:
+        out["ip_adapter_scale"] = ip_adapter["scale"]
+    return out
+
+
+def _user_images(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with a Python-side ``ip_adapter_image`` (path, array, tensor, PIL image, bytes) made a ReferenceImage."""
+    values = dict(values)
+    image = values.get("ip_adapter_image")
+    if image is None or isinstance(image, (ReferenceImage, Mapping)):
+        return values
+    if isinstance(image, (bytes, bytearray)):
+        values["ip_adapter_image"] = parse_reference_image("ip_adapter_image", base64.b64encode(bytes(image)).decode())
+    elif isinstance(image, (str, Path)):
+        path = Path(image).expanduser()
+        if isinstance(image, Path) or (len(str(image)) < 4096 and path.is_file()):
+            if not path.is_file():
+                raise ConfigError(f"ip_adapter_image: no such file {path}")
+            values["ip_adapter_image"] = parse_reference_image("ip_adapter_image", base64.b64encode(path.read_bytes()).decode())
+    elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        import numpy as np  # noqa: PLC0415
+
+        values["ip_adapter_image"] = ReferenceImage.from_pixels(np.asarray(image.convert("RGB")).copy())
+    elif hasattr(image, "shape"):
+        values["ip_adapter_image"] = ReferenceImage.from_pixels(image.detach().cpu() if hasattr(image, "detach") else image)
+    return values
 
 
 def _defaults_for(config: StreamConfig, pipeline: ImagePipeline) -> dict[str, Any]:

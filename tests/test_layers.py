@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent / "streamgen"
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("config", "preset_names", "threads"),
-    ("params", "frames"),
+    ("params", "frames", "control_params", "preprocessor_settings"),
     ("models",),
     ("runtime", "sched"),
     ("parallel",),

@@ -46,13 +46,16 @@ IMAGE_SETTINGS = [
     ("similarity_filter", True, lambda s: s.params.similarity_filter, True),
     ("similarity_threshold", 0.9, lambda s: s.params.similarity_threshold, 0.9),
     ("max_skip_frames", 3, lambda s: s.params.max_skip_frames, 3),
+    ("controlnets", [{"model": "tiny", "conditioning_scale": 0.5, "preprocessor": "canny"}], lambda s: [(c.model, c.conditioning_scale, c.preprocessor) for c in s.params.controlnets], [("tiny", 0.5, "canny")]),
+    ("ip_adapter_scale", 0.4, lambda s: s.params.ip_adapter_scale, 0.4),
+    ("ip_adapter", {"model": "tiny", "scale": 0.3}, lambda s: (s.params.ip_adapter_scale, getattr(s.pipeline.model.ip_adapter, "source", None)), (0.3, "tiny")),
     # model options
     ("dtype", "bfloat16", lambda s: s.pipeline.model.dtype, torch.bfloat16),
 ]
 
 
 def test_the_image_table_covers_every_setting():
-    covered = {row[0] for row in IMAGE_SETTINGS}
+    covered = {row[0] for row in IMAGE_SETTINGS} | {"ip_adapter_image"}  # it needs an adapter too: its own test below
     assert {f.name for f in dataclasses.fields(StreamConfig)} <= covered
     assert {f.name for f in dataclasses.fields(StreamParams)} <= covered
 
@@ -152,3 +155,11 @@ def test_video_model_options_are_model_options():
     """lora/vae/fuse_lora are model options for video too: refused or accepted as such, never 'unknown parameter'."""
     with pytest.raises(ConfigError, match="LoRAs are not supported for video models"):
         streamgen.VideoStream("tiny-video", **VIDEO_SIZE, lora={"x.safetensors": 1.0})
+
+
+def test_ip_adapter_image_setting_is_in_force():
+    image = torch.full((16, 16, 3), 90, dtype=torch.uint8)
+    stream = streamgen.ImageStream("tiny", **SIZE, ip_adapter={"model": "tiny"}, ip_adapter_image=image)
+    assert stream.params.ip_adapter_image is not None and torch.equal(stream.params.ip_adapter_image.pixels, image)
+    with pytest.raises(ConfigError, match="needs an IP-Adapter"):
+        streamgen.ImageStream("tiny", **SIZE, ip_adapter_image=image)

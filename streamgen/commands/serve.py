@@ -40,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--defaults", default=None, metavar="JSON", help=DEFAULTS_HELP)
     model.add_argument("--acceleration", default="none", choices=("auto", "none", "compile", "onnxruntime", "tensorrt"), help="how model components run: none (torch eager, default), compile (torch.compile; CUDA graphs on GPUs), onnxruntime, tensorrt, or auto (the fastest available here, measured once; engines are cached under engines/)")
     model.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: $OMP_NUM_THREADS, else cores - 1, leaving a core for codecs and the event loop)")
+    steer = parser.add_argument_group("steering (image models: sessions choose among what is loaded here)")
+    steer.add_argument("--controlnet", action="append", default=[], metavar="NAME", help="load a ControlNet sessions may attach: a preset (canny-sd15, depth-sd15, pose-sd15, ...; tiny for the tiny model), hub id or local path (repeatable)")
+    steer.add_argument("--ip-adapter", default=None, metavar="SOURCE", help="load an IP-Adapter: sessions then steer with a reference image (ip_adapter_image, ip_adapter_scale); tiny for the tiny model, or a weight file (hub owner/repo/file or local path)")
+    steer.add_argument("--preprocessor-model", action="append", default=[], metavar="KIND=SOURCE", help="load the estimator of a model-based preprocessor, e.g. depth=depth-anything/Depth-Anything-V2-Small-hf or pose=tiny (repeatable)")
+    steer.add_argument("--max-image-kb", type=int, default=4096, help="largest IP-Adapter reference image a parameter update may carry, KiB (default 4096)")
     sched = parser.add_argument_group("scheduling (service-level objectives)")
     sched.add_argument("--slo-ms", type=float, default=500.0, metavar="MS", help="default per-frame latency deadline; frames that cannot meet it are dropped and admission control keeps it for every session (default 500)")
     sched.add_argument("--min-fps", type=float, default=1.0, help="refuse a new session when it would slow any session below this frame rate (default 1: best effort)")
@@ -125,6 +130,10 @@ def build_config(args: argparse.Namespace):
         keepalive_timeout=args.keepalive_timeout,
         max_connections=args.max_connections,
         peer_timeout=args.peer_timeout,
+        controlnets=tuple(args.controlnet),
+        ip_adapter=args.ip_adapter,
+        preprocessor_models=tuple(args.preprocessor_model),
+        max_image_bytes=args.max_image_kb * 1024,
     )
 
 

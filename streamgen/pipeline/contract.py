@@ -27,7 +27,9 @@ Capabilities: :class:`Checkpointable` (a failed batched step is undone,
 :mod:`streamgen.server.worker.transaction`), :class:`Flushable` (a finite stream's
 end drains what is inside the pipeline), :class:`OutputListener` (work
 finishes between steps: pipeline stages) and :class:`Staged` (the model
-runs as pipeline stages: service time, fill latency, description, close).
+runs as pipeline stages: service time, fill latency, description, close),
+:class:`PreparesInput` (input work ahead of the step, on the input thread)
+and :class:`Steerable` (ControlNets, an IP-Adapter, preprocessor estimators).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from .output import StepOutput
+
+
+# A ControlNet is a copy of the UNet's encoder and middle block: about half a UNet's work per row.
+CONTROLNET_ROW_WORK = 0.5
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,21 @@ class StreamShape:
     cfg_rows: int = 1  # rows per frame per step: 2 with full CFG
     chunk_frames: int = 1
     frames_per_unit: int = 1
+    controlnets: int = 0  # ControlNets steering every row (each runs over the rows it steers)
 
     @property
     def bucket(self) -> Hashable:
         if self.kind == "video":
             return ("video", self.width, self.height, self.chunk_frames)
+        if self.controlnets:
+            # its own bucket (learned apart); the last element scales the work per row for an unmeasured one
+            return (self.kind, self.width, self.height, 1.0 + CONTROLNET_ROW_WORK * self.controlnets)
         return (self.kind, self.width, self.height)
+
+    @property
+    def model_work(self) -> float:
+        """One step's work in UNet rows, a ControlNet's rows counted at their share of a UNet row: what limits compare."""
+        return self.unit().work * (1.0 + CONTROLNET_ROW_WORK * self.controlnets)
 
     def unit(self) -> StepShape:
         """The work of one step that runs the model for this session."""
@@ -172,6 +187,26 @@ class Staged(Protocol):
     def close_stages(self) -> None: ...
 
 
+@runtime_checkable
+class PreparesInput(Protocol):
+    """A pipeline that does part of a step's input work ahead, on the driver's input thread (overlapping the model)."""
+
+    def prepare_input(self, state: Any, frames: Any) -> Any: ...
+
+
+@runtime_checkable
+class Steerable(Protocol):
+    """An image pipeline that ControlNets, an IP-Adapter and preprocessor estimators steer (loaded once, shared)."""
+
+    load_on_demand: bool
+
+    def attach_controlnet(self, source: str) -> None: ...
+
+    def attach_ip_adapter(self, source: str, **options: Any) -> None: ...
+
+    def load_estimator(self, kind: str, source: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a pipeline can do beyond the core, found once at load (never probed at run time)."""
@@ -180,6 +215,8 @@ class Capabilities:
     flush: bool
     output_listener: bool
     staged: bool
+    prepares_input: bool = False
+    steerable: bool = False
 
     @classmethod
     def of(cls, pipeline: Any) -> Capabilities:
@@ -192,6 +229,8 @@ class Capabilities:
             flush=isinstance(pipeline, Flushable),
             output_listener=isinstance(pipeline, OutputListener),
             staged=isinstance(pipeline, Staged),
+            prepares_input=isinstance(pipeline, PreparesInput),
+            steerable=isinstance(pipeline, Steerable),
         )
 
 

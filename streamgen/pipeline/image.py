@@ -37,7 +37,9 @@ measured uncond estimate (``initialize``).
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+import contextlib
+import threading
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +52,10 @@ from ..frames import model_to_uint8, uint8_to_model
 from ..models.image.image_model import ImageModel, PromptEmbedding
 from ..params import PARAM_NAMES, parse_params
 from ..runtime.engine_limits import EngineLimits, engine_limits_of
+from ..models.image.reference_image import decode_reference_image
+from ..models.preprocessors import PreprocessorBank
 from .contract import StepShape, StreamShape
+from .image_control import ControlImages, ControlRows, PreparedFrames, ReferenceRows, control_residuals, make_control_images, slot_control_rows
 from .image_settings import TXT2IMG_STRENGTH, full_cfg_rows, parse_image_settings
 from .image_state import ImageCheckpoint, ImageStreamState
 from .output import PADDING, StepOutput
@@ -68,7 +73,11 @@ class RowSegment:
     timesteps: torch.Tensor
     prompt: PromptEmbedding
     time_ids: torch.Tensor | None
+    controls: tuple[ControlRows, ...] = ()
+    reference: ReferenceRows | None = None
 
+
+REFERENCE_CACHE_SIZE = 16
 
 Program = Generator[list[RowSegment], list[torch.Tensor], torch.Tensor]
 
@@ -85,6 +94,12 @@ class ImagePipeline:
 
     def __init__(self, model: ImageModel) -> None:
         self.model = model
+        self.preprocessors = PreprocessorBank()  # shared, like the weights: a depth estimator loads once
+        self._references: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._references_lock = threading.Lock()
+        # The Python API loads a ControlNet or a preprocessor's estimator the first time a stream names it; a
+        # server turns this off after loading what its operator chose, so a client can never make it load a path.
+        self.load_on_demand = True
 
     @property
     def device(self) -> torch.device:
@@ -114,6 +129,7 @@ class ImagePipeline:
     def settings_shape(self, settings: Mapping[str, Any]) -> StreamShape:
         """Validate a session's settings (over the model's defaults) and say what its steps will cost."""
         config, params = parse_image_settings(settings, self.model.default_params)
+        self.check_control(params, load=False)
         return self._shape(config.resolved(self.native_size), params)
 
     def state_from_settings(self, settings: Mapping[str, Any]) -> ImageStreamState:
@@ -144,22 +160,84 @@ class ImagePipeline:
     def takes_frames(self, state: ImageStreamState) -> bool:
         return state.config.mode != "txt2img"
 
+    def prepare_input(self, state: ImageStreamState, frames: torch.Tensor) -> PreparedFrames:
+        """One call's frames made ready for :meth:`step` on the caller's thread: scaled, on the device, control images made.
+
+        The server's input thread calls this, so the preprocessors overlap
+        the model step; ``step`` makes only what is missing (a setting
+        changed in between, or the feedback image, which must be the newest
+        output).
+        """
+        images = self._convert_frames(state, frames)
+        controls = make_control_images(self.preprocessors, state.latest_params, images, None, skip_feedback=True)
+        return PreparedFrames(images, controls, frames)
+
     def params_json(self, state: ImageStreamState) -> dict[str, Any]:
         return state.latest_params.to_dict()
 
     def prepare_update(self, params: StreamParams) -> None:
-        """Encode the prompts ``params`` name now (memoised), off the model thread, so the step that applies them finds them ready."""
+        """Encode the prompts and the reference image ``params`` name now (memoised), off the model thread, so the step that applies them finds them ready."""
         for text in [p.text for p in params.prompt] + [params.negative_prompt]:
             try:
                 self.model.encode_prompt(text)
             except UnicodeError as error:
                 raise ConfigError(f"the prompt {text[:40]!r} cannot be encoded as text ({error.reason})") from None
+        if params.ip_adapter_image is not None and self.model.ip_adapter is not None:
+            self.reference_embeddings(params.ip_adapter_image)
+
+    # ---------------------------------------------------------------- control
+    def attach_controlnet(self, source: str) -> None:
+        """Load the ControlNet ``source`` for every stream of this pipeline (once; ConfigError when it does not fit the model)."""
+        from ..models.image.controlnet import load_controlnet  # noqa: PLC0415 - diffusers' ControlNet loads only when used
+
+        self.model.attach_controlnet(source, load_controlnet)
+
+    def attach_ip_adapter(self, source: str, **options: Any) -> None:
+        """Load an IP-Adapter into the shared UNet (once): streams then steer with reference images (``ip_adapter_image``)."""
+        from ..models.image.ip_adapter import load_ip_adapter  # noqa: PLC0415
+
+        with self.model._attach_lock:
+            if self.model.ip_adapter is not None:
+                if self.model.ip_adapter.source != source:
+                    raise ConfigError(f"this model already has the IP-Adapter {self.model.ip_adapter.source!r}; one IP-Adapter per model (load another model for {source!r})")
+                return
+            self.model.ip_adapter = load_ip_adapter(self.model, source, **options)
+
+    def load_estimator(self, kind: str, source: str) -> None:
+        """Load a model-based preprocessor's estimator (``depth``/``pose``) for every stream of this pipeline."""
+        from ..preprocessor_settings import parse_preprocessor_settings  # noqa: PLC0415
+
+        self.preprocessors.get(kind, parse_preprocessor_settings(kind, {"model": source}), self.device, self.dtype)
+
+    def check_control(self, params: StreamParams, *, load: bool) -> None:
+        """ConfigError unless every ControlNet, estimator and adapter ``params`` names is here (or, when allowed and ``load``, loaded now)."""
+        for i, entry in enumerate(params.controlnets):
+            if entry.model not in self.model.controlnets:
+                if not self.load_on_demand:
+                    loaded = ", ".join(sorted(self.model.controlnets)) or "none"
+                    raise ConfigError(
+                        f"controlnets[{i}].model {entry.model!r} is not loaded on this server (loaded: {loaded}); "
+                        "its operator loads ControlNets at start (serve --controlnet NAME)"
+                    )
+                if load:
+                    self.attach_controlnet(entry.model)
+            estimator = getattr(entry.preprocessor_settings, "model", None)
+            if estimator is not None and not self.load_on_demand and not any(held.name == entry.preprocessor and held.model == estimator for held in self.preprocessors.loaded()):
+                raise ConfigError(
+                    f"controlnets[{i}] preprocessor {entry.preprocessor!r} with the estimator {estimator!r} is not loaded on this server; "
+                    f"its operator loads estimators at start (serve --preprocessor-model {entry.preprocessor}={estimator})"
+                )
+            if estimator is not None and load and self.load_on_demand:
+                self.preprocessors.get(entry.preprocessor, entry.preprocessor_settings, self.device, self.dtype)
+        if params.ip_adapter_image is not None and self.model.ip_adapter is None:
+            raise ConfigError("ip_adapter_image needs an IP-Adapter and this model has none (ImageStream(..., ip_adapter={...}) or serve --ip-adapter)")
 
     @staticmethod
     def _shape(config: StreamConfig, params: StreamParams) -> StreamShape:
         return StreamShape(
             "image", config.width, config.height, config.frame_buffer_size, len(params.resolved_t_index_list()),
             config.use_denoising_batch, full_cfg_rows(params), frames_per_unit=config.frame_buffer_size,
+            controlnets=sum(1 for entry in params.controlnets if entry.enabled and entry.conditioning_scale > 0),
         )
 
     # ------------------------------------------------------------------ states
@@ -178,6 +256,7 @@ class ImagePipeline:
         elif not isinstance(params, StreamParams):
             base = StreamParams(cfg_type="none") if config.mode == "txt2img" else None
             params = parse_params(params, base)
+        self.check_control(params, load=True)
         limits = engine_limits_of(self.model)
         if limits is not None:
             unit = self._shape(config, params).unit()
@@ -219,6 +298,7 @@ class ImagePipeline:
         params = parse_params(changes, state.latest_params)
         if state.config.mode == "txt2img" and "strength" in changes:
             raise ConfigError(TXT2IMG_STRENGTH)
+        self.check_control(params, load=True)
         return params
 
     def apply_pending(self, state: ImageStreamState) -> None:
@@ -239,6 +319,7 @@ class ImagePipeline:
         """Forget the stream's history (buffer, filter, measured CFG), keep its parameters."""
         state.buffer = None
         state.buffer_tags.clear()
+        state.buffer_controls.clear()
         state.uncond_measured = False
         state.last_output = None
         state.similarity.reset()
@@ -274,6 +355,7 @@ class ImagePipeline:
         if schedule.num_slots != state.schedule.num_slots:
             state.buffer = None  # a different number of slots: prefill again from the next frame
             state.buffer_tags.clear()
+            state.buffer_controls.clear()
             state.stock_noise = noise.clone()
         elif schedule is not state.schedule or noise is not state.init_noise or new.renoise != old.renoise:
             self._rebase(state, schedule, noise, old.renoise, new.renoise)
@@ -323,7 +405,8 @@ class ImagePipeline:
         if len(set(map(id, states))) != len(states):
             raise InputError("a stream may appear only once per step")
         tags = [self._call_tags(s, t) for s, t in zip(states, tags if tags is not None else [None] * len(states))]
-        images = [self._prepare_input(s, f) for s, f in zip(states, frames)]
+        inputs = [self._prepare_input(s, f) for s, f in zip(states, frames)]
+        images = [i.images if i is not None else None for i in inputs]
         for state in states:
             self.apply_pending(state)
             state.counters.frames_in += state.frames_per_call
@@ -339,8 +422,9 @@ class ImagePipeline:
 
         for i in active:
             states[i].prompt.advance()
+        controls = [self._call_controls(states[i], images[i], inputs[i]) for i in active]
         start_latents = self._start_latents([states[i] for i in active], [images[i] for i in active])
-        programs = [self._program(states[i], x, tags[i]) for i, x in zip(active, start_latents)]
+        programs = [self._program(states[i], x, tags[i], c) for i, x, c in zip(active, start_latents, controls)]
         final_latents = self._drive(programs)
         decoded = self._decode_grouped([states[i] for i in active], [x for x, _ in final_latents])
         for i, frames_out, (_, tag) in zip(active, decoded, final_latents):
@@ -350,7 +434,7 @@ class ImagePipeline:
             state.force_process = state.prompt.in_progress
             outputs[i] = StepOutput(frames_out, tags=tag, skipped=False)
         for state, call in zip(states, frames):
-            state.last_input = call
+            state.last_input = call.source if isinstance(call, PreparedFrames) else call
         return outputs  # type: ignore[return-value]
 
     def flush(self, state: ImageStreamState) -> StepOutput:
@@ -388,7 +472,7 @@ class ImagePipeline:
             raise InputError(f"got {len(tags)} tags for a call of {f} frame(s)")
         return tags
 
-    def _prepare_input(self, state: ImageStreamState, frames: torch.Tensor | None) -> torch.Tensor | None:
+    def _prepare_input(self, state: ImageStreamState, frames: torch.Tensor | PreparedFrames | None) -> PreparedFrames | None:
         config = state.config
         if config.mode == "txt2img":
             if frames is not None:
@@ -396,12 +480,61 @@ class ImagePipeline:
             return None
         if frames is None:
             raise InputError("this stream is img2img and needs input frames")
+        if isinstance(frames, PreparedFrames):
+            return frames
+        return PreparedFrames(self._convert_frames(state, frames), {}, frames)
+
+    def _convert_frames(self, state: ImageStreamState, frames: Any) -> torch.Tensor:
+        config = state.config
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             shape = tuple(frames.shape) if hasattr(frames, "shape") else type(frames).__name__
             raise InputError(f"frames must be a uint8 tensor of shape (f, H, W, 3); got {shape}")
         if frames.shape[0] != config.frame_buffer_size:
             raise InputError(f"this stream takes {config.frame_buffer_size} frame(s) per call (frame_buffer_size); got {frames.shape[0]}")
         return uint8_to_model(frames, config.width, config.height, self.device, self.dtype)
+
+    def _call_controls(self, state: ImageStreamState, image: torch.Tensor | None, prepared: PreparedFrames | None) -> ControlImages:
+        """This call's control images under the parameters now in force (made on the input side where they could be)."""
+        if not state.params.controlnets:
+            return {}
+        have = prepared.controls if prepared is not None else None
+        return make_control_images(self.preprocessors, state.params, image, state.last_output, have=have, frames=state.frames_per_call)
+
+    # --------------------------------------------------------------- reference
+    def reference_embeddings(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding, negative embedding) of an IP-Adapter reference image, computed once per distinct image."""
+        with self._references_lock:
+            cached = self._references.get(image.sha256)
+            if cached is not None:
+                self._references.move_to_end(image.sha256)
+                return cached
+        adapter = self.model.ip_adapter
+        embedded = adapter.embed(decode_reference_image(image)), adapter.negative_embedding()
+        with self._references_lock:
+            self._references[image.sha256] = embedded
+            while len(self._references) > REFERENCE_CACHE_SIZE:
+                self._references.popitem(last=False)
+        return embedded
+
+    def _reference_rows(self, state: ImageStreamState) -> tuple[ReferenceRows | None, ReferenceRows | None]:
+        params = state.params
+        if self.model.ip_adapter is None or params.ip_adapter_image is None or params.ip_adapter_scale == 0:
+            return None, None
+        positive, negative = self.reference_embeddings(params.ip_adapter_image)
+        return ReferenceRows(positive, params.ip_adapter_scale), ReferenceRows(negative, params.ip_adapter_scale)
+
+    @contextlib.contextmanager
+    def _reference_call(self, segments: list[RowSegment], sizes: list[int], added: dict[str, torch.Tensor] | None):
+        """The UNet's extra inputs for one call when an IP-Adapter is loaded: every row's embedding and scale (0 without one)."""
+        adapter = self.model.ip_adapter
+        if adapter is None:
+            yield added
+            return
+        zero = adapter.zero_embedding()
+        embeds = torch.cat([(s.reference.embedding if s.reference is not None else zero).expand(n, *zero.shape) for s, n in zip(segments, sizes)])
+        scales = torch.cat([torch.full((n,), s.reference.scale if s.reference is not None else 0.0) for s, n in zip(segments, sizes)])
+        with adapter.row_scales(scales):
+            yield {**(added or {}), **adapter.unet_kwargs(embeds, scales)}
 
     def _should_skip(self, state: ImageStreamState, image: torch.Tensor | None) -> bool:
         params = state.params
@@ -451,34 +584,39 @@ class ImagePipeline:
         return out  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- programs
-    def _program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...]) -> Generator:
+    def _program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...], controls: ControlImages) -> Generator:
         if state.config.use_denoising_batch:
-            return self._stream_batch_program(state, x_t0, tag)
-        return self._sequential_program(state, x_t0, tag)
+            return self._stream_batch_program(state, x_t0, tag, controls)
+        return self._sequential_program(state, x_t0, tag, controls)
 
-    def _stream_batch_program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...]) -> Generator:
+    def _stream_batch_program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...], controls: ControlImages) -> Generator:
         n, f = state.num_slots, state.frames_per_call
         if state.buffer is None:
-            yield from self._prefill(state, x_t0, tag)
-        x0 = yield from self._denoise_slots(state, 0, n, torch.cat([x_t0, state.buffer]))
+            yield from self._prefill(state, x_t0, tag, controls)
+        # slot k > 0 holds the frame of k calls ago: the buffered deques run oldest (left) to newest (right)
+        slot_images = [controls, *(state.buffer_controls[-k] for k in range(1, n))]
+        x0 = yield from self._denoise_slots(state, 0, n, torch.cat([x_t0, state.buffer]), slot_images)
         state.buffer = self._renoise(state, 1, x0[:-f])
         state.buffer_tags.append(tag)
+        state.buffer_controls.append(controls)
+        state.buffer_controls.popleft()
         return x0[-f:], state.buffer_tags.popleft()
 
-    def _prefill(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...]) -> Generator:
+    def _prefill(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...], controls: ControlImages) -> Generator:
         """Fill slots 1..n-1 with the first frame denoised 1..n-1 times, one slot per round."""
         x, slots = x_t0, []
         for i in range(state.num_slots - 1):
-            x0 = yield from self._denoise_slots(state, i, 1, x)
+            x0 = yield from self._denoise_slots(state, i, 1, x, [controls])
             x = self._renoise(state, i + 1, x0)
             slots.append(x)
         state.buffer = torch.cat(slots) if slots else x_t0.new_empty((0, *x_t0.shape[1:]))
         state.buffer_tags = deque([tag] * (state.num_slots - 1))
+        state.buffer_controls = deque([controls] * (state.num_slots - 1))
 
-    def _sequential_program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...]) -> Generator:
+    def _sequential_program(self, state: ImageStreamState, x_t0: torch.Tensor, tag: tuple[Any, ...], controls: ControlImages) -> Generator:
         x = x_t0
         for i in range(state.num_slots):
-            x0 = yield from self._denoise_slots(state, i, 1, x)
+            x0 = yield from self._denoise_slots(state, i, 1, x, [controls])
             if i < state.num_slots - 1:
                 x = self._renoise(state, i + 1, x0)
         return x0, tag
@@ -491,18 +629,29 @@ class ImagePipeline:
             out = out + state.schedule.beta[rows] * state.init_noise[rows]
         return out
 
-    def _denoise_slots(self, state: ImageStreamState, first_slot: int, num_slots: int, x: torch.Tensor) -> Generator:
-        """One UNet round for consecutive slots of one stream; returns their x0 estimates."""
+    def _denoise_slots(
+        self, state: ImageStreamState, first_slot: int, num_slots: int, x: torch.Tensor, slot_images: list[ControlImages]
+    ) -> Generator:
+        """One UNet round for consecutive slots of one stream; returns their x0 estimates.
+
+        ``slot_images[k]`` are the control images of slot first_slot + k's
+        frame. ControlNets steer the unconditional rows too (full CFG doubles
+        them, as diffusers does); the IP-Adapter gives those rows its
+        negative embedding.
+        """
         params, sched, f = state.params, state.schedule, state.frames_per_call
         rows = sched.rows(first_slot, num_slots)
         timesteps = sched.timesteps[rows]
         cfg = params.cfg_type if params.guidance_scale != 1.0 else "none"
-        segments = [RowSegment(x, timesteps, state.prompt.current, state.time_ids)]
+        controls = slot_control_rows(params, slot_images, first_slot, num_slots, f, sched.num_slots) if params.controlnets else ()
+        reference, negative_reference = self._reference_rows(state)
+        segments = [RowSegment(x, timesteps, state.prompt.current, state.time_ids, controls, reference)]
         if cfg == "full":
-            segments.append(RowSegment(x, timesteps, state.negative, state.time_ids))
+            segments.append(RowSegment(x, timesteps, state.negative, state.time_ids, controls, negative_reference))
         measure = cfg == "initialize" and first_slot == 0 and not state.uncond_measured
         if measure:
-            segments.append(RowSegment(x[:f], timesteps[:f], state.negative, state.time_ids))
+            first = tuple(_first_rows(c, f) for c in controls)
+            segments.append(RowSegment(x[:f], timesteps[:f], state.negative, state.time_ids, tuple(c for c in first if c is not None), negative_reference))
         predictions = yield segments
         eps = predictions[0]
         if cfg == "full":
@@ -570,8 +719,22 @@ class ImagePipeline:
                     "text_embeds": torch.cat([s.prompt.pooled.expand(n, -1) for s, n in zip(segments, sizes)]),
                     "time_ids": torch.cat([s.time_ids.expand(n, -1) for s, n in zip(segments, sizes)]),
                 }
-            eps = self.model.predict_noise(latents, timesteps, hidden, added)
+            offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+            control_parts = [(offset + 0, part) for offset, s in zip(offsets, segments) for part in s.controls]
+            residuals = control_residuals(self.model.run_controlnet, control_parts, latents, timesteps, hidden, added)
+            eager = residuals is not None
+            with self._reference_call(segments, sizes, added) as added_with_images:
+                eager = eager or added_with_images is not added
+                eps = self.model.predict_noise(latents, timesteps, hidden, added_with_images, residuals, eager=eager)
             for (i, j, _), part in zip(members, eps.split(sizes)):
                 out[i][j] = part
         return out  # type: ignore[return-value]
 
+
+
+def _first_rows(part: ControlRows, count: int) -> ControlRows | None:
+    """``part`` restricted to the segment's first ``count`` rows (slot 0: the measured unconditional rows of ``initialize``)."""
+    keep = part.rows < count
+    if not bool(keep.any()):
+        return None
+    return ControlRows(part.model, part.rows[keep], part.images[keep], part.scales[keep])

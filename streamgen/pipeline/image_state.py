@@ -49,6 +49,7 @@ class ImageStreamState:
     last_output: torch.Tensor | None = None
     last_input: torch.Tensor | None = None  # the last call's frames, (f, H, W, 3) uint8: what flush repeats as padding
     buffer_tags: deque = field(default_factory=deque)  # per-call tag tuples of the buffered slots
+    buffer_controls: deque = field(default_factory=deque)  # per-call control images of the buffered slots (beside the tags)
     force_process: bool = True
     counters: StreamCounters = field(default_factory=StreamCounters)
     state_id: int = field(default_factory=lambda: next(_state_ids))
@@ -82,6 +83,7 @@ class ImageStreamState:
             counters=dataclasses.replace(self.counters),
             similarity=(self.similarity.last_processed, self.similarity.consecutive_skips, self.similarity.rng.getstate()),
             buffer_tags=copy.copy(self.buffer_tags),
+            buffer_controls=copy.copy(self.buffer_controls),
             noise_generator=self.noise_generator.get_state(),
             pending=self.pending.peek(),
         )
@@ -103,6 +105,7 @@ class ImageStreamState:
         self.similarity.last_processed, self.similarity.consecutive_skips = last, skips
         self.similarity.rng.setstate(rng)
         self.buffer_tags = saved.buffer_tags
+        self.buffer_controls = saved.buffer_controls
         self.noise_generator.set_state(saved.noise_generator)
         self.pending.restore(at_checkpoint=saved.pending, applied=applied)
 
@@ -129,5 +132,6 @@ class ImageCheckpoint:
     counters: StreamCounters
     similarity: tuple[Any, int, Any]
     buffer_tags: deque
+    buffer_controls: deque
     noise_generator: torch.Tensor
     pending: StreamParams | None

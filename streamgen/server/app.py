@@ -45,7 +45,7 @@ from .http.cors import CorsPolicy, cors
 from .http.host_check import EVERY_INTERFACE, HostRules, host_check
 from .http.http_errors import json_errors
 from .metrics import ServerMetrics
-from .worker.pipelines import load_server_pipeline, load_server_pipelines, model_kind
+from .worker.pipelines import attach_server_controls, load_server_pipeline, load_server_pipelines, model_kind
 from .http.routes_api import add_routes as add_api_routes
 from .http.routes_streams import add_routes as add_stream_routes
 from .http.routes_webrtc import add_routes as add_webrtc_routes
@@ -67,13 +67,15 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     """The server application for already loaded ``pipelines`` (one per replica)."""
     if not pipelines:
         raise ValueError("create_app needs at least one pipeline")
+    for pipeline in pipelines:  # what sessions may steer with, loaded before any session (idempotent)
+        attach_server_controls(pipeline, config.controlnets, config.ip_adapter, config.preprocessor_models)
     metrics = ServerMetrics()
     shared = SharedLatency(bucket_work)  # what one replica measured is the others' prior (shared_latency.py)
     workers = [ModelWorker(p, f"replica-{i}", metrics, shared=shared) for i, p in enumerate(pipelines)]
     manager = SessionManager(config, workers, metrics)
     web_dir = find_web_dir(config.web_dir)
     middlewares = [host_check(HostRules.for_server(config.host, config.allowed_hosts)), cors(CorsPolicy(config.cors_origins)), json_errors]
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+    app = web.Application(client_max_size=config.params_body_bytes, middlewares=middlewares)
     app[LIMITS_KEY] = ConnectionLimits(
         config.header_timeout, config.body_timeout, config.keepalive_timeout, config.max_connections, config.send_timeout
     )

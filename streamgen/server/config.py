@@ -118,6 +118,17 @@ class ServerConfig:
     keepalive_timeout: float = 15.0
     max_connections: int = 512
     peer_timeout: float = 10.0
+    # What sessions may steer with (image models): ControlNets by name, one IP-Adapter, and the estimators of
+    # model-based preprocessors ("depth=SOURCE", "pose=SOURCE"); all loaded at start, never on a client's request.
+    controlnets: tuple[str, ...] = ()
+    ip_adapter: str | None = None
+    preprocessor_models: tuple[str, ...] = ()
+    max_image_bytes: int = 4 * 1024 * 1024
+
+    @property
+    def params_body_bytes(self) -> int:
+        """The largest parameter update: a reference image travels in it as base64 (4 bytes per 3)."""
+        return max(self.max_body_bytes, self.max_image_bytes * 4 // 3 + 64 * 1024)
 
     def __post_init__(self) -> None:
         _positive_int("port", self.port, allow_zero=True, high=65535)
@@ -127,6 +138,11 @@ class ServerConfig:
         _positive_int("max_sessions", self.max_sessions, high=10_000)
         _positive_int("max_viewers_per_session", self.max_viewers_per_session, allow_zero=True, high=1000)
         _positive_int("max_body_bytes", self.max_body_bytes, high=64 * 1024 * 1024)
+        _positive_int("max_image_bytes", self.max_image_bytes, high=8 * 1024 * 1024)
+        for entry in self.preprocessor_models:
+            kind, _, source = entry.partition("=")
+            if kind not in ("depth", "pose") or not source:
+                raise ConfigError(f"--preprocessor-model takes KIND=SOURCE with KIND depth or pose (e.g. depth=depth-anything/Depth-Anything-V2-Small-hf), got {entry!r}")
         _positive_int("max_input_width", self.max_input_width, high=16384)
         _positive_int("max_input_height", self.max_input_height, high=16384)
         _positive_int("bitrate", self.bitrate, high=100_000_000)

@@ -18,14 +18,16 @@ from streamgen.pipeline.contract import (
     Checkpointable,
     Flushable,
     OutputListener,
+    PreparesInput,
     Staged,
+    Steerable,
     StreamPipeline,
     contract_members,
 )
 
 ROOT = Path(__file__).resolve().parents[2] / "streamgen"
 DRIVERS = sorted((ROOT / "server").rglob("*.py")) + [ROOT / "commands" / "stream_runner.py"]
-MEMBERS = contract_members(StreamPipeline, Checkpointable, Flushable, OutputListener, Staged)
+MEMBERS = contract_members(StreamPipeline, Checkpointable, Flushable, OutputListener, Staged, PreparesInput, Steerable)
 
 
 def _pipeline_reads(path: Path) -> list[tuple[int, str]]:

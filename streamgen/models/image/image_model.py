@@ -87,6 +87,11 @@ class ImageModel:
         self.text_encode_forward: TextForward = self.eager_text_encode
         # Set by a backend whose engines have fixed shape ranges (streamgen.runtime.engine_limits.EngineLimits).
         self.engine_limits: Any = None
+        # Attachments shared by every stream (streamgen.models.image.controlnet / ip_adapter): ControlNets by
+        # name, the IP-Adapter (or None). Streams choose per row which steer them and how strongly.
+        self.controlnets: dict[str, torch.nn.Module] = {}
+        self.ip_adapter: Any = None
+        self._attach_lock = threading.Lock()
         self._prompt_cache: OrderedDict[str, PromptEmbedding] = OrderedDict()
         self._prompt_lock = threading.Lock()
 
@@ -177,9 +182,23 @@ class ImageModel:
         timesteps: torch.Tensor,
         hidden: torch.Tensor,
         added_cond: dict[str, torch.Tensor] | None = None,
+        residuals: tuple[list[torch.Tensor], torch.Tensor] | None = None,
+        eager: bool = False,
     ) -> torch.Tensor:
-        """ε̂ for every row; v-prediction outputs are converted to ε here."""
-        out = self.unet_forward(latents, timesteps, hidden, added_cond)
+        """ε̂ for every row; v-prediction outputs are converted to ε here.
+
+        ``residuals`` (ControlNet down-block and mid-block residuals, summed)
+        and ``eager`` (an IP-Adapter call) run the torch UNet itself: compiled
+        engines take no control inputs yet, so a controlled step is eager.
+        """
+        if residuals is not None or eager:
+            down, mid = residuals if residuals is not None else (None, None)
+            out = self.unet(
+                latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added_cond,
+                down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+            )[0]
+        else:
+            out = self.unet_forward(latents, timesteps, hidden, added_cond)
         if self.numerics.prediction_type == "v_prediction":
             ac = self.numerics.alphas_cumprod[timesteps].to(out.dtype).view(-1, 1, 1, 1)
             out = ac.sqrt() * out + (1 - ac).sqrt() * latents
@@ -187,6 +206,26 @@ class ImageModel:
 
     def eager_unet(self, latents, timesteps, hidden, added_cond):
         return self.unet(latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added_cond, return_dict=False)[0]
+
+    # ---- ControlNets -------------------------------------------------------
+    def attach_controlnet(self, name: str, loader: Callable[[str, "ImageModel"], torch.nn.Module]) -> torch.nn.Module:
+        """The ControlNet ``name``, loaded by ``loader`` the first time (thread-safe; weights shared by every stream)."""
+        with self._attach_lock:
+            controlnet = self.controlnets.get(name)
+            if controlnet is None:
+                controlnet = loader(name, self)
+                self.controlnets[name] = controlnet
+            return controlnet
+
+    @torch.inference_mode()
+    def run_controlnet(self, name: str, latents, timesteps, hidden, added_cond, images) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One ControlNet over some rows at scale 1: (down-block residuals, mid-block residual)."""
+        controlnet = self.controlnets[name]
+        down, mid = controlnet(
+            latents, timesteps, encoder_hidden_states=hidden, controlnet_cond=images.to(self.dtype),
+            conditioning_scale=1.0, added_cond_kwargs=added_cond, return_dict=False,
+        )
+        return list(down), mid
 
     # ---- VAE --------------------------------------------------------------
     @torch.inference_mode()

@@ -143,7 +143,7 @@ def require_content_type(request: web.Request, expected: str) -> None:
 async def read_text(request: web.Request, limit: int, timeout: float | None = None) -> str:
     """The body as UTF-8 text, within ``limit`` bytes and, when given, ``timeout`` seconds (else 408, connection closed)."""
     if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLargeError(f"request body is {request.content_length} bytes; the limit is {limit}")
+        raise BodyTooLargeError(f"request body is too large: {request.content_length} bytes; the limit is {limit}")
     try:
         async with asyncio.timeout(timeout):
             data = await request.read()
@@ -153,7 +153,7 @@ async def read_text(request: web.Request, limit: int, timeout: float | None = No
         _stop_lingering(request)
         raise RequestTimeoutError(f"the request body did not arrive within {timeout:g} s") from None
     if len(data) > limit:
-        raise BodyTooLargeError(f"request body is {len(data)} bytes; the limit is {limit}")
+        raise BodyTooLargeError(f"request body is too large: {len(data)} bytes; the limit is {limit}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -40,7 +40,7 @@ async def get_session(request: web.Request) -> web.Response:
 async def patch_params(request: web.Request) -> web.Response:
     ctx = context(request)
     session = _authorized(request)
-    changes = await read_json_object(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
+    changes = await read_json_object(request, ctx.config.params_body_bytes, ctx.config.body_timeout)
     params = await session.update_params(changes)
     return web.json_response({"id": session.id, "params": params_to_json(params)})
 

@@ -103,7 +103,7 @@ async def patch_stream_params(request: web.Request) -> web.Response:
     """
     ctx, stream = _authorized(request)
     operator = ctx.config.token is not None and same_secret(bearer(request), ctx.config.token)
-    changes = await read_json_object(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
+    changes = await read_json_object(request, ctx.config.params_body_bytes, ctx.config.body_timeout)
     session = streams(request).current(stream, ctx.manager.sessions)
     if session is None:
         check_kept_params(ctx, {**stream.params, **changes}, within_defaults=not operator)
@@ -131,12 +131,12 @@ def check_kept_params(ctx: ServerContext, params: dict[str, Any], *, within_defa
     shape = pipeline.settings_shape(settings)
     manager.caps.check_shape(shape)
     if within_defaults:
-        baseline = pipeline.settings_shape(dict(ctx.config.default_params)).unit().work
-        asked = shape.unit().work
+        baseline = pipeline.settings_shape(dict(ctx.config.default_params)).model_work
+        asked = shape.model_work
         if asked > baseline:
             raise ForbiddenError(
-                f"these parameters would make each step of the stream's next sessions cost the model {asked} rows, more than "
-                f"the {baseline} of the server's defaults; the stream's follow secret may only keep parameters within that"
+                f"these parameters would make each step of the stream's next sessions cost the model {asked:g} rows (a ControlNet's rows count half), more than "
+                f"the {baseline:g} of the server's defaults; the stream's follow secret may only keep parameters within that"
             )
 
 

@@ -170,10 +170,10 @@ class Session:
         reservation = self.worker.admitted(self)
         if reservation is None:
             return
-        asked, granted = shape.unit().work, reservation.shape.unit().work
+        asked, granted = shape.model_work, reservation.shape.model_work
         if asked > granted:
             raise ForbiddenError(
-                f"this change would make each step of the stream cost the model {asked} rows, more than the {granted} its session "
+                f"this change would make each step of the stream cost the model {asked:g} rows (a ControlNet's rows count half), more than the {granted:g} its session "
                 "was admitted for; the stream's follow secret may only steer within that (the publisher's session secret or the "
                 "admin token may change it further)"
             )

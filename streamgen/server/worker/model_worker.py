@@ -467,6 +467,8 @@ class ModelWorker:
                 frames = frames_to_tensor([f for f, _ in items], pipeline.frame_size(state)) if pipeline.takes_frames(state) else None
                 if frames is not None:
                     frames = to_model_device(frames, pipeline.device)
+                    if self.capabilities.prepares_input:
+                        frames = pipeline.prepare_input(state, frames)  # control images made here, beside the model step
             except StreamgenError as error:
                 client.fail(error, True)
                 continue

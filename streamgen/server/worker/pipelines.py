@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import ConfigError
+from ...pipeline.contract import Capabilities
 from ...preset_names import IDENTITY
 
 IDENTITY_MODEL = IDENTITY
@@ -44,6 +45,28 @@ def load_server_pipelines(model: str, devices: tuple[str, ...], replicas: int, d
 
         return [load_stream_pipeline(model, devices=list(devices), dtype=dtype, acceleration=acceleration)]
     return [load_server_pipeline(model, d, dtype, acceleration) for d in devices]
+
+
+def attach_server_controls(pipeline: Any, controlnets: tuple[str, ...], ip_adapter: str | None, preprocessor_models: tuple[str, ...]) -> None:
+    """Load what the operator lets sessions steer with (``--controlnet``, ``--ip-adapter``, ``--preprocessor-model``).
+
+    After this the pipeline loads nothing on a client's request: a session
+    naming a ControlNet or an estimator that is not loaded is refused with
+    what is (a client must never make the server read a path or fetch a
+    repository).
+    """
+    if not Capabilities.of(pipeline).steerable:
+        if controlnets or ip_adapter or preprocessor_models:
+            raise ConfigError("--controlnet, --ip-adapter and --preprocessor-model steer image models (SD1.5/LCM, SD-turbo, SDXL-turbo); this model is not one")
+        return
+    for name in controlnets:
+        pipeline.attach_controlnet(name)
+    if ip_adapter:
+        pipeline.attach_ip_adapter(ip_adapter)
+    for entry in preprocessor_models:
+        kind, _, source = entry.partition("=")
+        pipeline.load_estimator(kind, source)
+    pipeline.load_on_demand = False
 
 
 def model_kind(pipeline: Any) -> str:
