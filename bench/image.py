@@ -31,6 +31,13 @@ other processes spreads over all of them; fps, the per-frame model and
 outside-model times and the outside share are medians over blocks, latency
 percentiles are over all frames.
 
+- ``control`` (``--control``, on by default at the first size; a tiny model of
+  its own, with the tiny ControlNet and IP-Adapter loaded): plain img2img,
+  one ControlNet with each preprocessor, two ControlNets, the IP-Adapter on
+  and off; each reports its frame time as a multiple of plain img2img's in
+  the same run (``x plain``); their outside-model time includes the
+  preprocessors.
+
 ``--dummy-sd-turbo`` adds the SD-turbo architecture with random fp16 weights
 at 512x512 (CUDA only; skipped with a message otherwise).
 
@@ -54,6 +61,7 @@ from typing import Any
 import torch
 
 from streamgen.config import StreamConfig
+from streamgen.control_params import ReferenceImage
 from streamgen.models.loading.device import resolve_device
 from streamgen.models.image.image_model import ImageModel
 from streamgen.params import parse_params
@@ -64,7 +72,7 @@ from .common import OUT_DIR, CallTimer, describe_machine, machine, markdown_tabl
 
 OUTSIDE_TARGET_PCT = 10.0
 TARGET_SIZE = 256
-MODEL_LABELS = ("unet", "vae_encode", "vae_decode", "text_encoder")
+MODEL_LABELS = ("unet", "controlnet", "vae_encode", "vae_decode", "text_encoder")
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,8 @@ class Case:
     sessions: int = 1
     batched_sessions: bool = True
     guidance_scale: float = 1.2
+    controlnets: tuple[str, ...] = ()  # one tiny ControlNet per entry, read through this preprocessor
+    ip_adapter: bool = False
 
     @property
     def label(self) -> str:
@@ -85,7 +95,24 @@ class Case:
         text = f"{mode}, {self.steps} step{'s' if self.steps != 1 else ''}, cfg {self.cfg_type}"
         if self.sessions > 1:
             text += f", {self.sessions} sessions " + ("in one step" if self.batched_sessions else "one by one")
+        if self.controlnets:
+            text += f", {len(self.controlnets)} ControlNet{'s' if len(self.controlnets) > 1 else ''} ({' + '.join(self.controlnets)})"
+        if self.ip_adapter:
+            text += ", IP-Adapter"
         return text
+
+    def steering(self) -> dict[str, Any]:
+        """The stream parameters that attach this case's ControlNets and reference image."""
+        out: dict[str, Any] = {}
+        if self.controlnets:
+            out["controlnets"] = [
+                {"model": "tiny", "preprocessor": p, **({"preprocessor_settings": {"model": "tiny"}} if p in ("depth", "pose") else {})}
+                for p in self.controlnets
+            ]
+        if self.ip_adapter:
+            out["ip_adapter_image"] = ReferenceImage.from_pixels(input_frames(64, 1, seed=99)[0][0])
+            out["ip_adapter_scale"] = 0.6
+        return out
 
 
 @dataclass(frozen=True)
@@ -98,6 +125,7 @@ class Settings:
     steps: int = 2
     sessions: int = 4
     quick: bool = False
+    control: bool = True
     dummy_sd_turbo: bool = False
     profile: bool = False
     profile_frames: int = 30
@@ -123,9 +151,11 @@ class Tally:
 @contextlib.contextmanager
 def instrumented(model: ImageModel, timer: CallTimer) -> Iterator[CallTimer]:
     """Time every model call of ``model`` with ``timer`` while inside the block (restored after)."""
-    saved = (model.unet_forward, model.vae_encode_forward, model.vae_decode_forward)
+    saved = (model.unet_forward, model.vae_encode_forward, model.vae_decode_forward, model.unet_steered_forward, model.controlnet_forward)
     encoders = [(e, e.__dict__.get("forward")) for e in model.text_encoders]
     model.unet_forward = timer.wrap(model.unet_forward, "unet")
+    model.unet_steered_forward = timer.wrap(model.unet_steered_forward, "unet")
+    model.controlnet_forward = timer.wrap(model.controlnet_forward, "controlnet")
     model.vae_encode_forward = timer.wrap(model.vae_encode_forward, "vae_encode")
     model.vae_decode_forward = timer.wrap(model.vae_decode_forward, "vae_decode")
     for encoder, _ in encoders:
@@ -133,7 +163,7 @@ def instrumented(model: ImageModel, timer: CallTimer) -> Iterator[CallTimer]:
     try:
         yield timer
     finally:
-        model.unet_forward, model.vae_encode_forward, model.vae_decode_forward = saved
+        model.unet_forward, model.vae_encode_forward, model.vae_decode_forward, model.unet_steered_forward, model.controlnet_forward = saved
         for encoder, own in encoders:
             if own is None:
                 del encoder.forward
@@ -165,6 +195,7 @@ class Runner:
                         "cfg_type": case.cfg_type,
                         "num_inference_steps": case.steps,
                         "guidance_scale": case.guidance_scale,
+                        **case.steering(),
                     }
                 ),
             )
@@ -269,6 +300,38 @@ def tiny_plan(settings: Settings) -> list[tuple[str, Case]]:
     return plan
 
 
+CONTROL_PREPROCESSORS = ("passthrough", "canny", "depth", "pose", "soft_edge", "lineart", "blur", "tile", "feedback")
+
+
+def control_plan(size: int, steps: int) -> list[tuple[str, Case]]:
+    """Plain img2img, one ControlNet per preprocessor, two ControlNets, the IP-Adapter (same model, same run)."""
+    plan = [("control", Case(size, steps=steps))]
+    plan += [("control", Case(size, steps=steps, controlnets=(p,))) for p in CONTROL_PREPROCESSORS]
+    plan += [("control", Case(size, steps=steps, controlnets=("canny", "depth")))]
+    plan += [("control", Case(size, steps=steps, ip_adapter=True)), ("control", Case(size, steps=steps, controlnets=("canny",), ip_adapter=True))]
+    return plan
+
+
+def control_pipeline(device: torch.device) -> ImagePipeline:
+    """A tiny model of its own with the tiny ControlNet, IP-Adapter and estimators loaded (the adapter changes its UNet)."""
+    pipeline = load_pipeline("tiny", device=str(device), dtype="float32")
+    pipeline.attach_controlnet("tiny")
+    pipeline.attach_ip_adapter("tiny")
+    for kind in ("depth", "pose"):
+        pipeline.load_estimator(kind, "tiny")
+    return pipeline
+
+
+def add_cost_ratios(results: list[dict[str, Any]]) -> None:
+    """``x_plain``: each control row's frame time over plain img2img's (the first control row), same model and run."""
+    rows = [r for r in results if r["group"] == "control"]
+    if not rows or not rows[0]["frame_ms"]:
+        return
+    plain = rows[0]["frame_ms"]
+    for row in rows:
+        row["x_plain"] = round(row["frame_ms"] / plain, 2) if row["frame_ms"] else None
+
+
 def sd_turbo_plan(settings: Settings) -> list[tuple[str, Case]]:
     """The same comparisons at 512x512, plus the preset's own defaults (1 step, no CFG)."""
     plan = tiny_plan(Settings(sizes=(512,), steps=settings.steps, sessions=settings.sessions))
@@ -334,7 +397,7 @@ COLUMNS = [
     ("model", "model"), ("size", "size"), ("group", "group"), ("config", "config"), ("fps", "fps"),
     ("latency_ms_p50", "p50 ms"), ("latency_ms_p95", "p95 ms"), ("lag_calls", "lag"),
     ("unet_rows_per_frame", "UNet rows/frame"), ("model_ms_per_frame", "model ms/frame"),
-    ("outside_model_ms_per_frame", "outside ms/frame"), ("outside_model_pct", "outside %"),
+    ("outside_model_ms_per_frame", "outside ms/frame"), ("outside_model_pct", "outside %"), ("x_plain", "x plain"),
 ]
 PROFILE_COLUMNS = [("own_ms_per_frame", "own ms/frame"), ("cumulative_ms_per_frame", "cum ms/frame"), ("calls_per_frame", "calls/frame"), ("function", "function")]
 
@@ -344,11 +407,12 @@ GROUP_TITLES = {
     "steps": "Stream batch vs. sequential steps",
     "cfg": "Residual CFG modes vs. full",
     "sessions": "Sessions batched in one step vs. one after another",
+    "control": "ControlNets, preprocessors and the IP-Adapter vs. plain img2img (x plain: frame time over plain's)",
 }
 MD_COLUMNS = [
     ("config", "config"), ("fps", "fps"), ("latency_ms_p50", "p50 ms"), ("latency_ms_p95", "p95 ms"), ("lag_calls", "lag (calls)"),
     ("unet_calls_per_frame", "UNet calls/frame"), ("unet_rows_per_frame", "UNet rows/frame"), ("model_ms_per_frame", "model ms/frame"),
-    ("outside_model_ms_per_frame", "outside ms/frame"), ("outside_model_pct", "outside %"),
+    ("outside_model_ms_per_frame", "outside ms/frame"), ("outside_model_pct", "outside %"), ("x_plain", "x plain"),
 ]
 
 
@@ -385,6 +449,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--steps", type=int, default=2, help="denoising steps (slots) per frame (default 2)")
     parser.add_argument("--sessions", type=int, default=4, help="sessions in the multi-session comparison (default 4)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one configuration (stream batch, cfg self), few frames")
+    parser.add_argument("--no-control", dest="control", action="store_false", help="leave out the control rows (ControlNets, preprocessors, IP-Adapter)")
     parser.add_argument("--dummy-sd-turbo", action="store_true", help="also the sd-turbo architecture with dummy fp16 weights at 512x512 (CUDA only)")
     parser.add_argument("--profile", action="store_true", help="cProfile the 256x256 stream-batch configuration even when the target is met")
     parser.add_argument("--profile-frames", type=int, default=30, help="frames profiled (default 30)")
@@ -410,6 +475,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     tiny = load_pipeline("tiny", device=str(device), dtype="float32")
     plan = [("steps", Case(settings.sizes[0], steps=settings.steps))] if settings.quick else tiny_plan(settings)
     results = run_plan(tiny, "tiny", plan, settings)
+    if settings.control and not settings.quick:
+        steered = control_pipeline(device)
+        results += run_plan(steered, "tiny+control", control_plan(settings.sizes[0], settings.steps), settings)
+        add_cost_ratios(results)
+        del steered
 
     skipped: list[str] = []
     if settings.dummy_sd_turbo:

@@ -6,6 +6,8 @@
 // ({type: "ack", id, ok, error}) plus the server's periodic {type: "stats"} messages.
 // The /offer answer carries the session's own secret: the page sends it (not the admin token)
 // to end the session, and puts it after the "#" of the watch link, which browsers never send.
+// The "Control" panel (ControlNets, IP-Adapter) lives in control.js and talks through `controlLink`.
+import { createControlPanel } from "./control.js";
 import { FrameRate, fpsOutText, PLACEHOLDER } from "./overlay.js";
 import { authHeaders, errorFrom, localOffer, savedToken, saveToken, watchUrl } from "./signaling.js";
 
@@ -34,7 +36,9 @@ const session = {
 };
 
 // Counters the page exposes for tests and curious users (see tests/server/test_browser.py).
-window.streamgen = { outputFrames: 0, paramsApplied: 0, state: "idle", sessionId: null, lastError: null };
+window.streamgen = {
+  outputFrames: 0, paramsApplied: 0, controlAcks: 0, controlErrors: 0, state: "idle", sessionId: null, lastError: null,
+};
 
 // ------------------------------------------------------------------ UI helpers
 function setStatus(text) {
@@ -169,7 +173,7 @@ async function start() {
     const response = await fetch("/offer", {
       method: "POST",
       headers: authHeaders(token, { "Content-Type": "application/json" }),
-      body: JSON.stringify({ sdp, type: "offer", params: currentParams() }),
+      body: JSON.stringify({ sdp, type: "offer", params: { ...currentParams(), ...panel.offerParams() } }),
     });
     if (!response.ok) throw await errorFrom(response);
     const answer = await response.json();
@@ -180,6 +184,7 @@ async function start() {
     showWatchLink(answer.session_id, session.secret);
     session.statsTimer = setInterval(updateRtt, 1000);
     setStatus("Connecting…");
+    panel.started();
   } catch (error) {
     showError(explain(error));
     await stop();
@@ -204,6 +209,7 @@ async function stop() {
   session.stream = session.player = session.fileUrl = null;
   for (const { reject } of session.pendingAcks.values()) reject(new Error("session stopped"));
   session.pendingAcks.clear();
+  panel.stopped();
   $("input").srcObject = null;
   $("output").srcObject = null;
   $("watch-link").hidden = true;
@@ -260,12 +266,13 @@ function showWatchLink(id, secret) {
 }
 
 // ------------------------------------------------------------ control channel
-function sendControl(message) {
+// `quiet`: the sender shows the answer itself (the Control panel, next to its controls)
+function sendControl(message, { quiet = false } = {}) {
   const channel = session.channel;
   if (!channel || channel.readyState !== "open") return Promise.reject(new Error("not connected"));
   const id = session.nextMessageId++;
   channel.send(JSON.stringify({ ...message, id }));
-  return new Promise((resolve, reject) => session.pendingAcks.set(id, { resolve, reject, type: message.type }));
+  return new Promise((resolve, reject) => session.pendingAcks.set(id, { resolve, reject, type: message.type, quiet }));
 }
 
 function onControlMessage(data) {
@@ -278,10 +285,12 @@ function onControlMessage(data) {
   if (message.type === "ack") {
     const pending = session.pendingAcks.get(message.id);
     session.pendingAcks.delete(message.id);
-    if (!message.ok) showError(`Parameter rejected: ${message.error}`);
-    else {
-      clearError();
-      if (pending && pending.type === "params") showApplied();
+    if (!pending?.quiet) { // a quiet sender shows the answer itself
+      if (!message.ok) showError(`Parameter rejected: ${message.error}`);
+      else {
+        clearError();
+        if (pending && pending.type === "params") showApplied();
+      }
     }
     if (pending) pending.resolve(message);
   } else if (message.type === "stats") {
@@ -307,6 +316,41 @@ function flushParams() {
   session.pendingParams = {};
   sendControl({ type: "params", params }).catch(() => {});
 }
+
+// ------------------------------------------------------------ the Control panel's link
+// Its changes go over the data channel when it is open, by HTTP PATCH otherwise (and always for the
+// style image); either way the answer is {ok, error}. HTTP uses the session's own secret.
+function sessionPath(suffix = "") {
+  return `/api/sessions/${encodeURIComponent(session.id)}${suffix}`;
+}
+
+function sessionHeaders(extra = {}) {
+  return authHeaders(session.secret || $("token").value.trim(), extra);
+}
+
+const controlLink = {
+  live: () => session.id !== null,
+  async send(params) {
+    if (!session.channel || session.channel.readyState !== "open") return controlLink.patch(params);
+    const ack = await sendControl({ type: "params", params }, { quiet: true });
+    return { ok: ack.ok, error: ack.error };
+  },
+  async patch(params) {
+    const response = await fetch(sessionPath("/params"), {
+      method: "PATCH",
+      headers: sessionHeaders({ "Content-Type": "application/json" }),
+      body: JSON.stringify(params),
+    });
+    if (!response.ok) return { ok: false, error: (await errorFrom(response)).message };
+    return { ok: true };
+  },
+  async current() {
+    const response = await fetch(sessionPath(), { headers: sessionHeaders() });
+    return response.ok ? (await response.json()).params : null;
+  },
+  controlImage: (index) => fetch(sessionPath(`/controlnets/${index}/image`), { headers: sessionHeaders(), cache: "no-store" }),
+};
+const panel = createControlPanel(controlLink);
 
 // ---------------------------------------------------------------------- stats
 function fmt(value, unit = "") {
@@ -364,6 +408,7 @@ function wire() {
       $("model").textContent = `model: ${h.model}${h.kind === "video" ? " (video)" : ""}`;
       $("model-note").hidden = !["tiny", "tiny-video"].includes(h.model);
       if (Array.isArray(h.params)) showControlsFor(h.params);
+      panel.show(h.steering || null);
     })
     .catch((error) => showError(explain(error)));
 }

@@ -182,7 +182,27 @@ def build_config(args: argparse.Namespace, plan: CameraPlan, port: int):
         max_slo_ms=max(5000.0, args.slo_ms),
         threads=args.threads,
         acceleration=args.acceleration,
+        **steering_of(plan.settings),
     )
+
+
+def steering_of(settings: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The ControlNets and estimators the local session's own settings name: loaded at start (the user asked for them)."""
+    from ..preprocessor_settings import default_preprocessor_settings  # noqa: PLC0415
+
+    entries = settings.get("controlnets") or []
+    entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    controlnets = tuple(dict.fromkeys(e["model"] for e in entries if isinstance(e.get("model"), str)))
+    estimators = []
+    for entry in entries:
+        kind = entry.get("preprocessor")
+        if kind not in ("depth", "pose"):
+            continue
+        given = entry.get("preprocessor_settings")
+        model = given.get("model") if isinstance(given, dict) else None
+        model = model if isinstance(model, str) else default_preprocessor_settings(kind).model
+        estimators.append(f"{kind}={model}")
+    return {"controlnets": controlnets, "preprocessor_models": tuple(dict.fromkeys(estimators))}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -206,6 +206,10 @@ class Steerable(Protocol):
 
     def load_estimator(self, kind: str, source: str) -> None: ...
 
+    def describe_steering(self) -> dict[str, Any]: ...
+
+    def control_preview(self, state: Any, index: int) -> Any: ...
+
 
 @dataclass(frozen=True)
 class Capabilities:

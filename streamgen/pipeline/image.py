@@ -209,6 +209,28 @@ class ImagePipeline:
 
         self.preprocessors.get(kind, parse_preprocessor_settings(kind, {"model": source}), self.device, self.dtype)
 
+    def describe_steering(self) -> dict[str, Any]:
+        """What streams of this pipeline may steer with (the page offers these)."""
+        from ..preprocessor_settings import PREPROCESSOR_NAMES, default_preprocessor_settings  # noqa: PLC0415
+
+        adapter = self.model.ip_adapter
+        return {
+            "controlnets": sorted(self.model.controlnets),
+            "ip_adapter": None if adapter is None else {"source": adapter.source, "variant": adapter.variant},
+            "preprocessors": list(PREPROCESSOR_NAMES),
+            "preprocessor_settings": {name: default_preprocessor_settings(name).to_dict() for name in PREPROCESSOR_NAMES},
+            "estimators": [{"preprocessor": held.name, "model": held.model} for held in self.preprocessors.loaded() if held.model is not None],
+            "loads_on_demand": self.load_on_demand,
+        }
+
+    def control_preview(self, state: ImageStreamState, index: int) -> torch.Tensor | None:
+        """The control image ControlNet ``index`` of ``state`` read at its latest step, (3, H, W) in [0, 1], or None."""
+        entries = state.params.controlnets
+        if not 0 <= index < len(entries):
+            raise InputError(f"this stream has {len(entries)} ControlNet(s); there is no ControlNet {index}")
+        image = state.last_controls.get(entries[index].control_key)
+        return None if image is None else image[0]
+
     def check_control(self, params: StreamParams, *, load: bool) -> None:
         """ConfigError unless every ControlNet, estimator and adapter ``params`` names is here (or, when allowed and ``load``, loaded now)."""
         for i, entry in enumerate(params.controlnets):
@@ -427,6 +449,8 @@ class ImagePipeline:
         programs = [self._program(states[i], x, tags[i], c) for i, x, c in zip(active, start_latents, controls)]
         final_latents = self._drive(programs)
         decoded = self._decode_grouped([states[i] for i in active], [x for x, _ in final_latents])
+        for i, call_controls in zip(active, controls):
+            states[i].last_controls = call_controls
         for i, frames_out, (_, tag) in zip(active, decoded, final_latents):
             state = states[i]
             state.last_output = frames_out

@@ -50,6 +50,7 @@ class ImageStreamState:
     last_input: torch.Tensor | None = None  # the last call's frames, (f, H, W, 3) uint8: what flush repeats as padding
     buffer_tags: deque = field(default_factory=deque)  # per-call tag tuples of the buffered slots
     buffer_controls: deque = field(default_factory=deque)  # per-call control images of the buffered slots (beside the tags)
+    last_controls: dict = field(default_factory=dict)  # the newest call's control images (the page's preview)
     force_process: bool = True
     counters: StreamCounters = field(default_factory=StreamCounters)
     state_id: int = field(default_factory=lambda: next(_state_ids))

@@ -74,3 +74,15 @@ def test_helpers():
 def test_quick_settings_stay_small(argv):
     settings = bench_image.parse_args(argv)
     assert settings.quick and settings.frames <= 4 and settings.repeats == 1 and settings.sizes[0] == 64
+
+
+def test_control_rows_run_every_preprocessor_and_report_a_ratio_to_plain():
+    pipeline = bench_image.control_pipeline(torch.device("cpu"))
+    plan = bench_image.control_plan(64, 2)
+    results = bench_image.run_plan(pipeline, "tiny+control", plan, bench_image.Settings(frames=1, warmup=1, repeats=1))
+    bench_image.add_cost_ratios(results)
+    assert [r["controlnets"] for r in results[1:10]] == [(p,) for p in bench_image.CONTROL_PREPROCESSORS]
+    assert results[0]["x_plain"] == 1.0 and all(r["x_plain"] > 0 for r in results)
+    assert results[0]["model_ms_per_frame_by_call"]["controlnet"] == 0
+    assert all(r["model_ms_per_frame_by_call"]["controlnet"] > 0 for r in results if r["controlnets"])
+    assert any(r["ip_adapter"] for r in results) and "IP-Adapter" in results[-1]["config"]

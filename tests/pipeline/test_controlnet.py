@@ -243,3 +243,55 @@ def _png() -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_frame_prepared_on_the_input_side_is_preprocessed_once(pipeline):
+    """The server's input thread makes the control images (prepare_input); the step does not make them again."""
+    from streamgen.pipeline.image_control import PreparedFrames
+
+    state = _state(pipeline, (10, 30), controlnets=[{"model": "tiny", "preprocessor": "canny"}, {"model": "tiny-b", "preprocessor": "canny"}])
+    canny = pipeline.preprocessors.get("canny")
+    calls = []
+    original = type(canny).__call__
+    type(canny).__call__ = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    try:
+        frames = random_frames(3, SIZE, seed=14)
+        for frame in frames:
+            prepared = pipeline.prepare_input(state, frame)
+            assert isinstance(prepared, PreparedFrames) and len(prepared.controls) == 1  # two ControlNets, one canny image
+            pipeline.step([state], [prepared])
+        assert len(calls) == 3
+        direct = _state(pipeline, (10, 30), controlnets=[{"model": "tiny", "preprocessor": "canny"}, {"model": "tiny-b", "preprocessor": "canny"}])
+        for frame in frames:
+            pipeline.step([direct], [frame])
+        assert len(calls) == 6
+    finally:
+        type(canny).__call__ = original
+    assert torch.equal(state.last_output, direct.last_output)
+
+
+def test_feedback_reads_the_previous_output_and_works_for_txt2img(pipeline):
+    config = StreamConfig(width=SIZE, height=SIZE, mode="txt2img")
+    state = pipeline.create_state(config, {"prompt": PROMPT, "t_index_list": [10, 30], "controlnets": [{"model": "tiny", "preprocessor": "feedback"}]})
+    first = pipeline.step([state], [None])[0].frames
+    assert state.last_controls == {}  # nothing to feed back before the first output
+    pipeline.step([state], [None])
+    (image,) = state.last_controls.values()
+    assert torch.allclose(image[0], first[0].permute(2, 0, 1).float() / 255.0)
+
+
+def test_similarity_filter_and_prompt_transitions_behave_as_before_with_control(pipeline):
+    """The same frames and parameters skip the same frames and morph over the same steps, control on or off."""
+    frames = random_frames(1, SIZE, seed=15) * 6 + random_frames(1, SIZE, seed=17) * 3
+    params = {"similarity_filter": True, "similarity_threshold": 0.5, "max_skip_frames": 3}
+    runs = {}
+    for name, extra in (("plain", {}), ("steered", {"controlnets": [{"model": "tiny"}]})):
+        state = _state(pipeline, (10, 30), **params, **extra)
+        skipped = [pipeline.step([state], [f])[0].skipped for f in frames]
+        pipeline.update(state, prompt="a forest", transition_frames=3)
+        morphing = []
+        for f in random_frames(4, SIZE, seed=16):
+            pipeline.step([state], [f])
+            morphing.append(state.prompt.in_progress)
+        runs[name] = (skipped, state.counters.frames_skipped, morphing)
+    assert any(runs["plain"][0]) and runs["steered"] == runs["plain"]

@@ -116,3 +116,25 @@ def test_steering_options_refuse_a_video_model():
 
     with pytest.raises(ConfigError, match="steer image models"):
         attach_server_controls(IdentityPipeline(), ("tiny",), None, ())
+
+
+async def test_health_lists_steering_and_the_control_image_is_served(steered_pipeline):
+    async with running_server(steered_pipeline, **STEERING) as server:
+        status, health, _ = await server.request("GET", "/health")
+        steering = health["steering"]
+        assert steering["controlnets"] == ["tiny"] and steering["ip_adapter"]["source"] == "tiny"
+        assert "canny" in steering["preprocessors"] and {"preprocessor": "depth", "model": "tiny"} in steering["estimators"]
+        assert steering["loads_on_demand"] is False
+        peer = await connect_offer(server.base_url, MarkerVideoTrack(64, 64), {"width": 64, "height": 64, "controlnets": [{"model": "tiny", "preprocessor": "canny"}]})
+        try:
+            await peer.wait_for_frames(3)
+            async with server.http.get(f"{server.base_url}/api/sessions/{peer.session_id}/controlnets/0/image", headers=bearer(peer.secret)) as response:
+                assert response.status == 200 and response.headers["Content-Type"] == "image/jpeg"
+                picture = Image.open(io.BytesIO(await response.read()))
+                assert picture.size == (64, 64)
+            status, body, _ = await server.request("GET", f"/api/sessions/{peer.session_id}/controlnets/3/image", headers=bearer(peer.secret))
+            assert status == 400 and "there is no ControlNet 3" in body["error"]
+            status, body, _ = await server.request("GET", f"/api/sessions/{peer.session_id}/controlnets/0/image")
+            assert status in (401, 403)
+        finally:
+            await peer.close()

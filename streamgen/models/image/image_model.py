@@ -85,6 +85,10 @@ class ImageModel:
         self.vae_encode_forward: ImageForward = self._eager_vae_encode
         self.vae_decode_forward: ImageForward = self._eager_vae_decode
         self.text_encode_forward: TextForward = self.eager_text_encode
+        # Steered calls (ControlNet residuals, IP-Adapter image embeds) have their own slots: compiled UNet
+        # engines take no control inputs yet, so these stay eager unless a backend replaces them too.
+        self.unet_steered_forward: Callable[..., torch.Tensor] = self.eager_unet_steered
+        self.controlnet_forward: Callable[..., tuple[list[torch.Tensor], torch.Tensor]] = self.eager_controlnet
         # Set by a backend whose engines have fixed shape ranges (streamgen.runtime.engine_limits.EngineLimits).
         self.engine_limits: Any = None
         # Attachments shared by every stream (streamgen.models.image.controlnet / ip_adapter): ControlNets by
@@ -192,11 +196,7 @@ class ImageModel:
         engines take no control inputs yet, so a controlled step is eager.
         """
         if residuals is not None or eager:
-            down, mid = residuals if residuals is not None else (None, None)
-            out = self.unet(
-                latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added_cond,
-                down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
-            )[0]
+            out = self.unet_steered_forward(latents, timesteps, hidden, added_cond, residuals)
         else:
             out = self.unet_forward(latents, timesteps, hidden, added_cond)
         if self.numerics.prediction_type == "v_prediction":
@@ -217,9 +217,19 @@ class ImageModel:
                 self.controlnets[name] = controlnet
             return controlnet
 
+    def eager_unet_steered(self, latents, timesteps, hidden, added_cond, residuals):
+        down, mid = residuals if residuals is not None else (None, None)
+        return self.unet(
+            latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added_cond,
+            down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+        )[0]
+
     @torch.inference_mode()
     def run_controlnet(self, name: str, latents, timesteps, hidden, added_cond, images) -> tuple[list[torch.Tensor], torch.Tensor]:
         """One ControlNet over some rows at scale 1: (down-block residuals, mid-block residual)."""
+        return self.controlnet_forward(name, latents, timesteps, hidden, added_cond, images)
+
+    def eager_controlnet(self, name: str, latents, timesteps, hidden, added_cond, images) -> tuple[list[torch.Tensor], torch.Tensor]:
         controlnet = self.controlnets[name]
         down, mid = controlnet(
             latents, timesteps, encoder_hidden_states=hidden, controlnet_cond=images.to(self.dtype),

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ...errors import InputError
+
 from .access import authorize_session, require_admin
 from ..context import context
 from .http_errors import read_json_object
@@ -43,6 +45,18 @@ async def patch_params(request: web.Request) -> web.Response:
     changes = await read_json_object(request, ctx.config.params_body_bytes, ctx.config.body_timeout)
     params = await session.update_params(changes)
     return web.json_response({"id": session.id, "params": params_to_json(params)})
+
+
+async def get_control_image(request: web.Request) -> web.Response:
+    """The control image a session's ControlNet read at its latest step, as a small JPEG (the page's inset); 204 before the first."""
+    session = _authorized(request)
+    text = request.match_info["index"]
+    if not text.isdigit() or len(text) > 2:
+        raise InputError(f"a ControlNet is addressed by its position (0, 1, ...), got {text[:20]!r}")
+    jpeg = await session.control_preview(int(text))
+    if jpeg is None:
+        return web.Response(status=204, headers={"Cache-Control": "no-store"})
+    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 async def delete_session(request: web.Request) -> web.Response:
@@ -76,6 +90,7 @@ async def health(request: web.Request) -> web.Response:
                 "deadline_ms_range": [ctx.config.min_slo_ms, ctx.config.max_slo_ms],
             },
             "workers": [w.describe() for w in ctx.workers],
+            "steering": ctx.workers[0].describe_steering(),
         }
     )
 
@@ -92,5 +107,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/sessions/{session_id}", get_session)
     app.router.add_patch("/api/sessions/{session_id}/params", patch_params)
     app.router.add_delete("/api/sessions/{session_id}", delete_session)
+    app.router.add_get("/api/sessions/{session_id}/controlnets/{index}/image", get_control_image)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -185,6 +185,16 @@ class Session:
         """Forget the stream's history before its next step (never races a step on this state)."""
         await asyncio.wrap_future(self.worker.request_reset(self))
 
+    async def control_preview(self, index: int, size: int = 256) -> bytes | None:
+        """JPEG of the control image ControlNet ``index`` read at the latest step (at most ``size`` pixels a side), or None before one."""
+        worker = self.worker
+        if not worker.capabilities.steerable or self.state is None:
+            raise InputError("this session's model takes no ControlNets")
+        image = worker.pipeline.control_preview(self.state, index)
+        if image is None:
+            return None
+        return await asyncio.to_thread(preview_jpeg, image, size)
+
     @property
     def params(self) -> dict[str, Any]:
         return self.worker.pipeline.params_json(self.state) if self.state is not None else {}
@@ -366,3 +376,18 @@ class Session:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def preview_jpeg(image: Any, size: int) -> bytes:
+    """(3, H, W) in [0, 1] → a JPEG at most ``size`` pixels a side (runs in a thread: never on the event loop)."""
+    import io  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    picture = Image.fromarray(pixels)
+    picture.thumbnail((size, size))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()

@@ -329,6 +329,10 @@ class ModelWorker:
             self._cond.notify_all()
         return future
 
+    def describe_steering(self) -> dict[str, Any] | None:
+        """What sessions of this worker's model may steer with (ControlNets, IP-Adapter, preprocessors), or None."""
+        return self.pipeline.describe_steering() if self.capabilities.steerable else None
+
     def describe(self) -> dict[str, Any]:
         """For /health: sessions, the step in flight, and the fitted latency curve (ms per row count) of each bucket."""
         with self._cond:
