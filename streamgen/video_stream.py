@@ -19,6 +19,16 @@ With ``devices=[...]`` (pipeline stages) a call hands the chunk to the
 stages and returns at once with the frames finished since the last call,
 so outputs arrive a call or more later than in one process; :meth:`flush`
 waits for all of them.
+
+Text to video: ``mode="txt2vid"`` takes no frames; each ``stream()`` call
+generates the next chunk and returns the frames that came out (a list of
+numpy uint8 (H, W, 3) arrays; with stream batch the first ``steps − 1``
+calls return none, the chunks being in flight)::
+
+    stream = streamgen.VideoStream("tiny-video", mode="txt2vid", prompt="a paper boat at sea", seed=7)
+    frames = stream() + stream() + stream()
+    stream.update(prompt="a paper boat in a storm", transition_chunks=2)
+    frames += stream() + stream.flush()
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import threading
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
 
+from .errors import InputError
 from .frames import FrameKind, frames_to_uint8, uint8_to_user
 from .pipeline.output import StepOutput
 from .pipeline.video import VideoPipeline
@@ -40,7 +51,10 @@ _SPEC_FIELDS = ("weights", "device", "devices", "dtype", "model_seed", "checkpoi
 
 
 class VideoStream:
-    """One live video stream: frames in, restyled frames out (in chunks), parameters changeable live."""
+    """One live video stream: frames in, restyled frames out (in chunks), parameters changeable live.
+
+    ``mode="txt2vid"``: no frames in; each call generates a chunk (numpy frames out).
+    """
 
     def __init__(self, model: Any = "tiny-video", **settings: Any) -> None:
         from .pipeline.video_loading import load_video_pipeline  # noqa: PLC0415
@@ -51,7 +65,8 @@ class VideoStream:
         self.pipeline: VideoPipeline = load_video_pipeline(model, **spec)
         self.state: VideoState = self.pipeline.create_state(None, settings)
         self._lock = threading.Lock()
-        self._kind: FrameKind | None = None
+        # txt2vid outputs are numpy (H, W, 3) uint8: there is no input whose kind they could follow
+        self._kind: FrameKind | None = FrameKind("numpy", True) if self.state.generates else None
         self._frames_seen = 0
 
     # ---- parameters -------------------------------------------------------
@@ -74,8 +89,20 @@ class VideoStream:
             self.pipeline.reset(self.state)
 
     # ---- frames -----------------------------------------------------------
-    def stream(self, frames: Any) -> list[Any]:
-        """Feed one frame (or a batch of frames); returns the 0..n output frames that became ready."""
+    def stream(self, frames: Any = None) -> list[Any]:
+        """Feed one frame (or a batch of frames); returns the 0..n output frames that became ready.
+
+        A txt2vid stream takes no frames: each call generates the next chunk
+        and returns the frames ready (numpy uint8 (H, W, 3) arrays).
+        """
+        if self.state.generates:
+            if frames is not None:
+                raise InputError("this video stream is txt2vid: call stream() without frames (each call generates the next chunk)")
+            with self._lock:
+                out = self.pipeline.step([self.state], [None])[0]
+            return self._to_user(out, self._kind)
+        if frames is None:
+            raise InputError("this video stream is vid2vid: pass a frame (or a batch of frames); mode txt2vid generates without input")
         batch, kind = frames_to_uint8(frames)
         self._kind = kind
         pts = kind.pts or (None,) * batch.shape[0]
@@ -95,7 +122,7 @@ class VideoStream:
             out = self.pipeline.flush(self.state)
         return self._to_user(out, self._kind)
 
-    async def astep(self, frames: Any) -> list[Any]:
+    async def astep(self, frames: Any = None) -> list[Any]:
         """:meth:`stream` in a worker thread, for use from asyncio code."""
         return await asyncio.to_thread(self.stream, frames)
 

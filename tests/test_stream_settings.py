@@ -16,7 +16,7 @@ import torch
 
 import streamgen
 from streamgen.config import StreamConfig, StreamParams, WeightedPrompt, WeightedSeed
-from streamgen.errors import ConfigError
+from streamgen.errors import ConfigError, ModelLoadError
 from streamgen.pipeline.video_params import VideoConfig, VideoParams
 
 SIZE = {"width": 64, "height": 64}
@@ -116,6 +116,7 @@ VIDEO_SETTINGS = [
     ("chunk_frames", 2, lambda s: s.config.chunk_frames, 2),
     ("sink_frames", 1, lambda s: s.config.sink_frames, 1),
     ("ring_frames", 5, lambda s: s.config.ring_frames, 5),
+    ("mode", "txt2vid", lambda s: s.config.mode, "txt2vid"),
     ("prompt", "a fox", lambda s: s.params.prompt, (WeightedPrompt("a fox"),)),
     ("transition_chunks", 4, lambda s: s.params.transition_chunks, 4),
     ("seed", 9, lambda s: s.params.seed, 9),
@@ -152,8 +153,8 @@ def test_video_seed_is_the_noise_seed_and_model_seed_the_weights():
 
 
 def test_video_model_options_are_model_options():
-    """lora/vae/fuse_lora are model options for video too: refused or accepted as such, never 'unknown parameter'."""
-    with pytest.raises(ConfigError, match="LoRAs are not supported for video models"):
+    """lora/vae/fuse_lora are model options for video too: loaded (here: a missing file, said so), never 'unknown parameter'."""
+    with pytest.raises(ModelLoadError, match="no such file"):
         streamgen.VideoStream("tiny-video", **VIDEO_SIZE, lora={"x.safetensors": 1.0})
 
 

@@ -23,7 +23,7 @@ const $ = (id) => document.getElementById(id);
 // and controlImage(index) (a fetch Response).
 export function createControlPanel(link) {
   let steering = null;
-  const entries = []; // {model, preprocessor, scale, enabled, removed, url, node: {...}}
+  const entries = []; // {model, preprocessor, scale, enabled, removed, held (by the session), url, node: {...}}
   const pending = new Map(); // entry index -> fields to send
   let pendingScale = null;
   let throttle = null;
@@ -33,28 +33,24 @@ export function createControlPanel(link) {
   const hideTimers = new WeakMap();
 
   // ------------------------------------------------------------ feedback
-  function feedback(box, ok, error) {
+  // kind: "ok" (the server applied it), "error" (refused) or "later" (no session yet)
+  function say(box, kind, text) {
     clearTimeout(hideTimers.get(box));
     box.hidden = false;
-    box.dataset.answer = ok ? "ok" : "error";
-    if (ok) {
-      window.streamgen.controlAcks += 1;
-      box.className = "feedback applied";
-      box.textContent = "✓ applied";
-      hideTimers.set(box, setTimeout(() => (box.hidden = true), APPLIED_SHOWN_MS));
-    } else {
-      window.streamgen.controlErrors += 1;
-      box.className = "feedback error-text";
-      box.textContent = `Parameter rejected: ${error}`;
-    }
+    box.dataset.answer = kind;
+    box.className = `feedback ${{ ok: "applied", error: "error-text", later: "muted" }[kind]}`;
+    box.textContent = text;
+    if (kind === "ok") hideTimers.set(box, setTimeout(() => (box.hidden = true), APPLIED_SHOWN_MS));
+  }
+
+  function feedback(box, ok, error) {
+    if (ok) window.streamgen.controlAcks += 1;
+    else window.streamgen.controlErrors += 1;
+    say(box, ok ? "ok" : "error", ok ? "✓ applied" : `Parameter rejected: ${error}`);
   }
 
   function notYet(box) {
-    clearTimeout(hideTimers.get(box));
-    box.hidden = false;
-    box.dataset.answer = "later";
-    box.className = "feedback muted";
-    box.textContent = "applies at Start";
+    say(box, "later", "applies at Start");
   }
 
   // show the answer next to each control that took part; after a refusal, show what is in force
@@ -214,7 +210,7 @@ export function createControlPanel(link) {
   async function addClicked() {
     const model = $("cn-add-model").value;
     const preprocessor = $("cn-add-preprocessor").value;
-    const entry = { model, preprocessor, scale: DEFAULT_SCALE, enabled: true, removed: false, url: null };
+    const entry = { model, preprocessor, scale: DEFAULT_SCALE, enabled: true, removed: false, held: false, url: null };
     const box = $("cn-add-feedback");
     if (!link.live()) {
       addEntry(entry);
@@ -252,7 +248,7 @@ export function createControlPanel(link) {
     return new Promise((resolve, reject) => {
       const reader = new FileReader();
       reader.onload = () => resolve(reader.result);
-      reader.onerror = () => reject(reader.error || new Error("the file could not be read"));
+      reader.onerror = () => reject(reader.error || new Error("unknown error"));
       reader.readAsDataURL(file);
     });
   }
@@ -266,10 +262,7 @@ export function createControlPanel(link) {
       image = await readAsDataUrl(file);
     } catch (error) {
       window.streamgen.controlErrors += 1;
-      box.hidden = false;
-      box.className = "feedback error-text";
-      box.textContent = error.message;
-      return;
+      return say(box, "error", `The file could not be read: ${error.message}`);
     }
     styleImage = image;
     if (!link.live()) return notYet(box);
@@ -278,15 +271,27 @@ export function createControlPanel(link) {
   }
 
   // ------------------------------------------------------------ control-image insets
+  // An entry's image is asked for once the session holds it: a change is acknowledged when it is
+  // checked and takes effect at the next step, and until then the server has no such ControlNet.
+  async function confirmHeld() {
+    if (entries.every((entry) => entry.held)) return;
+    const params = await link.current();
+    const count = params && Array.isArray(params.controlnets) ? params.controlnets.length : 0;
+    entries.forEach((entry, index) => (entry.held ||= index < count));
+  }
+
   async function refreshInsets() {
     if (refreshing || !link.live() || document.hidden) return;
     refreshing = true;
     try {
+      await confirmHeld();
       for (const [index, entry] of entries.entries()) {
-        if (entry.removed) continue;
+        if (entry.removed || !entry.held) continue;
         const response = await link.controlImage(index);
-        if (response.status !== 200 || !link.live()) continue; // 204: no step yet
-        const url = URL.createObjectURL(await response.blob());
+        if (response.status !== 200) continue; // 204: no step yet
+        const blob = await response.blob();
+        if (!link.live() || entry.removed || !entries.includes(entry)) continue; // stopped or removed meanwhile
+        const url = URL.createObjectURL(blob);
         const old = entry.url;
         entry.url = url;
         entry.node.inset.src = url;
@@ -314,11 +319,11 @@ export function createControlPanel(link) {
   });
 
   return {
-    // health's "steering": null hides the panel
+    // health's "steering": null (a model that cannot be steered), or nothing loaded, hides the panel
     show(offered) {
-      steering = offered;
-      $("control-panel").hidden = !offered;
-      if (!offered) return;
+      steering = offered && (offered.controlnets.length || offered.ip_adapter) ? offered : null;
+      $("control-panel").hidden = !steering;
+      if (!steering) return;
       $("cn-add-model").replaceChildren(...offered.controlnets.map((name) => new Option(name, name)));
       fillPreprocessors($("cn-add-preprocessor"), offered.preprocessors.includes("canny") ? "canny" : offered.preprocessors[0]);
       $("cn-add-row").hidden = !offered.controlnets.length;
@@ -338,6 +343,7 @@ export function createControlPanel(link) {
     // the session exists: the style image follows the offer; the insets start
     async started() {
       if (!steering) return;
+      for (const box of $("control-panel").querySelectorAll(".feedback[data-answer=later]")) box.hidden = true;
       insetTimer = setInterval(refreshInsets, INSET_REFRESH_MS);
       if (styleImage) await answer(link.patch({ ip_adapter_image: styleImage }), [$("ip-image-feedback")]);
     },
@@ -351,6 +357,7 @@ export function createControlPanel(link) {
       pendingScale = null;
       for (const entry of [...entries]) {
         clearInset(entry);
+        entry.held = false;
         if (entry.removed) dropEntry(entry);
       }
     },

@@ -3,6 +3,10 @@
     streamgen run --model tiny --input synthetic:120 --output out.mp4 --prompt "a watercolor city"
     streamgen run --model sd-turbo --input in.mp4 --output out.mp4 --prompt "oil painting" --strength 0.5
     streamgen run --input frames/ --fps 24 --output out.mkv --params '{"prompt": [["a", 0.7], ["b", 0.3]]}'
+    streamgen run --model tiny-video --mode txt2vid --frames 48 --output out.mp4 --prompt "a paper boat at sea"
+
+With a video model, ``--mode txt2vid`` takes no input: it generates
+``--frames`` frames from the prompt, as fast as the model goes, at ``--fps``.
 
 The stream runs exactly as a live one does (same pipeline, same parameter
 schema, same buffers), frame after frame; the output keeps each input
@@ -23,7 +27,7 @@ from ..config import StreamConfig
 from ..errors import ConfigError, InputError
 from ..params import parse_params, parse_stream_config, split_settings
 from .early_checks import check_model_name, check_writable_file, is_video_preset
-from .stream_options import add_param_options, add_stream_shape_options, collect_settings
+from .stream_options import VIDEO_MODES, add_param_options, add_stream_shape_options, collect_settings
 
 DEFAULT_FPS = 30.0
 
@@ -31,10 +35,11 @@ DEFAULT_FPS = 30.0
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="restyle a video file, image folder or synthetic clip into a video file", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = parser.add_argument_group("input and output")
-    io.add_argument("--input", "-i", required=True, metavar="PATH", help="video file, folder of images, or synthetic[:FRAMES] (a generated moving clip, default 90 frames)")
+    io.add_argument("--input", "-i", default=None, metavar="PATH", help="video file, folder of images, or synthetic[:FRAMES] (a generated moving clip, default 90 frames); required except with --mode txt2vid")
     io.add_argument("--output", "-o", required=True, metavar="FILE", help="output video file (.mp4, .mkv, .mov, ...)")
-    io.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frame rate of image-folder and synthetic input (default {DEFAULT_FPS:g}); video files keep their own timing")
+    io.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frame rate of image-folder and synthetic input and of a txt2vid video (default {DEFAULT_FPS:g}); video files keep their own timing")
     io.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N input frames")
+    io.add_argument("--frames", type=int, default=None, metavar="N", help="--mode txt2vid (video models): generate a video of N frames, no input")
     io.add_argument("--codec", default="auto", help="video encoder: auto (H.264 via libx264 when available, else mpeg4), h264, mpeg4 or any PyAV encoder name")
     io.add_argument("--bitrate", type=int, default=None, metavar="KBPS", help="encoder bitrate in kbit/s (default: constant quality for H.264, 4000 otherwise)")
     io.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -46,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--dtype", default="auto", help="float16, bfloat16, float32 or auto (default)")
     model.add_argument("--acceleration", default="none", choices=("auto", "none", "compile", "onnxruntime", "tensorrt"), help="how model components run: none (torch eager, default), compile, onnxruntime, tensorrt, or auto (the fastest available here)")
     model.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: $OMP_NUM_THREADS, else cores - 1, leaving a core for decoding and encoding)")
-    add_stream_shape_options(parser)
+    add_stream_shape_options(parser, video_modes=True)
     add_param_options(parser)
     parser.set_defaults(func=run)
 
@@ -57,9 +62,10 @@ class RunPlan:
 
     config: Any  # StreamConfig (image models) or VideoConfig (video models)
     user_params: dict[str, Any]
-    input_spec: str
+    input_spec: str | None  # None: nothing to read (txt2vid)
     output: Path
     codec: str
+    frames: int | None = None  # txt2vid: how many frames to generate
 
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
@@ -68,15 +74,22 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
 
     check_model_name(args.model, allow_identity=False)
     settings = collect_settings(args)
+    generate = None
     if is_video_preset(args.model):
         from ..pipeline.video_params import parse_video_settings, split_video_settings  # noqa: PLC0415
 
         config, _ = parse_video_settings(settings)  # the video schema: fail now, not after loading the model
         live_values = split_video_settings(settings)[1]
+        if config.mode == "txt2vid":
+            generate = _frames_to_generate(args)
     else:
+        if settings.get("mode") in VIDEO_MODES:
+            raise ConfigError(f"mode {settings['mode']} is for video models (such as tiny-video); {args.model!r} is an image model: mode img2img or txt2img")
         config_values, live_values = split_settings(settings)
         config = parse_stream_config(config_values)
         parse_params(live_values)  # fail now, not after loading the model; re-parsed on the model's defaults later
+    if generate is None:
+        _check_input_options(args)
     if args.fps <= 0:
         raise ConfigError(f"--fps must be positive, got {args.fps:g}")
     if args.max_frames is not None and args.max_frames < 1:
@@ -86,9 +99,31 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     output = Path(args.output)
     codec = pick_codec(args.codec)
     check_output_path(output, codec)
-    _check_input_is_not_output(args.input, output)
+    if args.input is not None:
+        _check_input_is_not_output(args.input, output)
     check_writable_file(output)
-    return RunPlan(config, live_values, args.input, output, codec)
+    return RunPlan(config, live_values, args.input, output, codec, generate)
+
+
+def _frames_to_generate(args: argparse.Namespace) -> int:
+    """``--frames`` of a txt2vid run, which reads no input."""
+    if args.input is not None:
+        raise ConfigError(f"--input does not apply to --mode txt2vid, which generates the video from the prompt; drop --input (or use --mode vid2vid to restyle {args.input!r})")
+    if args.max_frames is not None:
+        raise ConfigError("--max-frames cuts an input; --mode txt2vid takes the video's length as --frames N")
+    if args.frames is None:
+        raise ConfigError("--mode txt2vid needs --frames N: how many frames to generate")
+    if args.frames < 1:
+        raise ConfigError(f"--frames must be at least 1, got {args.frames}")
+    return args.frames
+
+
+def _check_input_options(args: argparse.Namespace) -> None:
+    """A run that restyles an input: it needs one, and --frames is not its option."""
+    if args.frames is not None:
+        raise ConfigError("--frames is the length of a generated video (--mode txt2vid, video models); to cut an input use --max-frames")
+    if args.input is None:
+        raise ConfigError("--input is required: a video file, a folder of images or synthetic[:FRAMES] (only a video model's --mode txt2vid runs without input)")
 
 
 def stream_params_for(pipeline: Any, config: Any, user_params: dict[str, Any]) -> Any:
@@ -117,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     from ..threads import apply_thread_budget  # noqa: PLC0415
 
     apply_thread_budget(args.threads)
+    if plan.frames is not None:
+        return _generate(args, plan)
     size = (plan.config.width, plan.config.height) if plan.config.width and plan.config.height else None
     source = open_source(plan.input_spec, fps=args.fps, size=size)
     try:
@@ -153,6 +190,54 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"input {plan.input_spec!r} has no frames")
     print(format_summary(source.description, writer, runner.counts, load_seconds, run_seconds, interrupted=interrupted))
     return 130 if interrupted else 0
+
+
+def _generate(args: argparse.Namespace, plan: RunPlan) -> int:
+    """``--mode txt2vid``: ``plan.frames`` frames from the prompt, flat out, into the output file at ``--fps``."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from ..outputs.video_writer import VideoWriter  # noqa: PLC0415
+    from ..stream import load_stream_pipeline  # noqa: PLC0415
+    from .frame_sources import fraction_of  # noqa: PLC0415
+    from .stream_runner import StreamRunner  # noqa: PLC0415
+
+    started = time.perf_counter()
+    placement = {"devices": args.devices} if args.devices else {"device": args.device}
+    pipeline = load_stream_pipeline(args.model, weights=args.weights, dtype=args.dtype, acceleration=args.acceleration, **placement)
+    state = pipeline.create_state(plan.config, stream_params_for(pipeline, plan.config, plan.user_params))
+    load_seconds = time.perf_counter() - started
+    rate = fraction_of(args.fps)
+    writer = VideoWriter(plan.output, plan.codec, rate=rate, time_base=1 / rate, bitrate_kbps=args.bitrate)
+    runner = StreamRunner(pipeline, state, writer.write)
+    started = time.perf_counter()
+    interrupted = False
+    try:
+        with tqdm(total=plan.frames, unit="frame", desc="streamgen run", disable=args.quiet, file=sys.stderr, dynamic_ncols=True) as progress:
+            try:
+                runner.generate(plan.frames, progress.update)
+            except KeyboardInterrupt:  # Ctrl+C: the file written so far is valid; say what it holds
+                interrupted = True
+    finally:
+        writer.close()
+    run_seconds = time.perf_counter() - started
+    print(format_generation_summary(writer, runner.counts, args.fps, load_seconds, run_seconds, interrupted=interrupted))
+    return 130 if interrupted else 0
+
+
+def format_generation_summary(writer: Any, counts: Any, fps: float, load_seconds: float, run_seconds: float, *, interrupted: bool = False) -> str:
+    """The lines printed when a txt2vid run ends."""
+    width, height = writer.size or (0, 0)
+    speed = writer.frames_written / run_seconds if run_seconds > 0 else 0.0
+    cut = f" ({counts.frames_cut} more of the last chunk left out)" if counts.frames_cut else ""
+    lines = [
+        f"input    none: txt2vid, frames generated from the prompt at {fps:g} fps",
+        f"output   {writer.path} ({writer.codec}, {width}x{height}, {writer.frames_written} frames)",
+        f"frames   {counts.frames_emitted} generated in {counts.calls} model steps{cut}, {writer.frames_written} out",
+        f"time     {run_seconds:.2f} s for {writer.frames_written} frames ({speed:.2f} fps), model load {load_seconds:.2f} s",
+    ]
+    if interrupted:
+        lines.append(f"ended    stopped (Ctrl+C); {writer.path} holds the {writer.frames_written} frames written until then")
+    return "\n".join(lines)
 
 
 def format_summary(input_description: str, writer: Any, counts: Any, load_seconds: float, run_seconds: float, *, interrupted: bool = False) -> str:

@@ -86,13 +86,20 @@ def add_param_options(parser: argparse.ArgumentParser) -> None:
         _add_param_option(group, field, hints[field], getattr(defaults, field))
 
 
-def add_stream_shape_options(parser: argparse.ArgumentParser) -> None:
-    """The fixed shape of the stream (:class:`~streamgen.config.StreamConfig`)."""
+IMAGE_MODES = ("img2img", "txt2img")
+VIDEO_MODES = ("vid2vid", "txt2vid")
+
+
+def add_stream_shape_options(parser: argparse.ArgumentParser, *, video_modes: bool = False) -> None:
+    """The fixed shape of the stream (:class:`~streamgen.config.StreamConfig`; ``video_modes``: ``--mode`` offers the video modes too)."""
     group = parser.add_argument_group("stream shape")
     group.add_argument("--width", type=raw_value, default=None, help="output width, a multiple of 8 (default: the model's)")
     group.add_argument("--height", type=raw_value, default=None, help="output height, a multiple of 8 (default: the model's)")
     group.add_argument("--frame-buffer-size", type=raw_value, default=None, metavar="F", help="frames per model call (default 1)")
-    group.add_argument("--mode", choices=("img2img", "txt2img"), default=None, help="img2img restyles the input; txt2img ignores its pictures (default img2img)")
+    if video_modes:
+        group.add_argument("--mode", choices=IMAGE_MODES + VIDEO_MODES, default=None, help="image models: img2img restyles the input, txt2img ignores its pictures (default img2img); video models: vid2vid restyles the input (default), txt2vid generates --frames frames from the prompt, no input")
+    else:
+        group.add_argument("--mode", choices=IMAGE_MODES, default=None, help="img2img restyles the input; txt2img ignores its pictures (default img2img)")
     group.add_argument("--no-denoising-batch", dest="use_denoising_batch", action="store_const", const=False, default=None, help="run the denoising steps one after another instead of in one stream batch")
 
 

@@ -12,6 +12,10 @@ the :class:`~streamgen.pipeline.contract.StreamPipeline` protocol:
 - at the end it completes a partial call with copies of the last frame and
   calls the pipeline's ``flush(state)`` (the one end-of-stream drain, which the
   server's local sessions use too): what is still inside comes out.
+
+A stream without input (``takes_frames`` is False and a step makes frames:
+txt2vid) is driven by :meth:`StreamRunner.generate` instead: it steps with
+no frames until the requested number of frames has come out.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class RunCounts:
     frames_emitted: int = 0  # output frames handed to ``emit`` (it may still refuse repeats)
     frames_skipped: int = 0  # inputs the similarity filter answered with the previous output
     frames_lost: int = 0  # inputs whose output never came back, even after draining
+    frames_cut: int = 0  # generated frames past the count asked for (the rest of the last chunk)
     calls: int = 0
 
 
@@ -81,6 +86,42 @@ class StreamRunner:
             produced += self._take(self.pipeline.flush(self.state))
         self.counts.frames_lost = len(self._waiting)
         return produced
+
+    def generate(self, count: int, progress: Callable[[int], Any] | None = None) -> int:
+        """Step a stream that takes no frames (txt2vid) until ``count`` frames came out; returns the frames emitted.
+
+        Each step makes one chunk of at most ``frames_per_unit`` frames (the
+        stream's shape), which may come out some steps later (stream batch):
+        it takes just enough steps for ``count`` frames, drains them with the
+        pipeline's ``flush``, and goes on if the chunks were shorter (a
+        stream's first chunk is). Frames past ``count`` are left out
+        (``counts.frames_cut``); ``progress(n)`` hears of every n emitted.
+        Output frames carry the pipeline's tags (their index in the stream)
+        as pts.
+        """
+        per_step = max(1, self.pipeline.stream_shape(self.state).frames_per_unit)
+        start = self.counts.frames_emitted
+        while self.counts.frames_emitted - start < count:
+            left = count - (self.counts.frames_emitted - start)
+            for _ in range(-(-left // per_step)):
+                output = self.pipeline.step([self.state], [None], [None])[0]
+                self.counts.calls += 1
+                self._take_generated(output, start + count, progress)
+            self._take_generated(self.pipeline.flush(self.state), start + count, progress)
+        return self.counts.frames_emitted - start
+
+    def _take_generated(self, output: StepOutput, limit: int, progress: Callable[[int], Any] | None) -> None:
+        images = output.frames.cpu().numpy() if output.tags else ()
+        emitted = 0
+        for image, tag in zip(images, output.tags):
+            if self.counts.frames_emitted >= limit:
+                self.counts.frames_cut += 1
+                continue
+            self.emit(image, tag)
+            self.counts.frames_emitted += 1
+            emitted += 1
+        if emitted and progress is not None:
+            progress(emitted)
 
     # ------------------------------------------------------------------ steps
     def _step(self, images: list[np.ndarray], tags: tuple[int | None, ...]) -> int:

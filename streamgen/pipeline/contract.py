@@ -63,10 +63,10 @@ class StepShape:
 class StreamShape:
     """What a session asks of the model: its size, its rows per step, and how many input frames one step consumes.
 
-    ``frames_per_unit``: input frames one model step consumes (an image
-    stream's frames per call; a causal video chunk's input frames, the VAE's
-    temporal factor times its latent frames). The scheduler turns it into
-    the stream's step period.
+    ``frames_per_unit``: frames one model step consumes (an image stream's
+    frames per call; a causal video chunk's input frames, the VAE's temporal
+    factor times its latent frames) or, for a stream that ``generates``
+    (txt2vid), makes. The scheduler turns it into the stream's step period.
     """
 
     kind: str
@@ -79,6 +79,7 @@ class StreamShape:
     chunk_frames: int = 1
     frames_per_unit: int = 1
     controlnets: int = 0  # ControlNets steering every row (each runs over the rows it steers)
+    generates: bool = False  # makes frames with no input (txt2vid): a step per chunk period, nothing to wait for
 
     @property
     def bucket(self) -> Hashable:

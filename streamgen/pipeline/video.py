@@ -50,6 +50,18 @@ chunks' worth of frames takes part in as many rounds.
 A step that raises can be undone: :meth:`VideoPipeline.checkpoint` before
 the step and :meth:`VideoPipeline.restore` after it put a stream back
 exactly (:mod:`streamgen.pipeline.video_checkpoint`).
+
+Text to video (``mode="txt2vid"``): the stream takes no frames
+(``step([state], [None])``) and every step generates the next chunk. Its
+starting latents are the chunk's ``noise[0]`` at σ = 1 (the first step runs
+at t = 1000; :data:`T2V_TIMESTEPS`), drawn from the stream's seeded
+generator like a vid2vid chunk's noise; nothing is encoded and the motion
+controller is idle. Everything after that is the same: the chunk is
+denoised over the KV cache (stream batch or sequential, sharing forwards
+and VAE decodes with other streams), decoded and emitted, so modes mix
+freely in one ``step``. A txt2vid step's frames carry the step's one tag
+(``tags[i] = (tag,)``) or, without one, their index in the stream (0, 1, 2,
+... since it began or was reset).
 """
 
 from __future__ import annotations
@@ -65,13 +77,18 @@ from ..frames import model_to_uint8, uint8_to_model
 from ..models.video.video_model import VideoModel
 from ..models.video.wan_context import CrossAttentionContext
 from ..models.video.kv_cache import RollingKVCache
-from .noise import MotionNoiseController, base_timesteps, step_sigmas
+from .noise import MAX_STEPS, MotionNoiseController, base_timesteps, shifted_sigma, step_sigmas
 from .contract import StepShape, StreamShape
 from .output import PADDING, StepOutput
 from .video_batch import FinishedChunk, RoundEntry, denoise_round
 from .video_checkpoint import VideoCheckpoint, restore_checkpoint, settle_checkpoint, take_checkpoint
-from .video_params import VIDEO_PARAM_NAMES, VideoConfig, VideoParams, parse_video_config, parse_video_params, parse_video_settings
+from .video_params import (
+    VIDEO_PARAM_NAMES, VideoConfig, VideoParams, check_mode_params, parse_video_config, parse_video_params, parse_video_settings,
+)
 from .video_state import ChunkInFlight, ContextTransition, VideoState
+
+# The txt2vid schedules for 1..4 denoising steps (unshifted grid): from pure noise (t = 1000, σ = 1) in equal strides.
+T2V_TIMESTEPS: dict[int, tuple[int, ...]] = {n: tuple(round(1000 * (n - i) / n) for i in range(n)) for n in range(1, MAX_STEPS + 1)}
 
 
 class VideoPipeline:
@@ -137,23 +154,27 @@ class VideoPipeline:
         return self._shape(state.config, params.num_inference_steps)
 
     def step_work(self, state: VideoState, new_frames: int) -> StepShape:
-        """Only a step that completes a chunk runs the model; in stream batch its rows are the chunks in flight plus the new one."""
+        """Only a step that completes a chunk runs the model; in stream batch its rows are the chunks in flight plus the new one.
+
+        Every txt2vid step makes a chunk (``new_frames`` does not apply: it takes none).
+        """
         shape = self.stream_shape(state)
         unit = shape.unit()
-        if len(state.pending_frames) + new_frames < state.frames_needed:
+        if not state.generates and len(state.pending_frames) + new_frames < state.frames_needed:
             return StepShape(unit.bucket, 0, 1)
         if shape.stream_batch:
             return StepShape(unit.bucket, min(len(state.in_flight) + 1, shape.steps), 1)
         return unit
 
     def frames_per_step(self, state: VideoState) -> int:
+        """Frames per step: one input frame (vid2vid), or the one optional tag of a txt2vid step (it takes no frame)."""
         return state.frames_per_call
 
     def frame_size(self, state: VideoState) -> tuple[int, int]:
         return state.config.width, state.config.height
 
     def takes_frames(self, state: VideoState) -> bool:
-        return True
+        return not state.generates
 
     def params_json(self, state: VideoState) -> dict[str, Any]:
         return state.latest_params.to_dict()
@@ -167,9 +188,10 @@ class VideoPipeline:
                 raise ConfigError(f"the prompt {prompt.text[:40]!r} cannot be encoded as text ({error.reason})") from None
 
     def _shape(self, config: VideoConfig, steps: int) -> StreamShape:
+        """One step per chunk: ``frames_per_unit`` is a chunk's frames (what vid2vid consumes, what txt2vid makes)."""
         return StreamShape(
             "video", config.width, config.height, 1, steps, config.use_denoising_batch, 1, config.chunk_frames,
-            frames_per_unit=self.temporal_factor * config.chunk_frames,
+            frames_per_unit=self.temporal_factor * config.chunk_frames, generates=config.mode == "txt2vid",
         )
 
     # ------------------------------------------------------------------ states
@@ -204,7 +226,7 @@ class VideoPipeline:
             decoder=self.model.vae.new_decode_state(),
             noise=MotionNoiseController(params.noise_settings, self.device),
             generator=generator,
-            base_timesteps=self._base_timesteps(params.num_inference_steps),
+            base_timesteps=self._base_timesteps(params.num_inference_steps, config.mode),
             context=ContextTransition(current=self._prompt_context(params)),
             temporal_factor=self.temporal_factor,
         )
@@ -228,6 +250,7 @@ class VideoPipeline:
         if params is None:
             params = base or VideoParams()
         elif isinstance(params, Mapping):
+            check_mode_params(config.mode, params)
             params = parse_video_params(params, base)
         elif isinstance(params, StreamParams):
             raise ConfigError("video streams take video parameters (VideoParams or a mapping), not image StreamParams")
@@ -246,8 +269,10 @@ class VideoPipeline:
             steps, h, w, sink_frames=config.sink_frames, ring_frames=config.ring_frames, chunk_frames=config.chunk_frames
         )
 
-    def _base_timesteps(self, steps: int) -> torch.Tensor:
-        return torch.tensor(base_timesteps(steps), dtype=torch.float32, device=self.device)
+    def _base_timesteps(self, steps: int, mode: str) -> torch.Tensor:
+        """The stream's schedule: the V2V reference (scaled per chunk by its noise level) or, in txt2vid, :data:`T2V_TIMESTEPS`."""
+        schedule = T2V_TIMESTEPS[steps] if mode == "txt2vid" else base_timesteps(steps)
+        return torch.tensor(schedule, dtype=torch.float32, device=self.device)
 
     def _prompt_context(self, params: VideoParams) -> CrossAttentionContext:
         total = sum(p.weight for p in params.prompt)
@@ -267,6 +292,7 @@ class VideoPipeline:
 
     def parse_update(self, state: VideoState, changes: Mapping[str, Any]) -> VideoParams:
         """The parameters ``changes`` would put in force, validated but not queued."""
+        check_mode_params(state.config.mode, changes)
         return parse_video_params(changes, state.latest_params)
 
     def apply_pending(self, state: VideoState) -> None:
@@ -282,7 +308,7 @@ class VideoPipeline:
             state.noise.configure(new.noise_settings)
         if new.num_inference_steps != old.num_inference_steps:
             state.cache = self._new_cache(state.config, state.latent_size, new.num_inference_steps)
-            state.base_timesteps = self._base_timesteps(new.num_inference_steps)
+            state.base_timesteps = self._base_timesteps(new.num_inference_steps, state.config.mode)
             self.reset(state)
         elif new.seed != old.seed:
             state.generator.manual_seed(new.seed)
@@ -323,7 +349,10 @@ class VideoPipeline:
 
         Each :class:`StepOutput` holds 0..m frames (whole chunks) with the
         tags of the input frames they depict. The streams' chunks share DiT
-        forwards and VAE calls (see module docstring).
+        forwards and VAE calls (see module docstring). A txt2vid stream takes
+        None and makes one chunk per step; ``tags[i]`` is then None or one
+        tag, which every frame of that chunk carries (without it, their
+        index in the stream).
         """
         self._buffer_inputs(states, frames, tags)
         outputs = self._run_ready_chunks(states)
@@ -341,9 +370,12 @@ class VideoPipeline:
         if len(tags) != len(states):
             raise InputError(f"got {len(tags)} tag tuples for {len(states)} streams")
         images = [self._prepare_input(s, f) for s, f in zip(states, frames)]
-        call_tags = [_call_tags(t, image.shape[0]) for t, image in zip(tags, images)]
+        call_tags = [_call_tags(t, image.shape[0]) if image is not None else _step_tag(t) for t, image in zip(tags, images)]
         for state, image, tag in zip(states, images, call_tags):
             self.apply_pending(state)
+            if image is None:
+                _queue_generated_chunk(state, tag)
+                continue
             state.counters.frames_in += image.shape[0]
             state.pending_frames.extend(image.unbind(0))
             state.pending_tags.extend(tag)
@@ -369,7 +401,13 @@ class VideoPipeline:
             state.pending_frames.extend([state.pending_frames[-1]] * missing)
             state.pending_tags.extend([PADDING] * missing)
 
-    def _prepare_input(self, state: VideoState, frames: torch.Tensor | None) -> torch.Tensor:
+    def _prepare_input(self, state: VideoState, frames: torch.Tensor | None) -> torch.Tensor | None:
+        if state.generates:
+            if frames is not None:
+                raise InputError("this video stream is txt2vid: it takes no frames; pass None and each step generates the next chunk")
+            return None
+        if frames is None:
+            raise InputError("this video stream is vid2vid and needs input frames: a uint8 tensor of shape (k, H, W, 3) with k >= 1 (mode txt2vid generates without input)")
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             shape = tuple(frames.shape) if hasattr(frames, "shape") else type(frames).__name__
             dtype = f" {frames.dtype}" if hasattr(frames, "dtype") else ""
@@ -400,14 +438,34 @@ class VideoPipeline:
 
     # ------------------------------------------------------------------ chunks
     def _enter_chunks(self, states: list[VideoState]) -> list[ChunkInFlight]:
-        """Take each stream's next chunk of frames, measure its motion, encode them all, noise each to its first step."""
+        """Take each stream's next chunk of frames, measure its motion, encode them all, noise each to its first step.
+
+        A txt2vid stream's chunk has no frames: it enters as pure noise (no motion measured, nothing encoded).
+        """
         taken = [_take_chunk_frames(state) for state in states]
-        levels = [state.noise.update(frames) for state, (frames, _) in zip(states, taken)]
-        latents = self.model.vae.encode_batch([frames for frames, _ in taken], [state.encoder for state in states])
-        return [
-            self._noised_chunk(state, z.float(), level, tags)
-            for state, z, level, (_, tags) in zip(states, latents, levels, taken)
-        ]
+        inputs = [(state, frames) for state, (frames, _) in zip(states, taken) if frames is not None]
+        levels = [state.noise.update(frames) for state, frames in inputs]
+        latents = self.model.vae.encode_batch([frames for _, frames in inputs], [state.encoder for state, _ in inputs]) if inputs else []
+        encoded = {state: (z, level) for (state, _), z, level in zip(inputs, latents, levels)}
+        chunks = []
+        for state, (frames, tags) in zip(states, taken):
+            if frames is None:
+                chunks.append(self._noise_chunk(state, tags))
+            else:
+                z, level = encoded[state]
+                chunks.append(self._noised_chunk(state, z.float(), level, tags))
+        return chunks
+
+    def _noise_chunk(self, state: VideoState, tags: tuple[Any, ...]) -> ChunkInFlight:
+        """A txt2vid chunk: its noise for every step drawn from the stream's generator; ``noise[0]`` is its start (σ = 1)."""
+        t = state.config.chunk_frames
+        h, w = state.latent_size
+        noise = torch.randn(
+            (state.num_steps, self.model.vae.z_dim, t, h, w), generator=state.generator, device=self.device, dtype=torch.float32
+        )
+        sigmas = shifted_sigma(state.base_timesteps, self.model.flow_shift)
+        state.chunks_in += 1
+        return ChunkInFlight(latents=noise[:1], sigmas=sigmas, noise=noise, context=state.context.next_chunk(), tags=tags)
 
     def _noised_chunk(self, state: VideoState, latents: torch.Tensor, level: torch.Tensor, tags: tuple[Any, ...]) -> ChunkInFlight:
         """Draw the chunk's noise for every step (from the stream's generator) and noise it to step 0."""
@@ -428,13 +486,25 @@ class VideoPipeline:
 
 
 # ---------------------------------------------------------------------- helpers
-def _take_chunk_frames(state: VideoState) -> tuple[torch.Tensor, tuple[Any, ...]]:
-    """The next chunk's frames ``(1, 3, t, H, W)`` and tags, removed from the stream's pending input."""
+def _take_chunk_frames(state: VideoState) -> tuple[torch.Tensor | None, tuple[Any, ...]]:
+    """The next chunk's frames ``(1, 3, t, H, W)`` (None for a txt2vid chunk) and tags, removed from the stream's pending input."""
     count = state.frames_needed
-    frames = torch.stack(state.pending_frames[:count], dim=1)[None]
+    frames = None if state.generates else torch.stack(state.pending_frames[:count], dim=1)[None]
     tags = tuple(state.pending_tags[:count])
     del state.pending_frames[:count], state.pending_tags[:count]
     return frames, tags
+
+
+def _queue_generated_chunk(state: VideoState, tag: Any) -> None:
+    """A txt2vid step asks for one chunk: placeholders for its frames, tagged ``tag`` (None: each frame's index in the stream).
+
+    A chunk still queued (a failed step that was not undone) is generated first, instead of a second one.
+    """
+    if state.pending_frames:
+        return
+    count, first = state.frames_needed, state.frames_entered
+    state.pending_frames.extend([None] * count)
+    state.pending_tags.extend([tag] * count if tag is not None else range(first, first + count))
 
 
 def _chunk_output(state: VideoState, chunk: ChunkInFlight, video: torch.Tensor) -> StepOutput:
@@ -444,6 +514,16 @@ def _chunk_output(state: VideoState, chunk: ChunkInFlight, video: torch.Tensor) 
         raise RuntimeError(f"decoded {frames.shape[0]} frames for a chunk of {len(chunk.tags)} inputs")
     state.counters.frames_processed += sum(t is not PADDING for t in chunk.tags)
     return StepOutput(frames, tags=chunk.tags)
+
+
+def _step_tag(tags: Any) -> Any:
+    """The one tag of a txt2vid step (None when it has none)."""
+    if tags is None:
+        return None
+    tags = tuple(tags)
+    if len(tags) > 1:
+        raise InputError(f"a txt2vid step takes at most one tag (it makes one chunk from no input); got {len(tags)}")
+    return tags[0] if tags else None
 
 
 def _call_tags(tags: Any, count: int) -> tuple[Any, ...]:
@@ -469,5 +549,5 @@ def _from_image_config(config: StreamConfig) -> VideoConfig:
     if config.frame_buffer_size != 1:
         raise ConfigError("frame_buffer_size does not apply to video streams (they buffer frames into chunks; see chunk_frames)")
     if config.mode != "img2img":
-        raise ConfigError("video streams are video-to-video; mode txt2img is not supported")
+        raise ConfigError("mode txt2img is an image stream mode; video streams take mode vid2vid or txt2vid (a VideoConfig or a settings mapping)")
     return VideoConfig(width=config.width, height=config.height, use_denoising_batch=config.use_denoising_batch)

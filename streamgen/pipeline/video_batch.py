@@ -21,6 +21,10 @@ model attends per segment. Every row is therefore computed exactly as in the
 stream's own forward: a stream cannot see another's history, and the batch
 changes only the shape of the matmuls (bit-level differences of float
 reduction order at most).
+
+A txt2vid chunk (it entered as pure noise, :mod:`streamgen.pipeline.video`)
+is a row like any other: its latents have the same shape as a vid2vid
+chunk's of the same size, so streams of both modes share forwards.
 """
 
 from __future__ import annotations

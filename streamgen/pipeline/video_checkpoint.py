@@ -9,7 +9,8 @@ advanced, no noise drawn, no cache entry overwritten.
 
 What a step changes, and how the checkpoint puts it back:
 
-- lists mutated in place (pending frames and tags): shallow copies;
+- lists mutated in place (pending frames and tags): shallow copies (a
+  txt2vid step's chunk request lives there too, as placeholders);
 - chunks in flight (their ``latents``/``step`` are reassigned in place):
   copies of the chunk objects; their tensors are shared because a step
   replaces them and never writes into them;
@@ -17,7 +18,8 @@ What a step changes, and how the checkpoint puts it back:
   schedule: copied values or references to immutable objects;
 - the motion-noise controller: a snapshot of its (replaced, never written)
   tensors;
-- the noise generator: ``get_state()`` / ``set_state()``;
+- the noise generator: ``get_state()`` / ``set_state()`` (a txt2vid
+  chunk's starting latents come from it, so a retry draws them again);
 - the VAE encode/decode caches: the list of entries (diffusers replaces
   entries, never writes into them) and the frame counters;
 - the KV cache: ``frames_written`` (cloned) and its host-side lower bound

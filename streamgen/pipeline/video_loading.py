@@ -22,8 +22,11 @@ def load_video_pipeline(model: Any = "tiny-video", **spec: Any):
     Keywords: ``weights`` (pretrained | dummy), ``device``, ``dtype``,
     ``seed`` (random weights), ``checkpoint`` (causal student file),
     ``checkpoint_key``, ``acceleration`` (see :func:`streamgen.runtime.accelerate`);
-    ``vae`` and ``fuse_lora`` are accepted for symmetry with image models,
-    ``lora`` must be empty (not supported for video).
+    ``lora`` (``{path_or_hub_file: scale}``) and ``fuse_lora`` (default True;
+    False keeps live adapters whose scales
+    :func:`~streamgen.models.loading.video_lora.set_video_lora_scales` changes)
+    put LoRAs on the DiT (:mod:`streamgen.models.loading.video_lora`; not with
+    pipeline stages); ``vae`` is accepted for symmetry with image models.
     """
     acceleration = spec.pop("acceleration", None)
     devices = spec.pop("devices", None)
@@ -59,16 +62,20 @@ def _staged_pipeline(model: Any, devices: list[str], acceleration: Any, spec: di
 
     if isinstance(model, ModelSpec):
         acceleration = acceleration or model.acceleration
-        spec = {"weights": model.weights, "dtype": model.dtype, "seed": model.seed, **spec}
+        spec = {"weights": model.weights, "dtype": model.dtype, "seed": model.seed, "lora": model.lora, **spec}
         model = model.source
+    if spec.pop("lora", None):
+        raise ConfigError(
+            "LoRA with pipeline stages: each stage's rank builds its own blocks from the model's source "
+            "(streamgen/parallel/shard_loading.py), so a LoRA loaded here would never reach them; "
+            "run the model in one process (no devices=[...]) to use LoRAs"
+        )
     if not isinstance(model, str):
         raise ConfigError("pipeline stages load the model themselves: pass a video preset name, not a loaded model")
     if spec.pop("device", "auto") not in ("auto", None):
         raise ConfigError("give either device or devices, not both")
     for ignored in ("vae", "fuse_lora"):
         spec.pop(ignored, None)
-    if spec.pop("lora", None):
-        raise ConfigError("LoRAs are not supported for video models yet; remove the lora option")
     return video_pipeline_for(load_staged_video_model(model, devices, acceleration=acceleration or "none", **spec))
 
 

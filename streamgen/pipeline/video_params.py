@@ -18,6 +18,12 @@ Live changes and what they cost:
 - ``num_inference_steps``: the KV cache has one row per step, so a change
   **resets the stream** (cache, VAE caches and chunks in flight are dropped;
   the next frame starts a new clip).
+
+Two modes (:attr:`VideoConfig.mode`, fixed for the stream's life):
+``vid2vid`` restyles input frames; ``txt2vid`` takes no input and generates
+every chunk from pure noise. The motion-aware noise knobs set how much noise
+goes onto the *input*, so a txt2vid stream refuses them
+(:data:`TXT2VID_INPUT_PARAMS`, :func:`check_mode_params`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ..config import WeightedPrompt, field_names
 from ..errors import ConfigError
@@ -39,6 +45,12 @@ MAX_RING_FRAMES = 32
 # t0 = 1000·s − 100 must stay clearly above 0 for the lowest level the controller can reach.
 MIN_NOISE_LEVEL = 0.15
 
+VideoMode = Literal["vid2vid", "txt2vid"]
+VIDEO_MODES: tuple[str, ...] = ("vid2vid", "txt2vid")
+# Live parameters that only steer how an input chunk is noised (the motion-aware noise controller).
+TXT2VID_INPUT_PARAMS: tuple[str, ...] = ("motion_aware", "noise_scale", "motion_scale", "motion_weight", "noise_smoothing")
+TXT2VID_NOISE = "{name} applies to vid2vid streams (how much noise goes onto the input); txt2vid streams start every chunk from pure noise"
+
 
 @dataclass(frozen=True)
 class VideoConfig:
@@ -49,7 +61,9 @@ class VideoConfig:
     stream's first chunk is 1 + 4·(chunk_frames − 1) frames);
     ``sink_frames`` + ``ring_frames`` latent frames of KV-cache history;
     ``use_denoising_batch``: stream batch (all steps in one forward, output
-    lags by steps − 1 chunks) or sequential steps (lower latency).
+    lags by steps − 1 chunks) or sequential steps (lower latency);
+    ``mode``: ``vid2vid`` (input frames are restyled) or ``txt2vid`` (no
+    input: each step generates the next chunk from noise).
     """
 
     width: int | None = None
@@ -58,6 +72,7 @@ class VideoConfig:
     chunk_frames: int = 1
     sink_frames: int = 3
     ring_frames: int = 3
+    mode: VideoMode = "vid2vid"
 
     def resolved(self, default_size: tuple[int, int]) -> VideoConfig:
         return dataclasses.replace(
@@ -120,6 +135,13 @@ _PARAM_PARSERS = {
 }
 assert set(_PARAM_PARSERS) == set(field_names(VideoParams)), "video schema and VideoParams disagree"
 
+def _mode(name: str, value: Any) -> str:
+    if value not in VIDEO_MODES:
+        hint = " (img2img and txt2img are image stream modes)" if value in ("img2img", "txt2img") else ""
+        raise ConfigError(f"{name} must be one of {', '.join(VIDEO_MODES)} for video streams; got {describe_value(value)}{hint}")
+    return value
+
+
 _CONFIG_PARSERS = {
     "width": _size16,
     "height": _size16,
@@ -127,6 +149,7 @@ _CONFIG_PARSERS = {
     "chunk_frames": lambda n, v: integer_field(n, v, 1, MAX_CHUNK_FRAMES),
     "sink_frames": lambda n, v: integer_field(n, v, 0, MAX_SINK_FRAMES),
     "ring_frames": lambda n, v: integer_field(n, v, 1, MAX_RING_FRAMES),
+    "mode": _mode,
 }
 assert set(_CONFIG_PARSERS) == set(field_names(VideoConfig)), "video schema and VideoConfig disagree"
 
@@ -177,7 +200,17 @@ def split_video_settings(values: Mapping[str, Any]) -> tuple[dict[str, Any], dic
     return config, live
 
 
+def check_mode_params(mode: str, changes: Mapping[str, Any]) -> None:
+    """ConfigError when ``changes`` set a parameter the stream's mode has no use for (the noise of the input, in txt2vid)."""
+    if mode == "txt2vid":
+        for name in TXT2VID_INPUT_PARAMS:
+            if name in changes:
+                raise ConfigError(TXT2VID_NOISE.format(name=name))
+
+
 def parse_video_settings(values: Mapping[str, Any], base: VideoParams | None = None) -> tuple[VideoConfig, VideoParams]:
     """Creation settings (shape and live fields in one mapping) → validated config and params."""
     config_values, live_values = split_video_settings(values)
-    return parse_video_config(config_values), parse_video_params(live_values, base)
+    config = parse_video_config(config_values)
+    check_mode_params(config.mode, live_values)
+    return config, parse_video_params(live_values, base)

@@ -114,10 +114,10 @@ class StagedVideoPipeline(VideoPipeline):
 
     # ---------------------------------------------------------------- contract
     def step_work(self, state: VideoState, new_frames: int) -> StepShape:
-        """A step that completes a chunk hands all of its denoising steps to the stages at once."""
+        """A step that completes a chunk (every txt2vid step does) hands all of its denoising steps to the stages at once."""
         shape = self.stream_shape(state)
         unit = shape.unit()
-        if len(state.pending_frames) + new_frames < state.frames_needed:
+        if not state.generates and len(state.pending_frames) + new_frames < state.frames_needed:
             return StepShape(unit.bucket, 0, 1)
         return StepShape(unit.bucket, shape.steps, 1)
 

@@ -6,6 +6,9 @@ The :class:`~streamgen.pipeline.video.VideoPipeline` owns weights; a
 denoising step), its VAE encode/decode caches, the motion-noise controller,
 its noise generator, the input frames waiting to fill a chunk, the chunks in
 flight through the stream batch and the prompt's cross-attention context.
+A txt2vid stream (``config.mode``) has no input: each step queues one
+chunk's worth of *placeholders* (None) in ``pending_frames``, whose tags are
+the tags the generated frames will carry, and the chunk enters from noise.
 Two states never share tensors, so a step over many streams gives each one
 exactly what it would get alone, even when their rows share a DiT forward
 or a VAE call.
@@ -38,7 +41,8 @@ class ChunkInFlight:
     ``latents`` (1, C, T', h, w) float32 are at the noise level of step
     ``step`` (the next step to run); ``sigmas`` (n,) are the chunk's noise
     levels, fixed when it entered; ``noise`` (n, C, T', h, w) was drawn when
-    it entered: ``noise[0]`` noised the input, ``noise[i]`` re-noises to step i.
+    it entered: ``noise[0]`` noised the input (txt2vid: it *is* the starting
+    latents, at σ = 1), ``noise[i]`` re-noises to step i.
     """
 
     latents: torch.Tensor
@@ -113,7 +117,7 @@ class VideoState:
     generator: torch.Generator
     base_timesteps: torch.Tensor  # (n,) the step schedule on the model device
     context: ContextTransition
-    pending_frames: list[torch.Tensor] = field(default_factory=list)  # (3, H, W) each, in [-1, 1]
+    pending_frames: list[torch.Tensor | None] = field(default_factory=list)  # (3, H, W) each, in [-1, 1]; None: to generate (txt2vid)
     pending_tags: list[Any] = field(default_factory=list)
     in_flight: list[ChunkInFlight] = field(default_factory=list)  # ordered by step
     chunks_in: int = 0
@@ -132,10 +136,26 @@ class VideoState:
         return self.cache.rows
 
     @property
+    def generates(self) -> bool:
+        """A txt2vid stream: no input frames, every chunk starts from noise."""
+        return self.config.mode == "txt2vid"
+
+    @property
     def frames_needed(self) -> int:
-        """Input frames that make the next chunk: 1 + f(T' − 1) for the stream's first, fT' after (f: the VAE's temporal factor)."""
+        """Frames of the next chunk: 1 + f(T' − 1) for the stream's first, fT' after (f: the VAE's temporal factor).
+
+        Input frames a vid2vid chunk needs; output frames a txt2vid chunk makes.
+        """
         t, f = self.config.chunk_frames, self.temporal_factor
         return f * (t - 1) + 1 if self.chunks_in == 0 else f * t
+
+    @property
+    def frames_entered(self) -> int:
+        """Frames of all the chunks that entered since the stream began (or was reset): a txt2vid frame's index."""
+        if self.chunks_in == 0:
+            return 0
+        t, f = self.config.chunk_frames, self.temporal_factor
+        return f * (t - 1) + 1 + (self.chunks_in - 1) * f * t
 
     @property
     def latest_params(self) -> VideoParams:

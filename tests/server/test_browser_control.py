@@ -98,6 +98,10 @@ async def test_the_control_panel_steers_a_live_session(steered_pipeline, tmp_pat
             page = browser.pages[0] if browser.pages else await browser.new_page()
             console: list[str] = []
             page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+            async def on_response(r):
+                if r.status >= 400:
+                    console.append(f"DEBUG {r.status} {r.request.method} {r.url} {await r.text()} stopped={await page.evaluate('window.streamgen.state')}")
+            page.on("response", on_response)
             ui = Page(page, server)
             await ui.open()
             # the add row offers the loaded ControlNet; a model-based preprocessor without an estimator cannot be picked
@@ -172,8 +176,9 @@ async def test_choices_before_start_go_with_the_offer_and_a_refusal_is_shown(ste
             await page.fill(f"{FIRST} .cn-scale", "0.45")
             style = _write_png(tmp_path / "style.png")
             await page.set_input_files("#ip-image", str(style))
-            assert "applies at Start" in await page.text_content("#cn-add-feedback")
+            await page.wait_for_selector("#ip-image-feedback[data-answer=later]")  # the file is read
             assert "applies at Start" in await page.text_content("#ip-image-feedback")
+            assert "applies at Start" in await page.text_content("#cn-add-feedback")
 
             await ui.start()
             params = await ui.until(lambda p: p["ip_adapter_image"] is not None, "the style image to follow the offer")
@@ -192,5 +197,20 @@ async def test_choices_before_start_go_with_the_offer_and_a_refusal_is_shown(ste
             presented = await page.evaluate("window.streamgen.outputFrames")
             await page.wait_for_function(f"window.streamgen.outputFrames > {presented + 2}", timeout=20_000)
             await page.click("#stop")
+        finally:
+            await browser.close()
+
+
+async def test_the_panel_is_hidden_when_the_server_loaded_nothing_to_steer_with(shared_tiny_pipeline, tmp_path):
+    playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright Python package is not installed")
+    async with running_server(shared_tiny_pipeline) as server, playwright_api.async_playwright() as playwright:
+        browser = await _browser(playwright, tmp_path)
+        try:
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            await page.goto(server.base_url + "/")
+            await page.wait_for_function("document.getElementById('model').textContent.includes('tiny')", timeout=20_000)
+            status, health, _ = await server.request("GET", "/health")
+            assert health["steering"]["controlnets"] == [] and health["steering"]["ip_adapter"] is None, "nothing loaded to steer with"
+            assert await page.is_hidden("#control-panel")
         finally:
             await browser.close()

@@ -34,7 +34,7 @@ def test_tiny_video_is_deterministic_for_a_seed():
     ("spec", "match"),
     [
         ({"weights": "random"}, "weights must be one of"),
-        ({"lora": {"x": 1.0}}, "LoRAs are not supported"),
+        ({"lora": "x"}, "lora must map"),
         ({"frobnicate": 1}, "unknown model option"),
         ({"dtype": "int3"}, "unknown dtype"),
         ({"checkpoint": "/nonexistent/model.pt"}, "tiny-video is built in code"),

@@ -15,6 +15,9 @@
   UMT5-XXL (5.7 B parameters, 11 GB even random): prompts are encoded once
   per change, so it does not change the stream's speed.
 
+``lora={file: scale}`` puts LoRAs on the DiT (:mod:`streamgen.models.loading.video_lora`),
+merged into its weights unless ``fuse_lora=False``.
+
 Hub access goes through :mod:`streamgen.models.loading.hub`: cache first; with
 ``HF_HUB_OFFLINE=1`` a missing model fails at once with a
 :class:`~streamgen.errors.ModelLoadError` saying how to download it.
@@ -96,11 +99,22 @@ class VideoSpec:
     seed: int = 0
     checkpoint: str | None = None
     checkpoint_key: str | None = None
+    lora: dict[str, float] = field(default_factory=dict)
+    fuse_lora: bool = True
 
 
 def load_video_model(model: str | ModelSpec, **spec: Any) -> VideoModel:
     """Load the :class:`VideoModel` a preset names (see module docstring)."""
+    from .video_lora import apply_video_loras, resolve_video_lora_files  # noqa: PLC0415
+
     video_spec = _video_spec(model, spec)
+    lora_files = resolve_video_lora_files(video_spec.lora)  # a missing LoRA fails before the model is built
+    model_out = _build_video_model(video_spec)
+    apply_video_loras(model_out.transformer, video_spec.lora, fuse=video_spec.fuse_lora, files=lora_files)
+    return model_out
+
+
+def _build_video_model(video_spec: VideoSpec) -> VideoModel:
     device = resolve_device(video_spec.device)
     dtype = resolve_dtype(video_spec.dtype, device, family="video")
     preset = video_spec.preset
@@ -125,7 +139,7 @@ def _video_spec(model: str | ModelSpec, spec: Mapping[str, Any]) -> VideoSpec:
     values = dict(spec)
     if isinstance(model, ModelSpec):
         values = {"weights": model.weights, "device": model.device, "dtype": model.dtype, "seed": model.seed,
-                  "vae": model.vae, "lora": model.lora, **values}
+                  "vae": model.vae, "lora": model.lora, "fuse_lora": model.fuse_lora, **values}
         model = model.source
     preset = VIDEO_PRESETS.get(model) if isinstance(model, str) else None
     if preset is None:
@@ -133,8 +147,12 @@ def _video_spec(model: str | ModelSpec, spec: Mapping[str, Any]) -> VideoSpec:
     weights = values.get("weights", "pretrained")
     if weights not in WEIGHT_KINDS:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHT_KINDS)}; got {weights!r}")
-    if values.get("lora"):
-        raise ConfigError("LoRAs are not supported for video models yet; remove the lora option")
+    from .video_lora import check_lora_option  # noqa: PLC0415
+
+    lora = check_lora_option(values.get("lora"))
+    fuse_lora = values.get("fuse_lora", True)
+    if not isinstance(fuse_lora, bool):
+        raise ConfigError(f"fuse_lora must be true or false, got {fuse_lora!r}")
     if values.get("vae", "tiny") not in ("tiny", "full", "auto"):
         raise ConfigError(f"video models use their own Wan VAE; vae must be tiny, full or auto, got {values['vae']!r}")
     seed = values.get("seed", 0)
@@ -156,6 +174,8 @@ def _video_spec(model: str | ModelSpec, spec: Mapping[str, Any]) -> VideoSpec:
         seed=seed,
         checkpoint=checkpoint,
         checkpoint_key=values.get("checkpoint_key"),
+        lora=lora,
+        fuse_lora=fuse_lora,
     )
 
 

@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ...errors import CapacityError, InputError
+from ...errors import CapacityError, ConfigError, InputError
 from ...pipeline.contract import StreamShape
 from ...sched import Slo, replica_order
 from ..http.access import EndedSessions, new_session_secret
@@ -237,6 +237,11 @@ class SessionManager:
         if self.kind == "video" and "use_denoising_batch" not in merged:
             merged["use_denoising_batch"] = self._video_mode(worker, merged, session_slo)
         stream = worker.pipeline.settings_shape(merged)
+        if stream.generates:
+            raise ConfigError(
+                "txt2vid sessions are not served yet (the server paces sessions by their input frames); "
+                "generate with VideoStream(..., mode='txt2vid') or `streamgen run --mode txt2vid --frames N`"
+            )
         self.caps.check_shape(stream)
         check_engine_limits(worker.pipeline, stream)
         return worker, merged, session_slo, stream
