@@ -23,7 +23,7 @@ const $ = (id) => document.getElementById(id);
 // and controlImage(index) (a fetch Response).
 export function createControlPanel(link) {
   let steering = null;
-  const entries = []; // {model, preprocessor, scale, enabled, removed, held (by the session), url, node: {...}}
+  const entries = []; // {model, preprocessor, scale, enabled, removed, url, node: {...}}
   const pending = new Map(); // entry index -> fields to send
   let pendingScale = null;
   let throttle = null;
@@ -210,7 +210,7 @@ export function createControlPanel(link) {
   async function addClicked() {
     const model = $("cn-add-model").value;
     const preprocessor = $("cn-add-preprocessor").value;
-    const entry = { model, preprocessor, scale: DEFAULT_SCALE, enabled: true, removed: false, held: false, url: null };
+    const entry = { model, preprocessor, scale: DEFAULT_SCALE, enabled: true, removed: false, url: null };
     const box = $("cn-add-feedback");
     if (!link.live()) {
       addEntry(entry);
@@ -271,24 +271,15 @@ export function createControlPanel(link) {
   }
 
   // ------------------------------------------------------------ control-image insets
-  // An entry's image is asked for once the session holds it: a change is acknowledged when it is
-  // checked and takes effect at the next step, and until then the server has no such ControlNet.
-  async function confirmHeld() {
-    if (entries.every((entry) => entry.held)) return;
-    const params = await link.current();
-    const count = params && Array.isArray(params.controlnets) ? params.controlnets.length : 0;
-    entries.forEach((entry, index) => (entry.held ||= index < count));
-  }
-
   async function refreshInsets() {
     if (refreshing || !link.live() || document.hidden) return;
     refreshing = true;
     try {
-      await confirmHeld();
       for (const [index, entry] of entries.entries()) {
-        if (entry.removed || !entry.held) continue;
+        if (entry.removed) continue;
         const response = await link.controlImage(index);
-        if (response.status !== 200) continue; // 204: no step yet
+        // 204: no step yet; 400 just after an add: the server acknowledges it before the step that attaches it
+        if (response.status !== 200) continue;
         const blob = await response.blob();
         if (!link.live() || entry.removed || !entries.includes(entry)) continue; // stopped or removed meanwhile
         const url = URL.createObjectURL(blob);
@@ -357,7 +348,6 @@ export function createControlPanel(link) {
       pendingScale = null;
       for (const entry of [...entries]) {
         clearInset(entry);
-        entry.held = false;
         if (entry.removed) dropEntry(entry);
       }
     },
