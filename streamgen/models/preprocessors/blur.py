@@ -8,11 +8,11 @@ diffusion model to invent.
 
 from __future__ import annotations
 
-import kornia
 import torch
 import torch.nn.functional as F
 
 from .base import check_frames, finish, gaussian_kernel_size, resolve_settings
+from .kornia_import import kornia
 
 
 class Blur:
@@ -23,7 +23,7 @@ class Blur:
         s = resolve_settings(self.name, settings)
         check_frames(frames)
         size = gaussian_kernel_size(s.sigma)
-        blurred = kornia.filters.gaussian_blur2d(frames.float(), (size, size), (s.sigma, s.sigma), border_type="replicate")
+        blurred = kornia().filters.gaussian_blur2d(frames.float(), (size, size), (s.sigma, s.sigma), border_type="replicate")
         return finish(blurred, frames)
 
 

@@ -6,10 +6,10 @@ image (not OpenCV's 0-255 scale: 0.1/0.2 here is roughly OpenCV's 100/200).
 
 from __future__ import annotations
 
-import kornia
 import torch
 
 from .base import check_frames, finish, gaussian_kernel_size, resolve_settings
+from .kornia_import import kornia
 
 
 class Canny:
@@ -21,7 +21,7 @@ class Canny:
         check_frames(frames)
         x = frames.float()
         size = gaussian_kernel_size(s.sigma, x.shape[2], x.shape[3])
-        _, edges = kornia.filters.canny(
+        _, edges = kornia().filters.canny(
             x,
             low_threshold=s.low_threshold,
             high_threshold=s.high_threshold,
