@@ -225,9 +225,12 @@ class ImagePipeline:
 
     def control_preview(self, state: ImageStreamState, index: int) -> torch.Tensor | None:
         """The control image ControlNet ``index`` of ``state`` read at its latest step, (3, H, W) in [0, 1], or None."""
+        latest = state.latest_params.controlnets  # an accepted change counts at once; its image comes with the next step
+        if not 0 <= index < len(latest):
+            raise InputError(f"this stream has {len(latest)} ControlNet(s); there is no ControlNet {index}")
         entries = state.params.controlnets
-        if not 0 <= index < len(entries):
-            raise InputError(f"this stream has {len(entries)} ControlNet(s); there is no ControlNet {index}")
+        if index >= len(entries):
+            return None
         image = state.last_controls.get(entries[index].control_key)
         return None if image is None else image[0]
 
