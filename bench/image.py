@@ -126,6 +126,7 @@ class Settings:
     sessions: int = 4
     quick: bool = False
     control: bool = True
+    control_only: bool = False
     dummy_sd_turbo: bool = False
     profile: bool = False
     profile_frames: int = 30
@@ -450,6 +451,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--sessions", type=int, default=4, help="sessions in the multi-session comparison (default 4)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one configuration (stream batch, cfg self), few frames")
     parser.add_argument("--no-control", dest="control", action="store_false", help="leave out the control rows (ControlNets, preprocessors, IP-Adapter)")
+    parser.add_argument("--control-only", action="store_true", help="only the control rows (at the first --sizes size)")
     parser.add_argument("--dummy-sd-turbo", action="store_true", help="also the sd-turbo architecture with dummy fp16 weights at 512x512 (CUDA only)")
     parser.add_argument("--profile", action="store_true", help="cProfile the 256x256 stream-batch configuration even when the target is met")
     parser.add_argument("--profile-frames", type=int, default=30, help="frames profiled (default 30)")
@@ -463,6 +465,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         device=args.device, sizes=sizes, frames=pick(args.frames, 48, 4), warmup=pick(args.warmup, 4, 1),
         repeats=pick(args.repeats, 3, 1), steps=args.steps, sessions=args.sessions, quick=quick,
         dummy_sd_turbo=args.dummy_sd_turbo, profile=args.profile, profile_frames=args.profile_frames, markdown=args.markdown, out=args.out,
+        control=args.control, control_only=args.control_only,
     )
 
 
@@ -474,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tiny = load_pipeline("tiny", device=str(device), dtype="float32")
     plan = [("steps", Case(settings.sizes[0], steps=settings.steps))] if settings.quick else tiny_plan(settings)
-    results = run_plan(tiny, "tiny", plan, settings)
+    results = [] if settings.control_only else run_plan(tiny, "tiny", plan, settings)
     if settings.control and not settings.quick:
         steered = control_pipeline(device)
         results += run_plan(steered, "tiny+control", control_plan(settings.sizes[0], settings.steps), settings)

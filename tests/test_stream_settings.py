@@ -126,6 +126,7 @@ VIDEO_SETTINGS = [
     ("motion_scale", 0.5, lambda s: (s.params.motion_scale, s.state.noise.settings.motion_scale), (0.5, 0.5)),
     ("motion_weight", 0.2, lambda s: (s.params.motion_weight, s.state.noise.settings.motion_weight), (0.2, 0.2)),
     ("noise_smoothing", 0.5, lambda s: (s.params.noise_smoothing, s.state.noise.settings.smoothing), (0.5, 0.5)),
+    ("prompt_switch", "recache", lambda s: s.params.prompt_switch, "recache"),
     ("dtype", "bfloat16", lambda s: s.pipeline.model.dtype, torch.bfloat16),
 ]
 

@@ -36,6 +36,26 @@ enters, so both modes use identical noise. Prompt changes swap the
 cross-attention context (optionally lerped over ``transition_chunks``)
 without touching the KV cache; each chunk keeps the context it entered with.
 
+Prompt switch by re-cache (``prompt_switch="recache"``, the LongLive
+method): when a step applies a new prompt, before any chunk of that step is
+denoised, every cache row's history is rebuilt under the new prompt's
+context. The stream keeps the clean latents of its finished frames that are
+still in the window (:class:`~streamgen.pipeline.video_state.KeptFrame`).
+Cache row i is normally written by step i's forward, i.e. from the chunk's
+latents at its step-i noise level σᵢ and timestep; the rebuild re-runs the
+kept frames the same way: each frame's clean latent re-noised to σᵢ with its
+chunk's own step-i noise, at that timestep, chunk by chunk from an empty
+cache (sinks first, then the ring frames oldest first), and the resulting
+K/V replace the frames' slots (ring keys re-rotated to their absolute
+frame index; frame counters unchanged). Rows that hold the same frames share
+the forwards. Stream batch: the chunks in flight (at steps 1..n−1) have no
+clean latents yet; the slots their frames hold in the lower rows keep their
+old K/V, and those chunks continue under the new prompt (their context is
+switched at the same moment) over the rebuilt rows. The switch is immediate
+(``transition_chunks`` does not apply). ``state.recaches`` and
+``state.recache_forwards`` count the switches and the forwards they cost.
+Staged models refuse it (their cache lives on the stages).
+
 Many streams in one ``step`` call share the work: the call runs in *rounds*;
 in each round every stream that has a chunk ready enters it (the VAE encodes
 all of them in one call per compatible group), the DiT runs one forward for
@@ -66,6 +86,7 @@ freely in one ``step``. A txt2vid step's frames carry the step's one tag
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -85,7 +106,10 @@ from .video_checkpoint import VideoCheckpoint, restore_checkpoint, settle_checkp
 from .video_params import (
     VIDEO_PARAM_NAMES, VideoConfig, VideoParams, check_mode_params, parse_video_config, parse_video_params, parse_video_settings,
 )
-from .video_state import ChunkInFlight, ContextTransition, VideoState
+from .video_state import ChunkInFlight, ContextTransition, KeptFrame, VideoState
+from ..models.video.causal_wan import CacheSegment
+from ..models.video.flow import flow_renoise
+from .noise import model_timesteps
 
 # The txt2vid schedules for 1..4 denoising steps (unshifted grid): from pure noise (t = 1000, σ = 1) in equal strides.
 T2V_TIMESTEPS: dict[int, tuple[int, ...]] = {n: tuple(round(1000 * (n - i) / n) for i in range(n)) for n in range(1, MAX_STEPS + 1)}
@@ -198,6 +222,7 @@ class VideoPipeline:
     def validate_settings(self, settings: Mapping[str, Any]) -> tuple[VideoConfig, VideoParams]:
         """Check creation settings (shape + live fields) without building a state (cheap); returns them resolved."""
         config, params = parse_video_settings(settings, self._defaults())
+        self._check_prompt_switch(params)
         config = config.resolved(self.model.default_size)
         self._check_size(config)
         return config, params
@@ -213,6 +238,7 @@ class VideoPipeline:
         stream's shape and its live fields (what the server passes).
         """
         config, params = self._resolve_settings(config, params)
+        self._check_prompt_switch(params)
         config = config.resolved(self.model.default_size)
         self._check_size(config)
         latent_size = self.model.latent_size(config.width, config.height)
@@ -293,7 +319,17 @@ class VideoPipeline:
     def parse_update(self, state: VideoState, changes: Mapping[str, Any]) -> VideoParams:
         """The parameters ``changes`` would put in force, validated but not queued."""
         check_mode_params(state.config.mode, changes)
-        return parse_video_params(changes, state.latest_params)
+        params = parse_video_params(changes, state.latest_params)
+        self._check_prompt_switch(params)
+        return params
+
+    def _check_prompt_switch(self, params: VideoParams) -> None:
+        """A re-cache runs the DiT over the stream's own cache; on pipeline stages the cache lives on the stages."""
+        if params.prompt_switch == "recache" and self.model.stages is not None:
+            raise ConfigError(
+                "prompt_switch 'recache' is not available on a model that runs as pipeline stages "
+                "(its KV cache lives on the stages); use prompt_switch 'blend'"
+            )
 
     def apply_pending(self, state: VideoState) -> None:
         """Apply a queued update now (same thread as ``step``)."""
@@ -303,7 +339,13 @@ class VideoPipeline:
         old = state.params
         state.params = new
         if new.prompt != old.prompt:
-            state.context.retarget(self._prompt_context(new), new.transition_chunks)
+            context = self._prompt_context(new)
+            if new.prompt_switch == "recache" and new.num_inference_steps == old.num_inference_steps:
+                state.context.retarget(context, 0)
+                state.in_flight = [dataclasses.replace(chunk, context=context) for chunk in state.in_flight]
+                self._recache(state, context)
+            else:
+                state.context.retarget(context, new.transition_chunks)
         if new.noise_settings != old.noise_settings:
             state.noise.configure(new.noise_settings)
         if new.num_inference_steps != old.num_inference_steps:
@@ -324,6 +366,64 @@ class VideoPipeline:
         state.pending_tags.clear()
         state.in_flight.clear()
         state.chunks_in = 0
+        state.kept = []
+        state.frames_done = 0
+
+    # ----------------------------------------------------------- re-cache
+    def _recache(self, state: VideoState, context: CrossAttentionContext) -> None:
+        """Rebuild every cache row's history from the kept clean latents under ``context`` (see module docstring)."""
+        cache = state.cache
+        g = cache.geometry
+        if not state.kept or cache.rotation is None or g.adaptive_sink_threshold is not None:
+            return
+        kept = {frame.index: frame for frame in state.kept}
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, n in enumerate(cache.frames_written.tolist()):  # a host sync, on a switch only
+            window = [*range(min(g.sink_frames, n)), *range(max(g.sink_frames, n - g.ring_frames), n)]
+            frames = tuple(f for f in window if f < state.frames_done)  # finished ones: the rest are in flight
+            if frames:
+                groups.setdefault(frames, []).append(row)
+        if not groups:
+            return
+        if cache.journal is not None:
+            cache.journal.save_cache(cache)
+        for frames, rows in groups.items():
+            self._rebuild_rows(state, context, [kept[f] for f in frames], rows)
+        state.recaches += 1
+
+    def _rebuild_rows(self, state: VideoState, context: CrossAttentionContext, frames: list[KeptFrame], rows: list[int]) -> None:
+        """Re-run ``frames`` (oldest first, one forward per chunk) for cache ``rows`` from an empty cache; write their K/V back."""
+        h, w = state.latent_size
+        config = state.config
+        scratch = self.model.transformer.new_cache(
+            len(rows), h, w, sink_frames=config.sink_frames, ring_frames=config.ring_frames, chunk_frames=config.chunk_frames
+        )
+        runs: list[list[KeptFrame]] = []
+        for frame in frames:
+            if runs and runs[-1][-1].chunk == frame.chunk and len(runs[-1]) < config.chunk_frames:
+                runs[-1].append(frame)
+            else:
+                runs.append([frame])
+        for run in runs:
+            latents = torch.cat([
+                torch.cat([flow_renoise(f.clean, f.noise[r : r + 1], f.sigmas[r]) for f in run], dim=2) for r in rows
+            ])
+            timesteps = torch.stack([model_timesteps(torch.stack([f.sigmas[r] for f in run])) for r in rows])
+            self.model.forward_chunks(latents, timesteps, [CacheSegment(scratch)], context)
+            state.recache_forwards += 1
+        state.cache.replace_frames(rows, scratch, [f.index for f in frames])
+
+    def _keep_frames(self, state: VideoState, chunk: ChunkInFlight) -> None:
+        """A chunk finished: keep its frames' clean latents; drop the kept frames that left the window."""
+        first = state.frames_done
+        count = chunk.latents.shape[2]
+        new = [
+            KeptFrame(first + j, first, chunk.latents[:, :, j : j + 1], chunk.noise[:, :, j : j + 1], chunk.sigmas)
+            for j in range(count)
+        ]
+        state.frames_done = first + count
+        sinks, oldest = state.config.sink_frames, state.frames_done - state.config.ring_frames
+        state.kept = [f for f in state.kept + new if f.index < sinks or f.index >= oldest]
 
     # ------------------------------------------------------------- rollback
     def checkpoint(self, state: VideoState) -> VideoCheckpoint:
@@ -481,6 +581,8 @@ class VideoPipeline:
         """Decode the chunks that finished (one VAE call per compatible group) into each stream's output frames."""
         if not finished:
             return []
+        for f in finished:
+            self._keep_frames(f.state, f.chunk)
         videos = self.model.vae.decode_batch([f.chunk.latents for f in finished], [f.state.decoder for f in finished])
         return [(f.state, _chunk_output(f.state, f.chunk, video)) for f, video in zip(finished, videos)]
 

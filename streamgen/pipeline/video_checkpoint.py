@@ -31,6 +31,11 @@ What a step changes, and how the checkpoint puts it back:
   deferred to the end of the step: a stream fed several chunks' worth of
   frames runs them one after another, each attending to the one before.
   The K/V scratch slots are not restored: they hold nothing between chunks.
+  A re-cache (``prompt_switch="recache"``) rewrites history in place, so
+  the journal first saves the whole cache (one copy, on a switch only);
+- the kept clean latents of the frames in the window (for a re-cache), the
+  count of finished frames and the re-cache counters: a tuple of the
+  (immutable) kept frames and copied values.
 
 Cost: a few list copies and, per chunk the step commits, one chunk's K/V
 per cache row (what the commit overwrites). Nothing is proportional to the
@@ -55,7 +60,7 @@ from ..models.video.kv_cache import CommitJournal, RollingKVCache
 from .noise import MotionNoiseSnapshot
 from .output import StreamCounters
 from .video_params import VideoParams
-from .video_state import ChunkInFlight, ContextTransition, VideoState
+from .video_state import ChunkInFlight, ContextTransition, KeptFrame, VideoState
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,10 @@ class VideoCheckpoint:
     encoder: EncodeState
     decoder: DecodeState
     journal: CommitJournal
+    kept: tuple[KeptFrame, ...] = ()
+    frames_done: int = 0
+    recaches: int = 0
+    recache_forwards: int = 0
 
 
 def take_checkpoint(state: VideoState, *, track_cache: bool = True) -> VideoCheckpoint:
@@ -112,6 +121,10 @@ def take_checkpoint(state: VideoState, *, track_cache: bool = True) -> VideoChec
         encoder=state.encoder.copy(),
         decoder=state.decoder.copy(),
         journal=journal,
+        kept=tuple(state.kept),
+        frames_done=state.frames_done,
+        recaches=state.recaches,
+        recache_forwards=state.recache_forwards,
     )
 
 
@@ -133,6 +146,10 @@ def restore_checkpoint(state: VideoState, checkpoint: VideoCheckpoint) -> None:
     state.generator.set_state(checkpoint.generator_state)
     state.encoder = checkpoint.encoder.copy()
     state.decoder = checkpoint.decoder.copy()
+    state.kept = list(checkpoint.kept)
+    state.frames_done = checkpoint.frames_done
+    state.recaches = checkpoint.recaches
+    state.recache_forwards = checkpoint.recache_forwards
 
 
 def settle_checkpoint(state: VideoState) -> None:

@@ -12,6 +12,15 @@ Live changes and what they cost:
 
 - ``prompt`` / ``transition_chunks``: a new cross-attention context; the KV
   cache is kept, so the stream morphs instead of restarting;
+- ``prompt_switch``: how a prompt change takes hold. ``"blend"`` (default):
+  as above, the KV cache keeps the self-attention history computed under
+  the old prompt. ``"recache"`` (the LongLive method): before the next chunk
+  is denoised, each cache row's history is rebuilt from the clean latents
+  of the frames still in the window (sinks + ring), by running the DiT over
+  them under the new prompt, so the new prompt takes hold at once while the
+  motion continues from the same frames; ``transition_chunks`` does not
+  apply (the switch is immediate). Costs one forward per chunk of the
+  window per group of rows at a switch. Refused on pipeline-staged models;
 - ``seed``: the noise of the next chunks comes from the new seed;
 - ``motion_aware``, ``noise_scale``, ``motion_scale``, ``motion_weight``,
   ``noise_smoothing``: the motion-aware noise controller, from the next chunk;
@@ -46,6 +55,7 @@ MAX_RING_FRAMES = 32
 MIN_NOISE_LEVEL = 0.15
 
 VideoMode = Literal["vid2vid", "txt2vid"]
+PROMPT_SWITCHES: tuple[str, ...] = ("blend", "recache")
 VIDEO_MODES: tuple[str, ...] = ("vid2vid", "txt2vid")
 # Live parameters that only steer how an input chunk is noised (the motion-aware noise controller).
 TXT2VID_INPUT_PARAMS: tuple[str, ...] = ("motion_aware", "noise_scale", "motion_scale", "motion_weight", "noise_smoothing")
@@ -95,6 +105,7 @@ class VideoParams:
     motion_scale: float = 0.2
     motion_weight: float = 0.1
     noise_smoothing: float = 0.1
+    prompt_switch: Literal["blend", "recache"] = "blend"
 
     @property
     def noise_settings(self) -> MotionNoiseSettings:
@@ -122,6 +133,12 @@ def _size16(name: str, value: Any) -> int | None:
     return size
 
 
+def _prompt_switch(name: str, value: Any) -> str:
+    if value not in PROMPT_SWITCHES:
+        raise ConfigError(f"{name} must be one of {', '.join(PROMPT_SWITCHES)}; got {describe_value(value)}")
+    return value
+
+
 _PARAM_PARSERS = {
     "prompt": prompts_field,
     "transition_chunks": lambda n, v: integer_field(n, v, 0, MAX_TRANSITION_CHUNKS),
@@ -132,6 +149,7 @@ _PARAM_PARSERS = {
     "motion_scale": lambda n, v: number_field(n, v, 0.01, 2.0),
     "motion_weight": lambda n, v: number_field(n, v, 0.0, 0.5),
     "noise_smoothing": lambda n, v: number_field(n, v, 0.0, 0.99),
+    "prompt_switch": _prompt_switch,
 }
 assert set(_PARAM_PARSERS) == set(field_names(VideoParams)), "video schema and VideoParams disagree"
 

@@ -9,6 +9,9 @@ flight through the stream batch and the prompt's cross-attention context.
 A txt2vid stream (``config.mode``) has no input: each step queues one
 chunk's worth of *placeholders* (None) in ``pending_frames``, whose tags are
 the tags the generated frames will carry, and the chunk enters from noise.
+For ``prompt_switch="recache"`` it also keeps the clean latents of the
+finished frames still inside the cache window (:class:`KeptFrame`, at most
+sinks + ring of them).
 Two states never share tensors, so a step over many streams gives each one
 exactly what it would get alone, even when their rows share a DiT forward
 or a VAE call.
@@ -63,6 +66,25 @@ class ChunkInFlight:
     def copy(self) -> ChunkInFlight:
         """A chunk that can advance without changing this one (tensors are shared: steps replace them, never write into them)."""
         return dataclasses.replace(self)
+
+
+@dataclass(frozen=True)
+class KeptFrame:
+    """The clean latent of one finished latent frame, kept while the frame is in the KV-cache window (for a re-cache).
+
+    ``index``: the frame's absolute index in the stream; ``chunk``: the index
+    of its chunk's first frame (frames of one chunk are re-run together);
+    ``clean`` (1, C, 1, h, w) its final latents; ``noise`` (n, C, 1, h, w)
+    and ``sigmas`` (n,) its chunk's noise and noise levels, which re-noise it
+    to the level each cache row was written at. All are views of the
+    chunk's own tensors (no copy).
+    """
+
+    index: int
+    chunk: int
+    clean: torch.Tensor
+    noise: torch.Tensor
+    sigmas: torch.Tensor
 
 
 @dataclass
@@ -126,6 +148,11 @@ class VideoState:
     journal: CommitJournal | None = field(default=None, repr=False)  # of the open checkpoint (video_checkpoint.py)
     ring: Any = field(default=None, repr=False)  # its chunks on the pipeline stages (video_staged.py), else None
     pending: PendingUpdate[VideoParams] = field(default_factory=PendingUpdate)
+    # Re-cache (prompt_switch="recache"): the finished frames still in the cache window (at most sinks + ring) ...
+    kept: list[KeptFrame] = field(default_factory=list)
+    frames_done: int = 0  # ... latent frames finished since the stream began or was reset (the next one's index) ...
+    recaches: int = 0  # ... prompt switches that rebuilt the cache ...
+    recache_forwards: int = 0  # ... and the DiT forwards they ran (what a switch costs over a normal chunk)
 
     # The server steps a video stream on every input frame; the pipeline builds chunks itself.
     frames_per_call: int = 1

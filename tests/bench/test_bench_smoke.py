@@ -86,3 +86,9 @@ def test_control_rows_run_every_preprocessor_and_report_a_ratio_to_plain():
     assert results[0]["model_ms_per_frame_by_call"]["controlnet"] == 0
     assert all(r["model_ms_per_frame_by_call"]["controlnet"] > 0 for r in results if r["controlnets"])
     assert any(r["ip_adapter"] for r in results) and "IP-Adapter" in results[-1]["config"]
+
+
+def test_control_flags_reach_the_settings():
+    assert bench_image.parse_args([]).control is True
+    assert bench_image.parse_args(["--no-control"]).control is False
+    assert bench_image.parse_args(["--control-only"]).control_only is True

@@ -482,6 +482,38 @@ class RollingKVCache:
             self._set_frames_at_least([n + layout.frames for n in self.frames_at_least])
         self._refresh_sinks(time_only=not adaptive)
 
+    def frame_slot(self, frame: int) -> int:
+        """The slot (sink or ring) that holds absolute frame ``frame`` of a row once committed."""
+        g = self.geometry
+        return frame if frame < g.sink_frames else g.sink_frames + (frame - g.sink_frames) % g.ring_frames
+
+    def replace_frames(self, rows: Sequence[int], source: RollingKVCache, frames: Sequence[int]) -> None:
+        """Overwrite history frames of ``rows`` with those of ``source`` (a re-cache; rotated keys only).
+
+        ``source`` has ``len(rows)`` rows and the same geometry; its frame
+        ``j`` (written from an empty cache, so rotated at index ``j``) is
+        this cache's absolute frame ``frames[j]``: sinks are copied, ring
+        keys are advanced by ``frames[j] - j`` and land in their ring slot.
+        Frame counters do not change. The caller saves the cache first if
+        the change must be undoable (:meth:`CommitJournal.save_cache`).
+        """
+        if self.rotation is None:
+            raise ConfigError("replace_frames needs a cache that stores rotated keys")
+        tpf = self.tokens_per_frame
+        index = torch.as_tensor(list(rows), device=self.device, dtype=torch.long)
+        for j, frame in enumerate(frames):
+            src = slice(source.frame_slot(j) * tpf, (source.frame_slot(j) + 1) * tpf)
+            dst = slice(self.frame_slot(frame) * tpf, (self.frame_slot(frame) + 1) * tpf)
+            if frame < self.geometry.sink_frames:
+                self.sink_keys[:, index, dst] = source.sink_keys[:, :, src]
+            else:
+                keys = source.k[:, :, src]
+                if frame != j:
+                    keys = self.rotation.shift_time(keys, torch.full((1, 1), frame - j, device=self.device, dtype=torch.int64))
+                self.k[:, index, dst] = keys
+            self.v[:, index, dst] = source.v[:, :, src]
+        self._refresh_sinks(time_only=False)
+
     def _commit_destination(self, layout: ChunkLayout) -> torch.Tensor:
         """``(R, frames * tokens_per_frame)`` token slots a commit writes, per row.
 
@@ -584,6 +616,25 @@ class _CommitUndo:
         cache.restore_counters(self.frames_written, self.frames_at_least)
 
 
+@dataclass(frozen=True)
+class _CacheSnapshot:
+    """A whole cache's content, saved before a change that is not a commit (a re-cache)."""
+
+    cache: RollingKVCache
+    keys: torch.Tensor
+    values: torch.Tensor
+    sink_keys: torch.Tensor | None
+    frames_written: torch.Tensor
+    frames_at_least: tuple[int, ...]
+
+    def apply(self) -> None:
+        self.cache.k.copy_(self.keys)
+        self.cache.v.copy_(self.values)
+        if self.sink_keys is not None:
+            self.cache.sink_keys.copy_(self.sink_keys)
+        self.cache.restore_counters(self.frames_written, self.frames_at_least)
+
+
 class CommitJournal:
     """Undo log of the commits made to one cache (and its row views) since the journal was attached.
 
@@ -594,7 +645,7 @@ class CommitJournal:
     """
 
     def __init__(self) -> None:
-        self._records: list[_CommitUndo] = []
+        self._records: list[_CommitUndo | _CacheSnapshot] = []
         self.closed = False
 
     def __len__(self) -> int:
@@ -617,6 +668,21 @@ class CommitJournal:
                 values=cache.v[:, rows, tokens],
                 sink_keys=cache._sink_history().clone() if adaptive or filling_sinks else None,
                 sink_values=cache.v[:, :, :sink_tokens].clone() if adaptive else None,
+                frames_written=cache.frames_written.clone(),
+                frames_at_least=cache.frames_at_least,
+            )
+        )
+
+    def save_cache(self, cache: RollingKVCache) -> None:
+        """Save all of ``cache`` before a change that rewrites its history in place (a re-cache: rare, costs one cache copy)."""
+        if self.closed:
+            return
+        self._records.append(
+            _CacheSnapshot(
+                cache=cache,
+                keys=cache.k.clone(),
+                values=cache.v.clone(),
+                sink_keys=cache.sink_keys.clone() if cache.sink_keys is not None else None,
                 frames_written=cache.frames_written.clone(),
                 frames_at_least=cache.frames_at_least,
             )
