@@ -37,7 +37,6 @@ measured uncond estimate (``initialize``).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Generator, Mapping, Sequence
@@ -52,10 +51,19 @@ from ..frames import model_to_uint8, uint8_to_model
 from ..models.image.image_model import ImageModel, PromptEmbedding
 from ..params import PARAM_NAMES, parse_params
 from ..runtime.engine_limits import EngineLimits, engine_limits_of
-from ..models.image.reference_image import decode_reference_image
 from ..models.preprocessors import PreprocessorBank
 from .contract import StepShape, StreamShape
-from .image_control import ControlImages, ControlRows, PreparedFrames, ReferenceRows, control_residuals, make_control_images, slot_control_rows
+from .image_control import (
+    ControlImages,
+    ControlRows,
+    PreparedFrames,
+    ReferenceRows,
+    control_residuals,
+    first_rows,
+    make_control_images,
+    slot_control_rows,
+)
+from .image_steering import ImageSteering
 from .image_settings import TXT2IMG_STRENGTH, full_cfg_rows, parse_image_settings
 from .image_state import ImageCheckpoint, ImageStreamState
 from .output import PADDING, StepOutput
@@ -77,12 +85,10 @@ class RowSegment:
     reference: ReferenceRows | None = None
 
 
-REFERENCE_CACHE_SIZE = 16
-
 Program = Generator[list[RowSegment], list[torch.Tensor], torch.Tensor]
 
 
-class ImagePipeline:
+class ImagePipeline(ImageSteering):
     """Shared weights + the stream algorithm; all per-stream data lives in states.
 
     Drivers use it through :mod:`streamgen.pipeline.contract` (the methods
@@ -184,78 +190,6 @@ class ImagePipeline:
                 raise ConfigError(f"the prompt {text[:40]!r} cannot be encoded as text ({error.reason})") from None
         if params.ip_adapter_image is not None and self.model.ip_adapter is not None:
             self.reference_embeddings(params.ip_adapter_image)
-
-    # ---------------------------------------------------------------- control
-    def attach_controlnet(self, source: str) -> None:
-        """Load the ControlNet ``source`` for every stream of this pipeline (once; ConfigError when it does not fit the model)."""
-        from ..models.image.controlnet import load_controlnet  # noqa: PLC0415 - diffusers' ControlNet loads only when used
-
-        self.model.attach_controlnet(source, load_controlnet)
-
-    def attach_ip_adapter(self, source: str, **options: Any) -> None:
-        """Load an IP-Adapter into the shared UNet (once): streams then steer with reference images (``ip_adapter_image``)."""
-        from ..models.image.ip_adapter import load_ip_adapter  # noqa: PLC0415
-
-        with self.model._attach_lock:
-            if self.model.ip_adapter is not None:
-                if self.model.ip_adapter.source != source:
-                    raise ConfigError(f"this model already has the IP-Adapter {self.model.ip_adapter.source!r}; one IP-Adapter per model (load another model for {source!r})")
-                return
-            self.model.ip_adapter = load_ip_adapter(self.model, source, **options)
-
-    def load_estimator(self, kind: str, source: str) -> None:
-        """Load a model-based preprocessor's estimator (``depth``/``pose``) for every stream of this pipeline."""
-        from ..preprocessor_settings import parse_preprocessor_settings  # noqa: PLC0415
-
-        self.preprocessors.get(kind, parse_preprocessor_settings(kind, {"model": source}), self.device, self.dtype)
-
-    def describe_steering(self) -> dict[str, Any]:
-        """What streams of this pipeline may steer with (the page offers these)."""
-        from ..preprocessor_settings import PREPROCESSOR_NAMES, default_preprocessor_settings  # noqa: PLC0415
-
-        adapter = self.model.ip_adapter
-        return {
-            "controlnets": sorted(self.model.controlnets),
-            "ip_adapter": None if adapter is None else {"source": adapter.source, "variant": adapter.variant},
-            "preprocessors": list(PREPROCESSOR_NAMES),
-            "preprocessor_settings": {name: default_preprocessor_settings(name).to_dict() for name in PREPROCESSOR_NAMES},
-            "estimators": [{"preprocessor": held.name, "model": held.model} for held in self.preprocessors.loaded() if held.model is not None],
-            "loads_on_demand": self.load_on_demand,
-        }
-
-    def control_preview(self, state: ImageStreamState, index: int) -> torch.Tensor | None:
-        """The control image ControlNet ``index`` of ``state`` read at its latest step, (3, H, W) in [0, 1], or None."""
-        latest = state.latest_params.controlnets  # an accepted change counts at once; its image comes with the next step
-        if not 0 <= index < len(latest):
-            raise InputError(f"this stream has {len(latest)} ControlNet(s); there is no ControlNet {index}")
-        entries = state.params.controlnets
-        if index >= len(entries):
-            return None
-        image = state.last_controls.get(entries[index].control_key)
-        return None if image is None else image[0]
-
-    def check_control(self, params: StreamParams, *, load: bool) -> None:
-        """ConfigError unless every ControlNet, estimator and adapter ``params`` names is here (or, when allowed and ``load``, loaded now)."""
-        for i, entry in enumerate(params.controlnets):
-            if entry.model not in self.model.controlnets:
-                if not self.load_on_demand:
-                    loaded = ", ".join(sorted(self.model.controlnets)) or "none"
-                    raise ConfigError(
-                        f"controlnets[{i}].model {entry.model!r} is not loaded on this server (loaded: {loaded}); "
-                        "its operator loads ControlNets at start (serve --controlnet NAME)"
-                    )
-                if load:
-                    self.attach_controlnet(entry.model)
-            estimator = getattr(entry.preprocessor_settings, "model", None)
-            if estimator is not None and not self.load_on_demand and not any(held.name == entry.preprocessor and held.model == estimator for held in self.preprocessors.loaded()):
-                raise ConfigError(
-                    f"controlnets[{i}] preprocessor {entry.preprocessor!r} with the estimator {estimator!r} is not loaded on this server; "
-                    f"its operator loads estimators at start (serve --preprocessor-model {entry.preprocessor}={estimator})"
-                )
-            if estimator is not None and load and self.load_on_demand:
-                self.preprocessors.get(entry.preprocessor, entry.preprocessor_settings, self.device, self.dtype)
-        if params.ip_adapter_image is not None and self.model.ip_adapter is None:
-            raise ConfigError("ip_adapter_image needs an IP-Adapter and this model has none (ImageStream(..., ip_adapter={...}) or serve --ip-adapter)")
 
     @staticmethod
     def _shape(config: StreamConfig, params: StreamParams) -> StreamShape:
@@ -520,49 +454,6 @@ class ImagePipeline:
             raise InputError(f"this stream takes {config.frame_buffer_size} frame(s) per call (frame_buffer_size); got {frames.shape[0]}")
         return uint8_to_model(frames, config.width, config.height, self.device, self.dtype)
 
-    def _call_controls(self, state: ImageStreamState, image: torch.Tensor | None, prepared: PreparedFrames | None) -> ControlImages:
-        """This call's control images under the parameters now in force (made on the input side where they could be)."""
-        if not state.params.controlnets:
-            return {}
-        have = prepared.controls if prepared is not None else None
-        return make_control_images(self.preprocessors, state.params, image, state.last_output, have=have, frames=state.frames_per_call)
-
-    # --------------------------------------------------------------- reference
-    def reference_embeddings(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(embedding, negative embedding) of an IP-Adapter reference image, computed once per distinct image."""
-        with self._references_lock:
-            cached = self._references.get(image.sha256)
-            if cached is not None:
-                self._references.move_to_end(image.sha256)
-                return cached
-        adapter = self.model.ip_adapter
-        embedded = adapter.embed(decode_reference_image(image)), adapter.negative_embedding()
-        with self._references_lock:
-            self._references[image.sha256] = embedded
-            while len(self._references) > REFERENCE_CACHE_SIZE:
-                self._references.popitem(last=False)
-        return embedded
-
-    def _reference_rows(self, state: ImageStreamState) -> tuple[ReferenceRows | None, ReferenceRows | None]:
-        params = state.params
-        if self.model.ip_adapter is None or params.ip_adapter_image is None or params.ip_adapter_scale == 0:
-            return None, None
-        positive, negative = self.reference_embeddings(params.ip_adapter_image)
-        return ReferenceRows(positive, params.ip_adapter_scale), ReferenceRows(negative, params.ip_adapter_scale)
-
-    @contextlib.contextmanager
-    def _reference_call(self, segments: list[RowSegment], sizes: list[int], added: dict[str, torch.Tensor] | None):
-        """The UNet's extra inputs for one call when an IP-Adapter is loaded: every row's embedding and scale (0 without one)."""
-        adapter = self.model.ip_adapter
-        if adapter is None:
-            yield added
-            return
-        zero = adapter.zero_embedding()
-        embeds = torch.cat([(s.reference.embedding if s.reference is not None else zero).expand(n, *zero.shape) for s, n in zip(segments, sizes)])
-        scales = torch.cat([torch.full((n,), s.reference.scale if s.reference is not None else 0.0) for s, n in zip(segments, sizes)])
-        with adapter.row_scales(scales):
-            yield {**(added or {}), **adapter.unet_kwargs(embeds, scales)}
-
     def _should_skip(self, state: ImageStreamState, image: torch.Tensor | None) -> bool:
         params = state.params
         if image is None or not params.similarity_filter:
@@ -677,7 +568,7 @@ class ImagePipeline:
             segments.append(RowSegment(x, timesteps, state.negative, state.time_ids, controls, negative_reference))
         measure = cfg == "initialize" and first_slot == 0 and not state.uncond_measured
         if measure:
-            first = tuple(_first_rows(c, f) for c in controls)
+            first = tuple(first_rows(c, f) for c in controls)
             segments.append(RowSegment(x[:f], timesteps[:f], state.negative, state.time_ids, tuple(c for c in first if c is not None), negative_reference))
         predictions = yield segments
         eps = predictions[0]
@@ -756,12 +647,3 @@ class ImagePipeline:
             for (i, j, _), part in zip(members, eps.split(sizes)):
                 out[i][j] = part
         return out  # type: ignore[return-value]
-
-
-
-def _first_rows(part: ControlRows, count: int) -> ControlRows | None:
-    """``part`` restricted to the segment's first ``count`` rows (slot 0: the measured unconditional rows of ``initialize``)."""
-    keep = part.rows < count
-    if not bool(keep.any()):
-        return None
-    return ControlRows(part.model, part.rows[keep], part.images[keep], part.scales[keep])

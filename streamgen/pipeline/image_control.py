@@ -168,3 +168,11 @@ def control_residuals(
             total.index_add_(0, index, residual * scales.view(-1, 1, 1, 1))
         mid.index_add_(0, index, part_mid * scales.view(-1, 1, 1, 1))
     return down, mid  # type: ignore[return-value]
+
+
+def first_rows(part: ControlRows, count: int) -> ControlRows | None:
+    """``part`` restricted to the segment's first ``count`` rows (slot 0: the measured unconditional rows of ``initialize``)."""
+    keep = part.rows < count
+    if not bool(keep.any()):
+        return None
+    return ControlRows(part.model, part.rows[keep], part.images[keep], part.scales[keep])

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ...config import PredictionType, X0Formula
+from ...errors import ConfigError
 
 UnetForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None], torch.Tensor]
 ImageForward = Callable[[torch.Tensor], torch.Tensor]
@@ -223,6 +224,16 @@ class ImageModel:
             latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added_cond,
             down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
         )[0]
+
+    def attach_ip_adapter(self, source: str, loader: Callable[["ImageModel"], Any]) -> Any:
+        """The IP-Adapter ``source``, loaded into the shared UNet by ``loader`` the first time; one per model."""
+        with self._attach_lock:
+            if self.ip_adapter is not None:
+                if self.ip_adapter.source != source:
+                    raise ConfigError(f"this model already has the IP-Adapter {self.ip_adapter.source!r}; one IP-Adapter per model (load another model for {source!r})")
+                return self.ip_adapter
+            self.ip_adapter = loader(self)
+            return self.ip_adapter
 
     @torch.inference_mode()
     def run_controlnet(self, name: str, latents, timesteps, hidden, added_cond, images) -> tuple[list[torch.Tensor], torch.Tensor]:
