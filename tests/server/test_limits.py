@@ -40,6 +40,23 @@ async def test_a_session_without_input_is_closed_after_the_idle_timeout(identity
             await peer.close()
 
 
+async def test_the_idle_clock_starts_when_the_peer_connects(identity_pipeline):
+    """Before the peer connects, only the connect timeout applies: a slow ICE is not idleness (and a session
+    closed before its control channel opens could not tell its peer why)."""
+    async with running_server(identity_pipeline, idle_timeout=0.5, connect_timeout=30.0) as server:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        status, body, _ = await server.request("POST", "/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+        await pc.close()  # never connects
+        manager = server.context.manager
+        session = manager.get(body["session_id"])
+        await manager.sweep(session.stats.created_at + 10.0)  # far past the idle timeout, well within the connect timeout
+        assert not session.closed and body["session_id"] in manager.sessions
+        await manager.sweep(session.stats.created_at + 31.0)
+        assert session.closed and "did not connect" in session.close_reason
+
+
 async def test_a_peer_that_never_connects_is_cleaned_up(identity_pipeline):
     """ICE never completes (the client vanished after sending its offer)."""
     async with running_server(identity_pipeline, connect_timeout=1.0) as server:

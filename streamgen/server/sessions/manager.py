@@ -25,8 +25,8 @@ that was never meant to connect) holds a place, so it is held to less:
 A sweeper closes sessions whose peer never connected within
 ``connect_timeout``, sessions whose connected peer sent no packet at all for
 ``peer_timeout`` seconds (it vanished: see :mod:`streamgen.server.webrtc.liveness`;
-WHEP viewers likewise), and sessions that sent no frame and no control
-message for ``idle_timeout`` seconds.
+WHEP viewers likewise), and connected sessions that sent no frame and no
+control message for ``idle_timeout`` seconds (counted from the connection).
 """
 
 from __future__ import annotations
@@ -347,7 +347,9 @@ class SessionManager:
         for session in list(self.sessions.values()):
             if not session.connected and now - session.stats.created_at > self.config.connect_timeout:
                 await session.close(f"the peer did not connect within {self.config.connect_timeout:g} s")
-            elif now - session.last_activity > self.config.idle_timeout:
+            elif session.connected and now - session.last_activity > self.config.idle_timeout:
+                # idle counts from the connection on: before it, the connect timeout applies (a slow ICE is not idleness,
+                # and a session closed before its control channel opens could not tell its peer why)
                 await session.close(f"no input for {self.config.idle_timeout:g} s")
             elif session.connected and not session.closed and await session.liveness.silent_for(now) > peer_timeout:
                 await session.close(f"the peer sent nothing for {peer_timeout:g} s (it vanished)")

@@ -308,6 +308,8 @@ class Session:
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
         if state == "connected":
+            if not self.connected:
+                self.last_activity = time.monotonic()  # the idle clock starts when the peer is there
             self.connected = True
         elif state in ("failed", "closed") and not self.closed:
             await self.close("connection failed" if state == "failed" else "peer closed the connection")
