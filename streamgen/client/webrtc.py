@@ -217,7 +217,7 @@ async def _local_offer(pc: RTCPeerConnection) -> str:
 
 async def connect_offer(
     base_url: str,
-    track: MediaStreamTrack,
+    track: MediaStreamTrack | None,
     params: Mapping[str, Any] | None = None,
     *,
     token: str | None = None,
@@ -233,13 +233,15 @@ async def connect_offer(
     stream needs; the server refuses it (503, with its reasons) if it cannot
     give that without breaking the sessions it already serves. ``token``: the
     server's admin token, if it has one (needed to create a session); the
-    peer's own calls afterwards use the session's secret.
+    peer's own calls afterwards use the session's secret. ``track`` None:
+    nothing goes up (a recvonly video section), for a stream that generates
+    without input (``params={"mode": "txt2vid"}``).
     """
     peer = await _new_peer(base_url, http, token, keep_images)
     try:
         if control:
             peer.attach_channel(peer.pc.createDataChannel("control"))
-        transceiver = peer.pc.addTransceiver(track, direction="sendrecv")
+        transceiver = peer.pc.addTransceiver(track, direction="sendrecv") if track is not None else peer.pc.addTransceiver("video", direction="recvonly")
         if codecs:
             transceiver.setCodecPreferences(video_codec_preferences(codecs))
         offer = await _local_offer(peer.pc)

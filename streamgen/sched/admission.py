@@ -1,7 +1,9 @@
 """Admission control: does a new session fit without making the admitted ones miss their objectives?
 
 Each session *demands* ``rate`` steps per second of ``rows`` rows in its
-bucket. When sessions share steps, a step of B rows costs L(B), so one
+bucket: its target frame rate over the frames one step consumes or makes
+(an image call's frames; a video chunk's, so a 30 fps video stream of
+4-frame chunks runs the model 7.5 times a second). When sessions share steps, a step of B rows costs L(B), so one
 session's frame costs its share ``rows/B · L(B)`` of it: the marginal price
 of batching, which is what lets a GPU serve many streams. The worker is
 *utilised* ``U = Σ rate · passes · rows/B · L(B)`` seconds per second.
@@ -46,10 +48,16 @@ class Demand:
     slo: Slo
     passes: int = 1
     latency_floor_s: float = 0.0
+    frames_per_step: int = 1  # frames one model step consumes (or makes): a video chunk's, an image call's
 
     @property
     def work(self) -> int:
         return self.rows * self.passes
+
+    @property
+    def steps_per_second(self) -> float:
+        """Model steps a second at the target frame rate."""
+        return self.slo.target_fps / max(1, self.frames_per_step)
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ def utilization(model: LatencyModel, demands: Sequence[Demand]) -> float:
     for d in demands:
         batch = rows[d.bucket]
         if batch > 0:
-            total += d.slo.target_fps * d.passes * model.predict(d.bucket, batch) * d.rows / batch
+            total += d.steps_per_second * d.passes * model.predict(d.bucket, batch) * d.rows / batch
     return total
 
 

@@ -122,3 +122,18 @@ def test_a_latency_floor_counts_against_the_deadline():
     assert not refused.admitted and "filling the pipeline stages" in refused.reason
     crowded = admit(model, [Demand("256", 2, slo, latency_floor_s=0.12)], Demand("256", 2, slo))
     assert not crowded.admitted  # two such steps no longer fit in what the staged session's deadline leaves
+
+
+def test_a_stream_whose_step_makes_several_frames_runs_the_model_that_many_times_less_often():
+    """A 10 fps video stream of 4-frame chunks steps 2.5 times a second: it costs a quarter of a frame-per-step stream."""
+    model = _model()
+    per_frame = Demand("256", 2, GUARANTEED)
+    per_chunk = Demand("256", 2, GUARANTEED, frames_per_step=4)
+    assert per_chunk.steps_per_second == pytest.approx(2.5)
+    one = admit(model, [], per_frame)
+    chunked = admit(model, [], per_chunk)
+    assert chunked.utilization == pytest.approx(one.utilization / 4)
+    assert chunked.fps == GUARANTEED.target_fps, "the rate a stream is promised stays in frames per second"
+    crowded = [Demand("256", 2, GUARANTEED) for _ in range(4)]
+    assert not admit(model, crowded, Demand("256", 2, GUARANTEED)).admitted
+    assert admit(model, [Demand("256", 2, GUARANTEED, frames_per_step=4) for _ in range(4)], per_chunk).admitted

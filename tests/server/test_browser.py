@@ -144,3 +144,30 @@ async def test_the_page_explains_a_missing_token_and_a_server_that_went_away(ide
             assert "Failed to fetch" not in await page.text_content("#error")
         finally:
             await browser.close()
+
+
+async def test_the_page_generates_a_video_with_no_input_source(tmp_path):
+    """A video model offers "No input": the page sends nothing up, asks for txt2vid, and presents the generated frames."""
+    playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright Python package is not installed")
+    from streamgen.pipeline.video_loading import load_video_pipeline  # noqa: PLC0415
+
+    pipeline = load_video_pipeline("tiny-video", device="cpu")
+    async with running_server(pipeline) as server, playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            page = browser.pages[0] if browser.pages else await browser.new_page()
+            await page.goto(server.base_url + "/")
+            await page.wait_for_selector("#source option[value=none]", state="attached", timeout=20_000)
+            assert await page.is_visible("[data-param=noise_scale]"), "a video model's noise on its input is shown for a camera"
+            await page.select_option("#source", "none")
+            assert await page.is_hidden("[data-param=noise_scale]"), "with no input there is no noise on it to set"
+            await page.click("#start")
+            await page.wait_for_function("window.streamgen.outputFrames > 3", timeout=60_000)
+            session = server.context.manager.get(await page.evaluate("window.streamgen.sessionId"))
+            assert session.state.generates, "the offer asked for txt2vid"
+            assert session.stats.frames_received == 0 and session.clock is not None, "nothing went up: the clock paced it"
+            assert await page.evaluate("document.getElementById('input').srcObject") is None
+        finally:
+            await browser.close()

@@ -9,7 +9,7 @@ from streamgen.pipeline.video_params import VIDEO_PARAM_NAMES
 from streamgen.client.webrtc import connect_offer
 from streamgen.client.synthetic import MarkerVideoTrack
 
-from .helpers import bearer, real_offer_sdp, running_server
+from .helpers import bearer, running_server
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +45,3 @@ async def test_image_server_health_lists_image_parameters(identity_pipeline):
     async with running_server(identity_pipeline) as server:
         _, health, _ = await server.request("GET", "/health")
         assert health["kind"] == "image" and "strength" in health["params"] and "noise_scale" not in health["params"]
-
-
-async def test_a_txt2vid_offer_is_refused_with_what_to_use_instead(tiny_video_pipeline):
-    """txt2vid streams are paced by nothing the server has yet: refused before a session exists, not served at 4x speed."""
-    async with running_server(tiny_video_pipeline) as server:
-        sdp = await real_offer_sdp()
-        status, body, _ = await server.request("POST", "/offer", json={"sdp": sdp, "type": "offer", "params": {"mode": "txt2vid"}})
-        assert status == 400 and "txt2vid sessions are not served yet" in body["error"] and "streamgen run --mode txt2vid" in body["error"]
-        assert not server.context.manager.sessions

@@ -25,7 +25,7 @@ from .access import authorize_session, require_admin
 from ..context import context
 from .http_errors import read_json_object
 from ..metrics import render_metrics
-from ..worker.pipelines import params_to_json
+from ..worker.pipelines import no_input_mode, params_to_json
 from ..sessions.session import Session
 
 
@@ -78,6 +78,7 @@ async def health(request: web.Request) -> web.Response:
             "model": ctx.model_name,
             "kind": ctx.model_kind,
             "params": list(ctx.live_params),
+            "no_input": no_input_mode(ctx.workers[0].pipeline),  # what a session with no source asks for (the page's "No input")
             "sessions": len(ctx.manager.sessions),
             "max_sessions": ctx.config.max_sessions,
             "codecs": list(ctx.config.codecs),

@@ -113,6 +113,7 @@ class LocalSession(Session):
     ) -> None:
         super().__init__(session_id, "local", LocalPeer(), worker, state, config, metrics, on_closed, slo, caps, secret=secret)  # type: ignore[arg-type]
         self.connected = True
+        self._connected.set()
         self.output = output  # type: ignore[assignment]  # a LocalOutput stands where a peer's OutputTrack would
         self.control = NoticeChannel(notice)  # type: ignore[assignment]
         self.finished = asyncio.Event()

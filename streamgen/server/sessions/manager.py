@@ -111,6 +111,12 @@ class SessionManager:
             raise _no_video_error()
         shape.check_codecs(self.config.codecs)
         worker, merged, session_slo, stream = self._check_settings(settings, slo)
+        if stream.generates and not send_output:
+            raise ConfigError(
+                f"a {stream.kind} stream in mode {merged.get('mode')!r} takes no input, so there is nothing to publish over WHIP: "
+                "open it with POST /offer (the page's 'No input' source, or any offer with a recvonly video section) "
+                "and watch it over WHEP"
+            )
         self._check_pending(client)
         await self._take_place_or_displace()
         self._opening_by[client] = self._opening_by.get(client, 0) + 1
@@ -124,7 +130,7 @@ class SessionManager:
             session.client = client
             output = OutputTrack() if send_output else None
             session.output = output
-            transceiver = add_transceivers(pc, shape, "sendrecv" if send_output else "recvonly", output, self.config.codecs)
+            transceiver = add_transceivers(pc, shape, _video_direction(stream, send_output), output, self.config.codecs)
             answer = await answer_offer(pc, offer_sdp, self.config.codecs)
         except BaseException:
             if reservation is not None:
@@ -138,7 +144,10 @@ class SessionManager:
             if not self._opening_by[client]:
                 del self._opening_by[client]
         self._add(session, worker, reservation, stream)
-        session.start_input(transceiver.receiver.track)
+        if stream.generates:  # no input: a clock asks for a chunk per chunk period (generation_clock.py)
+            session.start_generating(stream.frames_per_unit / session_slo.target_fps)
+        else:
+            session.start_input(transceiver.receiver.track)
         return session, answer
 
     # ------------------------------------------------------- unconnected peers
@@ -237,11 +246,6 @@ class SessionManager:
         if self.kind == "video" and "use_denoising_batch" not in merged:
             merged["use_denoising_batch"] = self._video_mode(worker, merged, session_slo)
         stream = worker.pipeline.settings_shape(merged)
-        if stream.generates:
-            raise ConfigError(
-                "txt2vid sessions are not served yet (the server paces sessions by their input frames); "
-                "generate with VideoStream(..., mode='txt2vid') or `streamgen run --mode txt2vid --frames N`"
-            )
         self.caps.check_shape(stream)
         check_engine_limits(worker.pipeline, stream)
         return worker, merged, session_slo, stream
@@ -359,6 +363,13 @@ class SessionManager:
                 if viewer.pc.connectionState == "connected" and await viewer.liveness.silent_for(now) > peer_timeout:
                     logger.info("session %s: viewer %s sent nothing for %g s (it vanished); dropped", session.id, viewer.viewer_id, peer_timeout)
                     await session.remove_viewer(viewer.viewer_id)
+
+
+def _video_direction(stream: StreamShape, send_output: bool) -> str:
+    """The server's side of the video section: a generating stream only sends; ``/offer`` sends and receives; WHIP receives."""
+    if stream.generates:
+        return "sendonly"
+    return "sendrecv" if send_output else "recvonly"
 
 
 def _no_video_error() -> Exception:

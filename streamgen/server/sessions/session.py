@@ -34,6 +34,7 @@ from ..http.http_errors import ForbiddenError
 from ..webrtc.liveness import PacketWatch
 from ..metrics import ServerMetrics, SessionSample
 from ..worker.pipelines import parse_update
+from .generation_clock import GenerationClock
 from .slot import FrameTag, LatestFrames
 from .stats import SessionStats
 from ..worker.step_shape import ServerCaps
@@ -89,6 +90,8 @@ class Session:
         self.control: ControlChannel | None = None
         self.closed = False
         self.connected = False
+        self._connected = asyncio.Event()
+        self.clock: GenerationClock | None = None  # a session that takes no input (txt2vid): what paces it
         self.client: str | None = None  # the address that opened it (unconnected sessions are limited per client)
         self.close_reason: str | None = None
         self.last_activity = self.stats.created_at
@@ -113,6 +116,23 @@ class Session:
         """Start reading the peer's video (WebRTC/WHIP sessions; viewers have none)."""
         if track is not None:
             self._spawn(self._pump(track))
+
+    def start_generating(self, period_s: float) -> None:
+        """Pace a session that takes no input (txt2vid): a tick per chunk period from the moment its peer connects."""
+        self._spawn(self._generate(period_s))
+
+    async def _generate(self, period_s: float) -> None:
+        await self._connected.wait()
+        clock = self.clock = GenerationClock(period_s, time.monotonic())
+        while not self.closed:
+            now = time.monotonic()
+            if clock.due(now):
+                self.last_activity = now  # never idle: a generated stream's viewer sends nothing by design
+                tag = clock.tick(now, self.slot.waiting())
+                if tag is not None:
+                    self.slot.put(None, tag)
+                    self.worker.notify()
+            await asyncio.sleep(clock.sleep_for(time.monotonic()))
 
     def add_viewer(self, viewer: Viewer) -> None:
         """Attach a WHEP viewer; one that has not connected within the connect timeout is dropped (it holds a slot)."""
@@ -311,6 +331,7 @@ class Session:
             if not self.connected:
                 self.last_activity = time.monotonic()  # the idle clock starts when the peer is there
             self.connected = True
+            self._connected.set()
         elif state in ("failed", "closed") and not self.closed:
             await self.close("connection failed" if state == "failed" else "peer closed the connection")
 
@@ -330,7 +351,14 @@ class Session:
             "stats": self.stats.snapshot(),
             "viewers": sorted(self.viewers),
             "slo": {"deadline_ms": round(self.slo.deadline_s * 1000, 1), "fps": self.slo.target_fps, "min_fps": self.slo.min_fps},
+            **({"generation": self._describe_generation()} if self.clock is not None else {}),
         }
+
+    def _describe_generation(self) -> dict[str, Any]:
+        """How a session without input is paced: its chunk period, chunks asked for, and ticks skipped while the model was behind."""
+        clock = self.clock
+        assert clock is not None
+        return {"chunk_period_ms": round(clock.period_s * 1000, 1), "chunks_requested": clock.ticks, "chunks_skipped": clock.skipped}
 
     def sample(self) -> SessionSample:
         now = time.monotonic()

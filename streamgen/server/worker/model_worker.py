@@ -43,6 +43,7 @@ from ...errors import CapacityError, InputError, StreamgenError
 from ...pipeline.contract import Capabilities, StepShape, StreamShape
 from ...sched import Admission, Candidate, Demand, LatencyModel, Slo, StepPlan, admit, choose_video_mode, plan_step, served_mark
 from .frame_convert import OutputFrame, frames_to_tensor, to_model_device, to_output_frames
+from .generated_timing import spread_chunk_times
 from .jobs import STOPPED, JobThread, run_job
 from ..metrics import ServerMetrics
 from .shared_latency import SharedLatency
@@ -200,7 +201,7 @@ class ModelWorker:
         """What a session of ``shape`` asks of this replica (a staged pipeline adds its fill latency)."""
         unit = shape.unit()
         floor = self.pipeline.latency_floor(shape) if self.capabilities.staged else 0.0
-        return Demand(unit.bucket, unit.rows, slo, unit.passes, floor)
+        return Demand(unit.bucket, unit.rows, slo, unit.passes, floor, frames_per_step=shape.frames_per_unit)
 
     def predict(self, shape: StreamShape, slo: Slo) -> Admission:
         """What admission control would answer for one more session of ``shape`` here (nothing is reserved)."""
@@ -629,8 +630,11 @@ class ModelWorker:
                 continue
             if client.closed or outcome.output is None:
                 continue
+            output = outcome.output
+            if member.reservation.shape.generates:  # a generated chunk's frames share their tick's tag: give each its time
+                output = spread_chunk_times(output, member.slo.target_fps)
             try:
-                frames = to_output_frames(outcome.output, client.consumer_count(), client.fallback_pts)
+                frames = to_output_frames(output, client.consumer_count(), client.fallback_pts)
             except Exception as error:  # noqa: BLE001 - the pipeline returned something unusable: a bug
                 self._fail(client, error)
                 continue

@@ -74,6 +74,15 @@ def model_kind(pipeline: Any) -> str:
     return "video" if pipeline.kind == "video" else "image"
 
 
+def no_input_mode(pipeline: Any) -> dict[str, Any] | None:
+    """What a session with no input source asks for (a video model's txt2vid), and the live parameters it does not take; None for image models."""
+    if model_kind(pipeline) != "video":
+        return None
+    from ...pipeline.video_params import TXT2VID_INPUT_PARAMS  # noqa: PLC0415
+
+    return {"mode": "txt2vid", "params_not_taken": list(TXT2VID_INPUT_PARAMS)}
+
+
 def parse_update(pipeline: Any, state: Any, changes: Mapping[str, Any], caps: Any = None) -> Any:
     """Validate a live update against a state's current parameters (and the server's caps) without queuing it."""
     params = pipeline.parse_update(state, changes)
