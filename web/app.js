@@ -117,6 +117,38 @@ function showControlsFor(names) {
 }
 
 // ------------------------------------------------------------------- sources
+// A model that generates without input (a video model's txt2vid) adds a "No input" source:
+// the offer then sends nothing (recvonly) and asks for that mode.
+// Parameters that only shape the input (a video model's noise on it) are hidden and not sent then.
+let noInput = null; // {mode, params_not_taken} from /health, or null
+let modelParams = null; // the live parameters the model takes, from /health
+
+function offerNoInput(description) {
+  noInput = description;
+  const select = $("source");
+  const existing = select.querySelector('option[value="none"]');
+  if (!description) {
+    existing?.remove();
+    return;
+  }
+  if (existing) return;
+  const option = document.createElement("option");
+  option.value = "none";
+  option.textContent = `No input (${description.mode}: generated from the prompt)`;
+  select.append(option);
+}
+
+function generatingSelected() {
+  return Boolean(noInput) && $("source").value === "none";
+}
+
+// the controls of the parameters this session would take: the model's, less the input's when there is none
+function refreshControls() {
+  if (!modelParams) return;
+  const skip = generatingSelected() ? new Set(noInput.params_not_taken) : new Set();
+  showControlsFor(modelParams.filter((name) => !skip.has(name)));
+}
+
 async function openSource(kind) {
   if (kind === "camera") {
     return navigator.mediaDevices.getUserMedia({
@@ -148,10 +180,14 @@ async function start() {
   try {
     const token = $("token").value.trim();
     saveToken(token);
-    session.stream = await openSource($("source").value);
-    $("input").srcObject = session.stream;
-    const [track] = session.stream.getVideoTracks();
-    if (!track) throw new Error("The source has no video track.");
+    const generating = generatingSelected(); // no input: the model generates (txt2vid), nothing goes up
+    let track = null;
+    if (!generating) {
+      session.stream = await openSource($("source").value);
+      $("input").srcObject = session.stream;
+      [track] = session.stream.getVideoTracks();
+      if (!track) throw new Error("The source has no video track.");
+    }
 
     setStatus("Connecting…");
     const pc = new RTCPeerConnection({ iceServers: [] });
@@ -159,7 +195,8 @@ async function start() {
     session.channel = pc.createDataChannel("control");
     session.channel.onmessage = (event) => onControlMessage(event.data);
     session.channel.onopen = flushParams;
-    pc.addTransceiver(track, { direction: "sendrecv", streams: [session.stream] });
+    if (generating) pc.addTransceiver("video", { direction: "recvonly" });
+    else pc.addTransceiver(track, { direction: "sendrecv", streams: [session.stream] });
     pc.ontrack = (event) => showOutput(event.track);
     pc.onconnectionstatechange = () => {
       setStatus(`Connection: ${pc.connectionState}`);
@@ -173,7 +210,7 @@ async function start() {
     const response = await fetch("/offer", {
       method: "POST",
       headers: authHeaders(token, { "Content-Type": "application/json" }),
-      body: JSON.stringify({ sdp, type: "offer", params: { ...currentParams(), ...panel.offerParams() } }),
+      body: JSON.stringify({ sdp, type: "offer", params: { ...currentParams(), ...panel.offerParams(), ...(generating ? { mode: noInput.mode } : {}) } }),
     });
     if (!response.ok) throw await errorFrom(response);
     const answer = await response.json();
@@ -383,6 +420,7 @@ function wire() {
   $("token").value = savedToken();
   $("source").addEventListener("change", () => {
     $("file-row").hidden = $("source").value !== "file";
+    refreshControls();
   });
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", stop);
@@ -407,7 +445,9 @@ function wire() {
     .then((h) => {
       $("model").textContent = `model: ${h.model}${h.kind === "video" ? " (video)" : ""}`;
       $("model-note").hidden = !["tiny", "tiny-video"].includes(h.model);
-      if (Array.isArray(h.params)) showControlsFor(h.params);
+      if (Array.isArray(h.params)) modelParams = h.params;
+      offerNoInput(h.no_input || null);
+      refreshControls();
       panel.show(h.steering || null);
     })
     .catch((error) => showError(explain(error)));
