@@ -162,7 +162,7 @@ class ModelSpec:
     """
 
     source: str = "tiny"
-    weights: Literal["pretrained", "dummy"] = "pretrained"
+    weights: Literal["pretrained", "dummy", "tiny"] = "pretrained"  # tiny: a video preset's recipe on the tiny DiT (tests, offline)
     device: str = "auto"
     dtype: str = "auto"
     vae: Literal["tiny", "full"] = "tiny"

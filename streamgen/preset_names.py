@@ -10,7 +10,7 @@ from __future__ import annotations
 
 IDENTITY = "identity"
 IMAGE_PRESET_NAMES = ("tiny", "sd-turbo", "sd15-lcm", "sdxl-turbo")
-VIDEO_PRESET_NAMES = ("tiny-video", "wan-causal-1.3b", "wan-causal-14b")
+VIDEO_PRESET_NAMES = ("tiny-video", "wan-causal-1.3b", "wan-causal-14b", "self-forcing-1.3b", "causvid-1.3b", "longlive-1.3b", "krea-realtime-14b")
 ALL_PRESET_NAMES = (*IMAGE_PRESET_NAMES, *VIDEO_PRESET_NAMES)
 
 

@@ -160,6 +160,14 @@ def load_staged_video_model(
         raise ConfigError(f"pipeline stages run the causal video models ({', '.join(VIDEO_PRESETS)}); {model!r} is not one")
     if (layers is not None or tiny_dit) and preset.repo is not None:
         raise ConfigError("layers= and tiny_dit= apply to tiny-video only")
+    if weights == "tiny":
+        raise ConfigError(f"weights='tiny' runs {model}'s recipe on the tiny DiT in one process; pipeline stages run its real or dummy weights")
+    if preset.lora is not None and weights == "pretrained":
+        raise ConfigError(f"{model} is published as a LoRA over its base; pipeline stages do not load LoRAs yet: run it on one device")
+    if checkpoint is None and preset.checkpoint is not None and weights == "pretrained":
+        from ..models.loading.hub import fetch_file  # noqa: PLC0415  (the student's published weights, as in one process)
+
+        checkpoint = str(fetch_file(preset.checkpoint.repo, preset.checkpoint.filename, f"video preset {model!r}: the student's weights"))
     device = torch.device(devices[0])
     torch_dtype = resolve_dtype(dtype, device, family="video")
     source = StageSource(model, weights, seed, layers, tiny_dit, checkpoint, checkpoint_key)

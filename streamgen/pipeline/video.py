@@ -223,7 +223,7 @@ class VideoPipeline:
         """Check creation settings (shape + live fields) without building a state (cheap); returns them resolved."""
         config, params = parse_video_settings(settings, self._defaults())
         self._check_prompt_switch(params)
-        config = config.resolved(self.model.default_size)
+        config = config.resolved(self.model.default_size, self.model.recipe.window)
         self._check_size(config)
         return config, params
 
@@ -239,7 +239,7 @@ class VideoPipeline:
         """
         config, params = self._resolve_settings(config, params)
         self._check_prompt_switch(params)
-        config = config.resolved(self.model.default_size)
+        config = config.resolved(self.model.default_size, self.model.recipe.window)
         self._check_size(config)
         latent_size = self.model.latent_size(config.width, config.height)
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
@@ -296,8 +296,11 @@ class VideoPipeline:
         )
 
     def _base_timesteps(self, steps: int, mode: str) -> torch.Tensor:
-        """The stream's schedule: the V2V reference (scaled per chunk by its noise level) or, in txt2vid, :data:`T2V_TIMESTEPS`."""
-        schedule = T2V_TIMESTEPS[steps] if mode == "txt2vid" else base_timesteps(steps)
+        """The stream's schedule: the V2V reference (scaled per chunk by its noise level) or, in txt2vid, the model's recipe (else :data:`T2V_TIMESTEPS`)."""
+        if mode == "txt2vid":
+            schedule = self.model.recipe.txt2vid_timesteps(steps) or T2V_TIMESTEPS[steps]
+        else:
+            schedule = base_timesteps(steps)
         return torch.tensor(schedule, dtype=torch.float32, device=self.device)
 
     def _prompt_context(self, params: VideoParams) -> CrossAttentionContext:

@@ -48,6 +48,8 @@ from ..params import MAX_SEED, boolean_field, describe_value, integer_field, num
 from .noise import MAX_STEPS, MotionNoiseSettings
 
 MAX_TRANSITION_CHUNKS = 1000
+# A model's chunk and attention window when its preset says nothing (StreamDiffusionV2's: 1 latent frame per chunk, 3 sinks + 3 recent).
+MODEL_WINDOW_DEFAULTS: dict[str, int] = {"chunk_frames": 1, "sink_frames": 3, "ring_frames": 3}
 MAX_CHUNK_FRAMES = 4
 MAX_SINK_FRAMES = 8
 MAX_RING_FRAMES = 32
@@ -69,7 +71,9 @@ class VideoConfig:
     ``width``/``height`` (multiples of 16; None = the model's default size);
     ``chunk_frames`` latent frames per chunk (4 video frames each; the
     stream's first chunk is 1 + 4·(chunk_frames − 1) frames);
-    ``sink_frames`` + ``ring_frames`` latent frames of KV-cache history;
+    ``sink_frames`` + ``ring_frames`` latent frames of KV-cache history
+    (these three, left None, are the model's: a preset records what its
+    authors trained with, :data:`MODEL_WINDOW_DEFAULTS` otherwise);
     ``use_denoising_batch``: stream batch (all steps in one forward, output
     lags by steps − 1 chunks) or sequential steps (lower latency);
     ``mode``: ``vid2vid`` (input frames are restyled) or ``txt2vid`` (no
@@ -79,16 +83,19 @@ class VideoConfig:
     width: int | None = None
     height: int | None = None
     use_denoising_batch: bool = True
-    chunk_frames: int = 1
-    sink_frames: int = 3
-    ring_frames: int = 3
+    chunk_frames: int | None = None
+    sink_frames: int | None = None
+    ring_frames: int | None = None
     mode: VideoMode = "vid2vid"
 
-    def resolved(self, default_size: tuple[int, int]) -> VideoConfig:
+    def resolved(self, default_size: tuple[int, int], window: Mapping[str, int] | None = None) -> VideoConfig:
+        """Every field given: the size and the chunk/window fields left None take the model's (``window``)."""
+        defaults = {**MODEL_WINDOW_DEFAULTS, **(window or {})}
         return dataclasses.replace(
             self,
             width=self.width if self.width is not None else default_size[0],
             height=self.height if self.height is not None else default_size[1],
+            **{name: getattr(self, name) if getattr(self, name) is not None else defaults[name] for name in MODEL_WINDOW_DEFAULTS},
         )
 
 

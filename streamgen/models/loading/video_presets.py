@@ -36,23 +36,32 @@ from ...config import ModelSpec
 from ...errors import ConfigError, ModelLoadError
 from ...preset_names import presets_hint
 from .device import resolve_device, resolve_dtype
-from .hub import SnapshotRequest, download_command, fetch_snapshot
+from .hub import SnapshotRequest, download_command, fetch_file, fetch_snapshot
 from ..video.stream_vae import StreamingWanVAE
 from ..video.tiny_video import ByteTokenizer, seeded_build, tiny_umt5_encoder, tiny_wan_vae
 from .components import place
+from ..video.causal_recipe import CAUSVID, KREA_REALTIME, LONGLIVE, SELF_FORCING, STREAMDIFFUSION_V2, CausalRecipe
 from ..video.video_model import VideoModel
 from .weight_files import choose_weight_files, select_folder_files
 
 WAN_FOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
 WAN_TEXT_LENGTH = 512
 TINY_VIDEO_SIZE = (128, 128)
-WEIGHT_KINDS = ("pretrained", "dummy")
+WEIGHT_KINDS = ("pretrained", "dummy", "tiny")
 SPEC_KEYS = ("weights", "device", "dtype", "seed", "checkpoint", "checkpoint_key", "vae", "lora", "fuse_lora")
 
 
 @dataclass(frozen=True)
+class HubFile:
+    """One file of a hub repository: where an author publishes a student's weights or its LoRA."""
+
+    repo: str
+    filename: str
+
+
+@dataclass(frozen=True)
 class VideoPreset:
-    """A named causal video model."""
+    """A named causal video model: its base Wan weights, the student's own weights and how it was trained."""
 
     name: str
     description: str
@@ -60,6 +69,15 @@ class VideoPreset:
     dummy_config: str | None  # streamgen/models/configs/<name> (transformer config)
     default_size: tuple[int, int] = (832, 480)
     default_params: dict[str, Any] = field(default_factory=dict)
+    recipe: CausalRecipe = STREAMDIFFUSION_V2
+    checkpoint: HubFile | None = None  # the student's weights, loaded over the base unless checkpoint= names a file
+    lora: HubFile | None = None  # a LoRA the student is published as (LongLive), applied at scale 1 unless lora= names others
+
+    @property
+    def stream_defaults(self) -> dict[str, Any]:
+        """Live defaults of a stream on this model: the recipe's step count, then the preset's own."""
+        steps = self.recipe.default_steps
+        return {**({"num_inference_steps": steps} if steps is not None else {}), **self.default_params}
 
 
 VIDEO_PRESETS: dict[str, VideoPreset] = {
@@ -83,6 +101,41 @@ VIDEO_PRESETS: dict[str, VideoPreset] = {
             description="Wan2.1 T2V 14B run block-causally (pass checkpoint= a causal student .pt), 480x832",
             repo="Wan-AI/Wan2.1-T2V-14B-Diffusers",
             dummy_config="wan-14b",
+        ),
+        VideoPreset(
+            name="self-forcing-1.3b",
+            description="Self-Forcing (Wan2.1-T2V-1.3B student): 3-frame chunks, 4 steps, text to video at 832x480, 16 fps",
+            repo="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+            dummy_config="wan-1.3b",
+            recipe=SELF_FORCING,
+            checkpoint=HubFile("gdhe17/Self-Forcing", "checkpoints/self_forcing_dmd.pt"),
+        ),
+        VideoPreset(
+            name="causvid-1.3b",
+            description="CausVid (Wan2.1-T2V-1.3B block-causal DMD student): 3-frame chunks, 3 steps, 832x480, 16 fps",
+            repo="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+            dummy_config="wan-1.3b",
+            recipe=CAUSVID,
+            checkpoint=HubFile("tianweiy/CausVid", "autoregressive_checkpoint/model.pt"),
+        ),
+        VideoPreset(
+            name="longlive-1.3b",
+            description="LongLive (Wan2.1-T2V-1.3B, base + LoRA): frame sink + short window, KV re-cache on prompt switch, 832x480, 16 fps",
+            repo="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+            dummy_config="wan-1.3b",
+            recipe=LONGLIVE,
+            default_params={"prompt_switch": "recache"},
+            checkpoint=HubFile("Efficient-Large-Model/LongLive-1.3B", "models/longlive_base.pt"),
+            lora=HubFile("Efficient-Large-Model/LongLive-1.3B", "models/lora.pt"),
+        ),
+        VideoPreset(
+            name="krea-realtime-14b",
+            description="Krea Realtime Video (Self-Forcing on Wan2.1-T2V-14B): 3-frame chunks, 4 steps; 576x320 fits 32 GB, 832x480 needs >40 GB",
+            repo="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+            dummy_config="wan-14b",
+            default_size=(576, 320),
+            recipe=KREA_REALTIME,
+            checkpoint=HubFile("krea/krea-realtime-video", "krea-realtime-video-14b.safetensors"),
         ),
     )
 }
@@ -108,9 +161,10 @@ def load_video_model(model: str | ModelSpec, **spec: Any) -> VideoModel:
     from .video_lora import apply_video_loras, resolve_video_lora_files  # noqa: PLC0415
 
     video_spec = _video_spec(model, spec)
-    lora_files = resolve_video_lora_files(video_spec.lora)  # a missing LoRA fails before the model is built
+    loras = preset_loras(video_spec)
+    lora_files = resolve_video_lora_files(loras)  # a missing LoRA fails before the model is built
     model_out = _build_video_model(video_spec)
-    apply_video_loras(model_out.transformer, video_spec.lora, fuse=video_spec.fuse_lora, files=lora_files)
+    apply_video_loras(model_out.transformer, loras, fuse=video_spec.fuse_lora, files=lora_files)
     return model_out
 
 
@@ -120,16 +174,40 @@ def _build_video_model(video_spec: VideoSpec) -> VideoModel:
     preset = video_spec.preset
     if preset.repo is None:
         return build_tiny_video_model(seed=video_spec.seed, device=device, dtype=dtype)
-    if video_spec.weights == "dummy":
+    checkpoint = video_spec.checkpoint
+    if video_spec.weights == "tiny":  # the preset's recipe on the tiny DiT: its plumbing, offline
+        model_out = with_recipe(build_tiny_video_model(seed=video_spec.seed, device=device, dtype=dtype), preset, f"{preset.name}-tiny")
+    elif video_spec.weights == "dummy":
         model_out = build_dummy_video_model(preset, seed=video_spec.seed, device=device, dtype=dtype)
     else:
         folder = wan_snapshot(preset, dtype)
         model_out = load_wan_folder(folder, preset, device=device, dtype=dtype)
-    if video_spec.checkpoint is not None:
+        if checkpoint is None and preset.checkpoint is not None:
+            checkpoint = str(fetch_file(preset.checkpoint.repo, preset.checkpoint.filename, f"video preset {preset.name!r}: the student's weights"))
+    if checkpoint is not None:
         from ..video.wan_checkpoint import load_causal_weights  # noqa: PLC0415
 
-        load_causal_weights(model_out.transformer, video_spec.checkpoint, key=video_spec.checkpoint_key)
+        load_causal_weights(model_out.transformer, checkpoint, key=video_spec.checkpoint_key)
     return model_out
+
+
+def preset_loras(video_spec: VideoSpec) -> dict[str, float]:
+    """The LoRAs to apply: the user's, or the one a student is published as (LongLive's, at scale 1) with its pretrained weights."""
+    preset = video_spec.preset
+    if video_spec.lora or preset.lora is None or video_spec.weights != "pretrained":
+        return dict(video_spec.lora)
+    path = fetch_file(preset.lora.repo, preset.lora.filename, f"video preset {preset.name!r}: its LoRA")
+    return {str(path): 1.0}
+
+
+def with_recipe(model: VideoModel, preset: VideoPreset, name: str | None = None) -> VideoModel:
+    """``model`` run the way ``preset``'s student was trained: its flow shift, chunk, window, schedule and stream defaults."""
+    model.recipe = preset.recipe
+    model.flow_shift = preset.recipe.flow_shift
+    model.default_params = preset.stream_defaults
+    if name is not None:
+        model.name = name
+    return model
 
 
 def _video_spec(model: str | ModelSpec, spec: Mapping[str, Any]) -> VideoSpec:
@@ -231,7 +309,9 @@ def build_dummy_video_model(
         tokenizer=ByteTokenizer(WAN_TEXT_LENGTH),
         text_length=WAN_TEXT_LENGTH,
         default_size=preset.default_size,
-        default_params=dict(preset.default_params),
+        default_params=preset.stream_defaults,
+        recipe=preset.recipe,
+        flow_shift=preset.recipe.flow_shift,
     )
 
 
@@ -269,7 +349,9 @@ def load_wan_folder(
         tokenizer=tokenizer,
         text_length=WAN_TEXT_LENGTH,
         default_size=preset.default_size if preset is not None else (832, 480),
-        default_params=dict(preset.default_params) if preset is not None else {},
+        default_params=preset.stream_defaults if preset is not None else {},
+        recipe=preset.recipe if preset is not None else STREAMDIFFUSION_V2,
+        flow_shift=preset.recipe.flow_shift if preset is not None else STREAMDIFFUSION_V2.flow_shift,
     )
 
 

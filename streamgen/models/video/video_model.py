@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .causal_recipe import STREAMDIFFUSION_V2, CausalRecipe
 from .causal_wan import CacheSegment, CausalWanTransformer
 from .stream_vae import StreamingWanVAE
 from .wan_context import CrossAttentionContext
@@ -47,6 +48,7 @@ class VideoModel:
     default_size: tuple[int, int]  # (width, height)
     flow_shift: float = FLOW_SHIFT
     default_params: dict[str, Any] = field(default_factory=dict)
+    recipe: CausalRecipe = STREAMDIFFUSION_V2  # what the student was trained with: chunk, window, txt2vid schedule
     forward_chunk: Callable[..., torch.Tensor] | None = None
     forward_chunks: Callable[..., torch.Tensor] | None = None
     # How the DiT executes, chosen at load: None runs it in this process; pipeline stages

@@ -105,12 +105,15 @@ def load_causal_weights(
 ) -> None:
     """Load a causal checkpoint into a diffusers ``WanTransformer3DModel`` (or a ``CausalWanTransformer``)."""
     target = getattr(transformer, "transformer", transformer)
-    state = load_causal_checkpoint(path, key=key, trust_pickle=trust_pickle)
+    raw = strip_wrapper_prefixes(extract_state_dict(read_checkpoint(path, trust_pickle=trust_pickle), key=key))
+    state = to_diffusers_layout(raw)
     expected = {k for k in target.state_dict() if not _FUSED.search(k)}
     missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
     if missing or unexpected:
+        origin = _file_names(raw, set(unexpected))
+        named = [k if origin.get(k, k) == k else f"{k} (the file's {origin[k]})" for k in unexpected]
         raise ModelLoadError(
-            f"{path} does not fit this Wan transformer: missing {_sample(missing)}, unexpected {_sample(unexpected)}"
+            f"{path} does not fit this Wan transformer: missing {_sample(missing)}, unexpected (did not map) {_sample(named)}"
         )
     target.load_state_dict(state, strict=False)
 
@@ -229,6 +232,18 @@ def save_original_layout(
 
 
 # --------------------------------------------------------------------------- helpers
+def _file_names(raw: Mapping[str, torch.Tensor], renamed: set[str]) -> dict[str, str]:
+    """For keys in ``renamed`` (diffusers names), the file's name each came from: an error names what the user can find."""
+    origin: dict[str, str] = {}
+    for name, value in raw.items():
+        try:
+            converted = to_diffusers_layout({name: value})
+        except ModelLoadError:  # a key alone does not show its layout: it keeps its name
+            continue
+        origin.update({new: name for new in converted if new in renamed})
+    return origin
+
+
 def _torch_load(path: Path, *, weights_only: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
