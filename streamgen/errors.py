@@ -36,6 +36,7 @@ class CapacityError(StreamgenError):
     admission control's predicted utilisation and frame rate.
     """
 
-    def __init__(self, message: str, details: dict | None = None) -> None:
+    def __init__(self, message: str, details: dict | None = None, retry_after: int = 5) -> None:
         super().__init__(message)
         self.details = details
+        self.retry_after = retry_after  # seconds a client (or a proxy) should wait before asking this server again

@@ -63,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--connect-grace", type=float, default=5.0, metavar="S", help="when the server is full, a newcomer displaces a session whose peer has not connected within this many seconds (default 5)")
     limits.add_argument("--max-pending", type=int, default=4, metavar="N", help="sessions one client address may have whose peer has not connected yet (default 4)")
     limits.add_argument("--peer-timeout", type=float, default=10.0, metavar="S", help="close a session (or viewer) whose connected peer sent no packet at all (media, RTCP, data channel) for this long: it vanished (default 10; ICE consent alone notices after ~30)")
+    limits.add_argument("--drain-seconds", type=float, default=30.0, metavar="S", help="on SIGTERM, refuse new sessions and let running ones go on for up to this long before closing them (default 30; 0 stops at once; a second SIGTERM stops at once)")
     limits.add_argument("--header-timeout", type=float, default=10.0, metavar="S", help="seconds a client has to send a request's headers, from its first byte; then 408 and the connection is closed (default 10)")
     limits.add_argument("--send-timeout", type=float, default=10.0, metavar="S", help="seconds a response may sit unsent because the client does not read it; then the connection is closed (default 10)")
     limits.add_argument("--body-timeout", type=float, default=10.0, metavar="S", help="seconds a client has to send a request body; then 408 and the connection is closed (default 10)")
@@ -130,6 +131,7 @@ def build_config(args: argparse.Namespace):
         keepalive_timeout=args.keepalive_timeout,
         max_connections=args.max_connections,
         peer_timeout=args.peer_timeout,
+        drain_seconds=args.drain_seconds,
         controlnets=tuple(args.controlnet),
         ip_adapter=args.ip_adapter,
         preprocessor_models=tuple(args.preprocessor_model),

@@ -7,13 +7,14 @@ It imports no torch and no asyncio, so every decision is tested with a fake
 clock.
 """
 
-from .admission import Admission, Demand, admit, predicted_rates, replica_order
+from .admission import HEADROOM, Admission, Demand, admit, predicted_rates, replica_order, utilization
 from .blocks import BlockBalancer, BlockMove, BlockSplit, RebalanceConfig, StageTiming, balanced_split, stage_times
 from .latency import LatencyModel
 from .policy import Candidate, StepPlan, choose_video_mode, plan_step, served_mark
 from .slo import Slo, SloLimits
 
 __all__ = [
+    "HEADROOM",
     "Admission",
     "BlockBalancer",
     "BlockMove",
@@ -34,4 +35,5 @@ __all__ = [
     "choose_video_mode",
     "plan_step",
     "served_mark",
+    "utilization",
 ]

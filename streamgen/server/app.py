@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Sequence
@@ -41,12 +42,14 @@ from .http.aiohttp_patches import LIMITS_KEY, ConnectionLimits, install_connecti
 from .webrtc.aiortc_patches import configure_video_encoders, install_marker_jitter_buffer
 from .config import ServerConfig
 from .context import CONTEXT_KEY, ServerContext
+from .drain import Drain
 from .http.cors import CorsPolicy, cors
 from .http.host_check import EVERY_INTERFACE, HostRules, host_check
 from .http.http_errors import json_errors
 from .metrics import ServerMetrics
 from .worker.pipelines import attach_server_controls, load_server_pipeline, load_server_pipelines, model_kind
 from .http.routes_api import add_routes as add_api_routes
+from .http.routes_lifecycle import add_routes as add_lifecycle_routes
 from .http.routes_streams import add_routes as add_stream_routes
 from .http.routes_webrtc import add_routes as add_webrtc_routes
 from .sessions.manager import SessionManager
@@ -81,11 +84,14 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     )
     install_connection_guards()  # before the first connection (on_startup runs after a test's site may already listen)
     install_json_parse_errors()
+    drain = Drain(config.drain_seconds, lambda: len(manager.sessions), manager.close_all)
+    manager.drain = drain
     app[CONTEXT_KEY] = ServerContext(
-        config, manager, metrics, workers, pipelines[0].model_name, web_dir, model_kind(pipelines[0]), pipelines[0].live_params
+        config, manager, metrics, workers, pipelines[0].model_name, web_dir, model_kind(pipelines[0]), pipelines[0].live_params, drain
     )
     add_webrtc_routes(app)
     add_api_routes(app)
+    add_lifecycle_routes(app)
     add_stream_routes(app)
     add_static_routes(app, web_dir)
 
@@ -161,12 +167,32 @@ def run_server(config: ServerConfig, sockets: Sequence[socket.socket] | None = N
         where: dict[str, Any] = {"sock": list(sockets)}
     else:
         port, where = config.port, {"host": config.host, "port": config.port}
-    web.run_app(
-        app, **where, print=lambda _: log_where_to_go(config, port), access_log=None, shutdown_timeout=SHUTDOWN_SECONDS,
-        keepalive_timeout=config.keepalive_timeout,
-    )
+    asyncio.run(serve_until_stopped(app, where, config, port))
     exit_without_waiting_for_a_step(workers)
     close_pipeline_stages(pipelines)
+
+
+async def serve_until_stopped(app: web.Application, where: dict[str, Any], config: ServerConfig, port: int | None) -> None:
+    """Serve ``app`` until SIGINT, or until SIGTERM's drain ends (a second SIGTERM ends it at once; see drain.py)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS, keepalive_timeout=config.keepalive_timeout)
+    await runner.setup()  # starts the workers and warms the model up
+    try:
+        if "sock" in where:
+            for sock in where["sock"]:
+                await web.SockSite(runner, sock).start()
+        else:
+            await web.TCPSite(runner, where["host"], where["port"]).start()
+        log_where_to_go(config, port)
+        drain = app[CONTEXT_KEY].drain
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, drain.request)
+            loop.add_signal_handler(signal.SIGINT, drain.stop_now)
+        except NotImplementedError:  # Windows' event loops take no signal handlers: Ctrl-C still stops it
+            signal.signal(signal.SIGINT, lambda *_: loop.call_soon_threadsafe(drain.stop_now))
+        await drain.finished.wait()
+    finally:
+        await runner.cleanup()  # closes whatever sessions are left, stops the workers
 
 
 def close_pipeline_stages(pipelines: Sequence[Any]) -> None:

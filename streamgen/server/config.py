@@ -71,6 +71,8 @@ class ServerConfig:
     be displaced by a newcomer when the server is full;
     ``max_pending_per_client``: sessions one address may have waiting for
     their peer to connect (see :mod:`streamgen.server.sessions.manager`).
+    ``drain_seconds``: after a SIGTERM, how long sessions in progress may go
+    on while new ones are refused (0: stop at once; see :mod:`streamgen.server.drain`).
     ``peer_timeout``: a connected peer that sends nothing at all (no media,
     RTCP or data-channel packet) for this long has vanished and its
     session (or viewer) is closed, well before ICE consent expires (~30 s).
@@ -118,6 +120,7 @@ class ServerConfig:
     keepalive_timeout: float = 15.0
     max_connections: int = 512
     peer_timeout: float = 10.0
+    drain_seconds: float = 30.0  # SIGTERM: how long running sessions may go on while new ones are refused (server/drain.py)
     # What sessions may steer with (image models): ControlNets by name, one IP-Adapter, and the estimators of
     # model-based preprocessors ("depth=SOURCE", "pose=SOURCE"); all loaded at start, never on a client's request.
     controlnets: tuple[str, ...] = ()
@@ -155,6 +158,9 @@ class ServerConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of {'frames per second' if name == 'max_fps' else 'seconds'}, got {value!r}")
+        drain = self.drain_seconds
+        if not isinstance(drain, (int, float)) or isinstance(drain, bool) or not math.isfinite(drain) or not 0 <= drain <= 86400:
+            raise ConfigError(f"drain_seconds must be a number of seconds from 0 (stop at once) to 86400, got {drain!r}")
         for name in ("slo_ms", "min_fps", "min_slo_ms", "max_slo_ms"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:

@@ -8,6 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .config import ServerConfig
+from .drain import Drain
 from .metrics import ServerMetrics
 from .sessions.manager import SessionManager
 from .worker.model_worker import ModelWorker
@@ -23,6 +24,7 @@ class ServerContext:
     web_dir: Path | None
     model_kind: str = "image"  # image or video: which parameter schema sessions use
     live_params: tuple[str, ...] = ()  # the live parameters the model takes (the page shows only these)
+    drain: Drain | None = None  # SIGTERM's drain (server/drain.py): readiness and admission read it
 
 
 CONTEXT_KEY: web.AppKey[ServerContext] = web.AppKey("streamgen", ServerContext)

@@ -123,7 +123,7 @@ async def test_serve_starts_serves_the_page_and_stops_on_sigint():
 
 
 async def test_sigterm_stops_a_streaming_server_within_seconds():
-    """SIGTERM with a session streaming through the tiny model: sessions closed, exit 0, a few seconds."""
+    """Two SIGTERMs with a session streaming through the tiny model (the first starts a drain, the second stops): sessions closed, exit 0, a few seconds."""
     from streamgen.client.webrtc import connect_offer
     from streamgen.client.synthetic import MarkerVideoTrack
 
@@ -146,6 +146,9 @@ async def test_sigterm_stops_a_streaming_server_within_seconds():
         peer = await connect_offer(base, MarkerVideoTrack(), {"width": 128, "height": 128})
         await peer.wait_for_frames(3, timeout=60)
         started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert process.poll() is None, "the first SIGTERM drains: the running session goes on"
         process.send_signal(signal.SIGTERM)
         output = await asyncio.get_running_loop().run_in_executor(None, lambda: process.communicate(timeout=30)[0].decode())
         assert time.monotonic() - started < 8, output

@@ -90,7 +90,7 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         logger.info("%s %s -> %d: %s", request.method, loggable(request.path), status, loggable(str(error)))
         headers = {"WWW-Authenticate": www_authenticate(error)} if isinstance(error, UnauthorizedError) else None
         if status == 503:
-            headers = {"Retry-After": "5"}
+            headers = {"Retry-After": str(getattr(error, "retry_after", 5))}
         details = getattr(error, "details", None)
         if details:
             return web.json_response({"error": str(error), "admission": details}, status=status, headers=headers)

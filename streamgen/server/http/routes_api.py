@@ -24,6 +24,7 @@ from ...errors import InputError
 from .access import authorize_session, require_admin
 from ..context import context
 from .http_errors import read_json_object
+from .routes_lifecycle import capacity
 from ..metrics import render_metrics
 from ..worker.pipelines import no_input_mode, params_to_json
 from ..sessions.session import Session
@@ -90,6 +91,7 @@ async def health(request: web.Request) -> web.Response:
                 "max_fps": ctx.config.max_fps,
                 "deadline_ms_range": [ctx.config.min_slo_ms, ctx.config.max_slo_ms],
             },
+            "capacity": capacity(ctx),
             "workers": [w.describe() for w in ctx.workers],
             "steering": ctx.workers[0].describe_steering(),
         }

@@ -42,6 +42,7 @@ from typing import Any
 from ...errors import CapacityError, ConfigError, InputError
 from ...pipeline.contract import StreamShape
 from ...sched import Slo, replica_order
+from ..drain import Drain
 from ..http.access import EndedSessions, new_session_secret
 from ..webrtc.capture_track import CaptureTrack
 from ..config import ServerConfig
@@ -79,6 +80,7 @@ class SessionManager:
         self._opening_by: dict[str | None, int] = {}  # client address -> sessions it is opening now
         self._sweeper: asyncio.Task | None = None
         self._ended = EndedSessions()
+        self.drain: Drain | None = None  # set by the app: while it drains, no new session is opened (server/drain.py)
 
     # --------------------------------------------------------------- lookups
     def get(self, session_id: str) -> Session:
@@ -106,6 +108,7 @@ class SessionManager:
         session's share of the model before its state is built on the setup
         thread, so concurrent offers cannot over-book the server.
         """
+        self.check_not_draining()
         shape = parse_offer(offer_sdp)
         if not shape.has_video:
             raise _no_video_error()
@@ -315,6 +318,24 @@ class SessionManager:
             self.metrics.sessions_rejected += 1
             raise CapacityError(f"the server is full: {self.config.max_sessions} of {self.config.max_sessions} sessions are in use; try again later")
         self._opening += 1
+
+    def default_session_fits(self) -> bool:
+        """Admission control's prediction for one more session of the server's default settings (readiness)."""
+        try:
+            _, _, slo, stream = self._check_settings({}, None)
+        except Exception:  # noqa: BLE001 - defaults the model refuses: readiness says no room rather than failing
+            return False
+        return any(worker.predict(stream, slo).admitted for worker in self.workers)
+
+    def check_not_draining(self) -> None:
+        """CapacityError (503 + Retry-After) while the server drains for a restart: a proxy retries the newcomer elsewhere."""
+        drain = self.drain
+        if drain is not None and drain.draining:
+            self.metrics.sessions_rejected += 1
+            raise CapacityError(
+                "the server is draining for a restart: it takes no new sessions (running ones go on); try another server or again shortly",
+                retry_after=max(1, round(drain.left_s())) if drain.left_s() else 5,
+            )
 
     # --------------------------------------------------------------- closing
     async def close(self, session_id: str, reason: str) -> None:

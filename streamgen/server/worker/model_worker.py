@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 from ...errors import CapacityError, InputError, StreamgenError
 from ...pipeline.contract import Capabilities, StepShape, StreamShape
-from ...sched import Admission, Candidate, Demand, LatencyModel, Slo, StepPlan, admit, choose_video_mode, plan_step, served_mark
+from ...sched import Admission, Candidate, Demand, LatencyModel, Slo, StepPlan, admit, choose_video_mode, plan_step, served_mark, utilization
 from .frame_convert import OutputFrame, frames_to_tensor, to_model_device, to_output_frames
 from .generated_timing import spread_chunk_times
 from .jobs import STOPPED, JobThread, run_job
@@ -191,6 +191,16 @@ class ModelWorker:
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in [*self._threads, self.setup.thread])
+
+    @property
+    def alive(self) -> bool:
+        """Every thread of the replica is running (a readiness check: a dead thread serves nobody)."""
+        return not self._stopping and all(t.is_alive() for t in [*self._threads, self.setup.thread])
+
+    def utilization(self) -> float:
+        """Seconds of model time per second the admitted sessions (and reserved places) need at their target rates."""
+        with self._cond:
+            return utilization(self.latency, self._demands_locked())
 
     @property
     def load(self) -> int:
