@@ -22,11 +22,19 @@ python=${PYTHON:-python3}
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
+# the deployment tests run the shipped proxy configs (deploy/) with the real servers
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing Debian ${missing[*]} for the browser, screen-capture and preview-window tests..."
+    echo "installing Debian ${missing[*]} for the browser, screen-capture, preview-window and proxy tests..."
     apt-get update -qq
+    # packages with services (nginx, haproxy) must not start them here: the tests run their own
+    policy=/usr/sbin/policy-rc.d ours=""
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; ours=1; trap 'rm -f "$policy"' EXIT; fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ -n "$ours" ]; then rm -f "$policy"; trap - EXIT; fi
 fi
+export PATH="$PATH:/usr/sbin"
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 exec .venv/bin/python -m pytest "$@"

@@ -9,7 +9,7 @@
 // The "Control" panel (ControlNets, IP-Adapter) lives in control.js and talks through `controlLink`.
 import { createControlPanel } from "./control.js";
 import { FrameRate, fpsOutText, PLACEHOLDER } from "./overlay.js";
-import { authHeaders, errorFrom, localOffer, savedToken, saveToken, watchUrl } from "./signaling.js";
+import { authHeaders, errorFrom, localOffer, savedToken, saveToken, watchLink } from "./signaling.js";
 
 const $ = (id) => document.getElementById(id);
 const SLIDERS = ["strength", "guidance_scale", "delta", "noise_scale"];
@@ -28,6 +28,7 @@ const session = {
   fileUrl: null,
   id: null,
   secret: null,
+  urls: null, // {session, whep, watch}: paths the server gave for this session
   nextMessageId: 1,
   pendingAcks: new Map(),
   pendingParams: {},
@@ -149,7 +150,22 @@ function refreshControls() {
   showControlsFor(modelParams.filter((name) => !skip.has(name)));
 }
 
+// Browsers expose cameras and screen capture only to secure pages (HTTPS, or http://localhost).
+const SECURE_PAGE_NEEDED =
+  "This page is not secure (plain HTTP from another machine), so the browser offers no camera or screen here. " +
+  "Serve HTTPS (streamgen serve --tls-self-signed, or --tls-cert/--tls-key) or open it through a tunnel " +
+  "(ssh -L 8000:localhost:8000 <server>, then http://localhost:8000/). A video file or No input works as it is.";
+
+function showSecureContextNote() {
+  const note = $("insecure-note");
+  if (!note) return;
+  note.textContent = window.isSecureContext ? "" : SECURE_PAGE_NEEDED;
+  note.hidden = window.isSecureContext;
+  window.streamgen.secureContext = window.isSecureContext;
+}
+
 async function openSource(kind) {
+  if ((kind === "camera" || kind === "screen") && !navigator.mediaDevices) throw new Error(SECURE_PAGE_NEEDED);
   if (kind === "camera") {
     return navigator.mediaDevices.getUserMedia({
       video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } },
@@ -207,7 +223,7 @@ async function start() {
     };
 
     const sdp = await localOffer(pc);
-    const response = await fetch("/offer", {
+    const response = await fetch("offer", {
       method: "POST",
       headers: authHeaders(token, { "Content-Type": "application/json" }),
       body: JSON.stringify({ sdp, type: "offer", params: { ...currentParams(), ...panel.offerParams(), ...(generating ? { mode: noInput.mode } : {}) } }),
@@ -215,6 +231,7 @@ async function start() {
     if (!response.ok) throw await errorFrom(response);
     const answer = await response.json();
     session.id = answer.session_id;
+    session.urls = answer.urls; // where this session lives: behind a proxy, the path that reaches its server
     session.secret = answer.session_secret || null;
     window.streamgen.sessionId = answer.session_id;
     await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
@@ -229,15 +246,15 @@ async function start() {
 }
 
 async function stop() {
-  const { pc, id, secret } = session;
+  const { pc, id, secret, urls } = session;
   clearInterval(session.statsTimer);
   clearTimeout(session.paramTimer);
   session.pc = null;
   session.channel = null;
-  session.id = session.secret = null;
-  if (id) {
+  session.id = session.secret = session.urls = null;
+  if (id && urls) {
     // Tell the server right away instead of letting it notice the closed peer.
-    fetch(`/api/sessions/${encodeURIComponent(id)}`, { method: "DELETE", keepalive: true, headers: authHeaders(secret) }).catch(() => {});
+    fetch(urls.session, { method: "DELETE", keepalive: true, headers: authHeaders(secret) }).catch(() => {});
   }
   if (pc) pc.close();
   if (session.stream) session.stream.getTracks().forEach((t) => t.stop());
@@ -294,10 +311,10 @@ function showWatchLink(id, secret) {
   link.append("Watch this output elsewhere (WHEP, e.g. an OBS browser source; copy the link's address): ");
   const anchor = document.createElement("a");
   anchor.id = "watch-url";
-  anchor.href = watchUrl(location.origin, id, secret);
+  anchor.href = watchLink(session.urls.watch, location.href, secret);
   anchor.target = "_blank";
   anchor.rel = "noopener noreferrer";
-  anchor.textContent = watchUrl(location.origin, id) + (secret ? "#secret=…" : "");
+  anchor.textContent = watchLink(session.urls.watch, location.href) + (secret ? "#secret=…" : "");
   link.append(anchor);
   link.hidden = false;
 }
@@ -358,7 +375,7 @@ function flushParams() {
 // Its changes go over the data channel when it is open, by HTTP PATCH otherwise (and always for the
 // style image); either way the answer is {ok, error}. HTTP uses the session's own secret.
 function sessionPath(suffix = "") {
-  return `/api/sessions/${encodeURIComponent(session.id)}${suffix}`;
+  return `${session.urls.session}${suffix}`;
 }
 
 function sessionHeaders(extra = {}) {
@@ -417,6 +434,7 @@ async function updateRtt() {
 
 // ---------------------------------------------------------------------- wiring
 function wire() {
+  showSecureContextNote();
   $("token").value = savedToken();
   $("source").addEventListener("change", () => {
     $("file-row").hidden = $("source").value !== "file";
@@ -440,7 +458,7 @@ function wire() {
   window.addEventListener("beforeunload", () => {
     if (session.id) stop();
   });
-  fetch("/health")
+  fetch("health")
     .then((r) => r.json())
     .then((h) => {
       $("model").textContent = `model: ${h.model}${h.kind === "video" ? " (video)" : ""}`;

@@ -46,7 +46,7 @@ const streamPath = (prefix) => `${prefix}/${encodeURIComponent(follow.stream)}`;
 
 // {current: the id of the stream's newest live session or null, live: the ids of all its live sessions}.
 async function lookAtStream() {
-  const response = await fetch(streamPath("/api/streams"), { headers: authHeaders(follow.credential), cache: "no-store" });
+  const response = await fetch(streamPath("api/streams"), { headers: authHeaders(follow.credential), cache: "no-store" });
   if (!response.ok) throw await errorFrom(response);
   const { session, live_sessions: live } = await response.json();
   return { current: session ? session.id : null, live };
@@ -61,14 +61,15 @@ async function watch() {
     if (pc.connectionState === "failed" || pc.connectionState === "closed") current.broken = true;
   };
   try {
-    const response = await fetch(streamPath("/whep/streams"), {
+    const response = await fetch(streamPath("whep/streams"), {
       method: "POST",
       headers: authHeaders(follow.credential, { "Content-Type": "application/sdp" }),
       body: await localOffer(pc),
     });
     if (!response.ok) throw await errorFrom(response);
-    current.resource = response.headers.get("Location");  // /whep/<session>/<viewer>
-    current.sessionId = current.resource.split("/")[2];
+    current.resource = response.headers.get("Location");  // [/prefix]/whep/<session>/<viewer>
+    const parts = current.resource.split("/");
+    current.sessionId = parts[parts.length - 2];
     await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
   } catch (error) {
     pc.close();

@@ -23,6 +23,12 @@ export function watchUrl(origin, id, secret = null) {
   return secret ? `${url}#secret=${encodeURIComponent(secret)}` : url;
 }
 
+// A watch link from the path the server gave (behind a proxy it names this server), absolute against the page.
+export function watchLink(path, pageUrl, secret = null) {
+  const url = new URL(path, pageUrl).href;
+  return secret ? `${url}#secret=${encodeURIComponent(secret)}` : url;
+}
+
 // {secret, token} from a URL fragment such as "#secret=..." or "#token=..." (missing ones are "").
 export function fragmentCredentials(hash) {
   const fields = new URLSearchParams(hash.startsWith("#") ? hash.slice(1) : hash);

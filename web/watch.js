@@ -32,7 +32,7 @@ function showError(message) {
 }
 
 async function listSessions() {
-  const response = await fetch("/api/sessions", { headers: authHeaders(credential) });
+  const response = await fetch("api/sessions", { headers: authHeaders(credential) });
   if (!response.ok) throw await errorFrom(response);
   const { sessions } = await response.json();
   const pick = document.getElementById("pick");
@@ -59,7 +59,7 @@ async function watch() {
     }
   };
   try {
-    const response = await fetch(`/whep/${encodeURIComponent(sessionId)}`, {
+    const response = await fetch(`whep/${encodeURIComponent(sessionId)}`, {
       method: "POST",
       headers: authHeaders(credential, { "Content-Type": "application/sdp" }),
       body: await localOffer(pc),

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin
 
 import aiohttp
 import numpy as np
@@ -73,6 +74,7 @@ class ClientPeer:
     session_id: str | None = None
     secret: str | None = None
     resource: str | None = None
+    session_path: str | None = None  # the session's URL path from the /offer answer (behind a proxy: the path to its server)
     headers: dict[str, str] = field(default_factory=dict)  # the Authorization of this peer's own calls
     keep_images: int = 0
     frames: list[ReceivedFrame] = field(default_factory=list)
@@ -169,6 +171,8 @@ class ClientPeer:
     def _session_url(self) -> str:
         if self.session_id is None:
             raise RuntimeError("this peer has no session")
+        if self.session_path is not None:
+            return urljoin(self.base_url, self.session_path)
         return f"{self.base_url}/api/sessions/{self.session_id}"
 
     # ------------------------------------------------------------------- close
@@ -251,6 +255,7 @@ async def connect_offer(
         async with peer.http.post(f"{base_url}/offer", json=body, headers=peer.headers) as response:
             answer = await _read_json(response)
         peer.session_id = answer["session_id"]
+        peer.session_path = (answer.get("urls") or {}).get("session")
         peer.secret = answer.get("session_secret")
         peer.headers = _auth(peer.secret or token)
         await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
@@ -278,7 +283,7 @@ async def whip_publish(
         if without_candidates:
             offer = strip_candidates(offer)
         answer, location, headers = await _post_sdp(peer, f"{base_url}/whip", offer)
-        peer.resource = f"{base_url}{location}" if location.startswith("/") else location
+        peer.resource = urljoin(base_url + "/", location)
         peer.session_id = location.rstrip("/").rsplit("/", 1)[-1]
         peer.secret = headers.get(SESSION_SECRET_HEADER)
         peer.headers = _auth(peer.secret or token)
@@ -310,7 +315,7 @@ async def whep_view(
         if without_candidates:
             offer = strip_candidates(offer)
         answer, location, _ = await _post_sdp(peer, f"{base_url}/whep/{session_id}", offer)
-        peer.resource = f"{base_url}{location}" if location.startswith("/") else location
+        peer.resource = urljoin(base_url + "/", location)
         peer.session_id = session_id
         peer.secret = secret
         await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))

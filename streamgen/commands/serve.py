@@ -27,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     net.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)")
     net.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     net.add_argument("--token", default=os.environ.get("STREAMGEN_TOKEN"), help="the admin token: creating a session (/offer, WHIP) needs 'Authorization: Bearer TOKEN', and it reads, steers, watches and ends every session and lists them; each session also has its own secret (default: $STREAMGEN_TOKEN, else none)")
+    net.add_argument("--tls-cert", default=None, metavar="PEM", help="serve HTTPS with this certificate chain (with --tls-key): browsers open cameras only on secure pages, and http:// is secure only on localhost")
+    net.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
+    net.add_argument("--tls-self-signed", action="store_true", help="serve HTTPS with a certificate made at start (its SHA-256 fingerprint is printed: compare it with the browser's warning); for a quick test from another machine")
+    net.add_argument("--public-url", default=None, metavar="URL", help="the base clients reach this server by, e.g. https://studio.example.org/gpu2 behind a proxy: WHIP/WHEP Location, the OBS link and session URLs use it (its host is answered by the Host check)")
+    net.add_argument("--trusted-proxies", default="", metavar="ADDRS", help="comma-separated addresses or networks (10.0.0.5, 10.0.0.0/8) whose X-Forwarded-Proto/Host/Prefix headers are believed when building URLs (default: none)")
     net.add_argument("--allowed-hosts", default="", metavar="NAMES", help="comma-separated Host names answered besides the bound ones, e.g. studio.lan,example.org:8443 (loopback names are always answered on a loopback bind; on 0.0.0.0 also IP addresses); '*' turns the check off, which is unsafe (DNS rebinding)")
     net.add_argument("--cors-origins", default="", metavar="ORIGINS", help="comma-separated web origins whose pages may call this server, e.g. https://studio.example.org (default none: same-origin only; '*' for any)")
     net.add_argument("--metrics-sessions", action="store_true", help="label /metrics series with session ids (default: server-wide totals only)")
@@ -123,6 +128,11 @@ def build_config(args: argparse.Namespace):
         max_width=max_width,
         max_height=max_height,
         allowed_hosts=parse_names(args.allowed_hosts),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_self_signed=args.tls_self_signed,
+        public_url=args.public_url,
+        trusted_proxies=parse_names(args.trusted_proxies),
         cors_origins=parse_names(args.cors_origins),
         metrics_session_labels=args.metrics_sessions,
         header_timeout=args.header_timeout,

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError, ModelLoadError
 from ..sched.blocks import BlockSplit
-from .links import open_links, stage_timeout_seconds
+from .links import open_links, rendezvous_store, stage_timeout_seconds
 from .shard_loading import StageSource
 from .torchrun import torchrun_rank
 
@@ -151,7 +151,8 @@ def start_stage_group(launch: StageLaunch) -> StageGroup:
 
     def join() -> None:
         try:
-            dist.init_process_group(launch.backend, init_method=init_method, rank=0, world_size=world, **_group_options(launch))
+            store = rendezvous_store(init_method, 0, world, launch.timeout)
+            dist.init_process_group(launch.backend, store=store, rank=0, world_size=world, **_group_options(launch))
             open_links(world, launch.backend, launch.timeout)
         except BaseException as error:  # noqa: BLE001  - re-raised below, in the caller's thread
             failure.append(error)

@@ -19,9 +19,11 @@ communicator's receive waiting for data would hold up a send queued behind
 it while the peer waits for that send.
 
 The process-group timeout is ``STREAMGEN_STAGE_TIMEOUT_S`` seconds (600 by
-default): the rendezvous, and any one wait. Idle is never a hang: every
-sender sends a keep-alive when it has sent nothing for a quarter of it
-(:mod:`.messages`).
+default): any one wait. Idle is never a hang: every sender sends a
+keep-alive when it has sent nothing for a quarter of it (:mod:`.messages`).
+The rendezvous waits longer (:func:`rendezvous_store`): a rank joins after
+importing torch and loading its weights, which a short timeout must not
+race (rank 0 notices a rank that dies while loading by its exit instead).
 """
 
 from __future__ import annotations
@@ -53,6 +55,20 @@ def stage_timeout_seconds() -> float:
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: give the pipeline stages' timeout in seconds, a positive number (default {DEFAULT_TIMEOUT_S:g})")
     return value
+
+
+RENDEZVOUS_MIN_S = 900.0  # loading a 14B stage from a slow disk takes minutes
+
+
+def rendezvous_store(init_method: str, rank: int, world: int, timeout_s: float) -> Any:
+    """The TCP store of a ``tcp://host:port`` rendezvous, waiting at least :data:`RENDEZVOUS_MIN_S` for the ranks to join.
+
+    ``init_process_group(store=...)`` then keeps ``timeout_s`` for the
+    group's own waits: the slow part (ranks starting) is not held to the
+    short timeout meant for a wait between working ranks.
+    """
+    host, _, port = init_method.removeprefix("tcp://").rpartition(":")
+    return dist.TCPStore(host, int(port), world, is_master=rank == 0, timeout=timedelta(seconds=max(timeout_s, RENDEZVOUS_MIN_S)))
 
 
 def keepalive_seconds(timeout_s: float) -> float:

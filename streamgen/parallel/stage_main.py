@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     from ..sched.blocks import BlockSplit  # noqa: PLC0415
-    from .links import open_links  # noqa: PLC0415
+    from .links import open_links, rendezvous_store  # noqa: PLC0415
     from .shard_loading import StageRole, StageSource, build_stage_shard  # noqa: PLC0415
     from .stage_loop import run_stage  # noqa: PLC0415
 
@@ -44,8 +44,9 @@ def main(argv: list[str]) -> int:
         shard = build_stage_shard(StageSource.from_json(config["source"]), role, device, dtype)
     shard.accelerate(config.get("acceleration", "none"))
     timeout_s = float(config["timeout"])
+    store = rendezvous_store(config["init_method"], rank, world, timeout_s)
     dist.init_process_group(
-        config["backend"], init_method=config["init_method"], rank=rank, world_size=world,
+        config["backend"], store=store, rank=rank, world_size=world,
         timeout=timedelta(seconds=timeout_s), **({"device_id": device} if config["backend"] == "nccl" else {}),
     )
     links = open_links(world, config["backend"], timeout_s)

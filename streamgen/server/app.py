@@ -29,9 +29,11 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from aiohttp import web
@@ -43,6 +45,7 @@ from .webrtc.aiortc_patches import configure_video_encoders, install_marker_jitt
 from .config import ServerConfig
 from .context import CONTEXT_KEY, ServerContext
 from .drain import Drain
+from .tls import certificate_names, given_files, self_signed_files, server_ssl_context
 from .http.cors import CorsPolicy, cors
 from .http.host_check import EVERY_INTERFACE, HostRules, host_check
 from .http.http_errors import json_errors
@@ -77,7 +80,7 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     workers = [ModelWorker(p, f"replica-{i}", metrics, shared=shared) for i, p in enumerate(pipelines)]
     manager = SessionManager(config, workers, metrics)
     web_dir = find_web_dir(config.web_dir)
-    middlewares = [host_check(HostRules.for_server(config.host, config.allowed_hosts)), cors(CorsPolicy(config.cors_origins)), json_errors]
+    middlewares = [host_check(HostRules.for_server(config.host, config.answered_hosts)), cors(CorsPolicy(config.cors_origins)), json_errors]
     app = web.Application(client_max_size=config.params_body_bytes, middlewares=middlewares)
     app[LIMITS_KEY] = ConnectionLimits(
         config.header_timeout, config.body_timeout, config.keepalive_timeout, config.max_connections, config.send_timeout
@@ -167,21 +170,39 @@ def run_server(config: ServerConfig, sockets: Sequence[socket.socket] | None = N
         where: dict[str, Any] = {"sock": list(sockets)}
     else:
         port, where = config.port, {"host": config.host, "port": config.port}
-    asyncio.run(serve_until_stopped(app, where, config, port))
+    asyncio.run(serve_until_stopped(app, where, config, port, ssl_context=tls_context(config)))
     exit_without_waiting_for_a_step(workers)
     close_pipeline_stages(pipelines)
 
 
-async def serve_until_stopped(app: web.Application, where: dict[str, Any], config: ServerConfig, port: int | None) -> None:
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The HTTPS context ``config`` asks for (a self-signed certificate is made now and its fingerprint logged), or None."""
+    if not config.tls:
+        return None
+    if config.tls_cert is not None and config.tls_key is not None:
+        files = given_files(config.tls_cert, config.tls_key)
+    else:
+        public_host = urlsplit(config.public_url).hostname if config.public_url else None
+        files = self_signed_files(certificate_names(config.host, config.allowed_hosts, public_host))
+        logger.warning(
+            "HTTPS with a self-signed certificate made now; browsers warn about it: accept it only if the SHA-256 fingerprint "
+            "they show is %s", files.fingerprint,
+        )
+    return server_ssl_context(files)
+
+
+async def serve_until_stopped(
+    app: web.Application, where: dict[str, Any], config: ServerConfig, port: int | None, ssl_context: ssl.SSLContext | None = None
+) -> None:
     """Serve ``app`` until SIGINT, or until SIGTERM's drain ends (a second SIGTERM ends it at once; see drain.py)."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS, keepalive_timeout=config.keepalive_timeout)
     await runner.setup()  # starts the workers and warms the model up
     try:
         if "sock" in where:
             for sock in where["sock"]:
-                await web.SockSite(runner, sock).start()
+                await web.SockSite(runner, sock, ssl_context=ssl_context).start()
         else:
-            await web.TCPSite(runner, where["host"], where["port"]).start()
+            await web.TCPSite(runner, where["host"], where["port"], ssl_context=ssl_context).start()
         log_where_to_go(config, port)
         drain = app[CONTEXT_KEY].drain
         loop = asyncio.get_running_loop()
@@ -206,7 +227,7 @@ def log_where_to_go(config: ServerConfig, port: int | None = None) -> None:
     """The page's address, where OBS's browser source points, and what the exposure settings mean (no secret is logged)."""
     every_interface = config.host in EVERY_INTERFACE
     host = "127.0.0.1" if every_interface else config.host
-    base = f"http://{f'[{host}]' if ':' in host else host}:{config.port if port is None else port}"
+    base = f"{'https' if config.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{config.port if port is None else port}"
     logger.info("streamgen is serving %s at %s/", config.model, base)
     if config.token is None:
         logger.info("no --token: anyone who reaches this port may create sessions; each session is steered, watched and ended with its own secret")
@@ -214,6 +235,11 @@ def log_where_to_go(config: ServerConfig, port: int | None = None) -> None:
         logger.info("watch page (WHEP, e.g. an OBS browser source): %s/watch?session=ID#token=<--token> (after '#', the token never reaches the server)", base)
     if every_interface:
         logger.info("answering Host localhost and IP addresses; add the names you reach this server by with --allowed-hosts")
+        if not config.tls:
+            logger.info(
+                "from another machine, browsers open the camera only on an HTTPS page: add --tls-self-signed (or --tls-cert/--tls-key), "
+                "or tunnel (ssh -L %s:localhost:%s this-host) and open http://localhost:%s/", port, port, port,
+            )
     if "*" in config.allowed_hosts:
         logger.warning("--allowed-hosts '*': the Host check is off, so any web page a user of this server visits can reach it (DNS rebinding)")
 

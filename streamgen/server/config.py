@@ -10,12 +10,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from ..runtime.backend import ACCELERATIONS
 from ..sched import Slo, SloLimits
 from .http.cors import parse_origins
 from .http.host_check import HostRules, parse_allowed_hosts
+from .http.public_url import parse_public_url, parse_trusted_proxies
 
 VideoCodec = Literal["VP8", "H264"]
 CODEC_CHOICES: dict[str, tuple[VideoCodec, ...]] = {
@@ -112,6 +114,11 @@ class ServerConfig:
     max_width: int | None = None
     max_height: int | None = None
     allowed_hosts: tuple[str, ...] = ()
+    tls_cert: str | None = None  # PEM certificate chain: serve HTTPS (browsers allow cameras only on secure pages)
+    tls_key: str | None = None
+    tls_self_signed: bool = False  # HTTPS with a certificate made at start (its fingerprint is printed)
+    public_url: str | None = None  # the base clients use (behind a proxy: https://host/prefix); see server/http/public_url.py
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-Proto/Host/Prefix are believed (addresses or networks)
     cors_origins: tuple[str, ...] = ()
     metrics_session_labels: bool = False
     header_timeout: float = 10.0
@@ -127,6 +134,21 @@ class ServerConfig:
     ip_adapter: str | None = None
     preprocessor_models: tuple[str, ...] = ()
     max_image_bytes: int = 4 * 1024 * 1024
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_self_signed or self.tls_cert is not None
+
+    @property
+    def trusted_networks(self) -> tuple:
+        return parse_trusted_proxies(self.trusted_proxies)
+
+    @property
+    def answered_hosts(self) -> tuple[str, ...]:
+        """``allowed_hosts`` and the host of ``public_url``: a proxy that passes the public Host through is answered."""
+        if self.public_url is None:
+            return self.allowed_hosts
+        return (*self.allowed_hosts, urlsplit(self.public_url).netloc)
 
     @property
     def params_body_bytes(self) -> int:
@@ -158,6 +180,10 @@ class ServerConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of {'frames per second' if name == 'max_fps' else 'seconds'}, got {value!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: the certificate chain and its private key (PEM files)")
+        if self.tls_self_signed and self.tls_cert is not None:
+            raise ConfigError("--tls-self-signed makes its own certificate; drop it or --tls-cert/--tls-key")
         drain = self.drain_seconds
         if not isinstance(drain, (int, float)) or isinstance(drain, bool) or not math.isfinite(drain) or not 0 <= drain <= 86400:
             raise ConfigError(f"drain_seconds must be a number of seconds from 0 (stop at once) to 86400, got {drain!r}")
@@ -199,6 +225,14 @@ class ServerConfig:
             raise ConfigError(f"host: {error}") from None
         parse_allowed_hosts(self.allowed_hosts)
         parse_origins(self.cors_origins)
+        if not isinstance(self.trusted_proxies, (tuple, list)) or not all(isinstance(v, str) for v in self.trusted_proxies):
+            raise ConfigError(f"trusted_proxies must be a list of addresses or networks, got {self.trusted_proxies!r}")
+        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
+        parse_trusted_proxies(self.trusted_proxies)
+        if self.public_url is not None:
+            if not isinstance(self.public_url, str):
+                raise ConfigError(f"public_url must be a URL, got {self.public_url!r}")
+            parse_public_url(self.public_url)
         if not isinstance(self.metrics_session_labels, bool):
             raise ConfigError(f"metrics_session_labels must be true or false, got {self.metrics_session_labels!r}")
 

@@ -55,6 +55,20 @@ def test_stages_sit_idle_past_the_timeout_then_stream_the_one_process_frames(mon
     assert np.array_equal(np.stack(got), expected)
 
 
+def test_ranks_that_start_slower_than_the_timeout_still_join(monkeypatch):
+    """A rank imports torch and builds its stage before it joins (seconds); the short timeout is for waits between working ranks."""
+    monkeypatch.setenv(TIMEOUT_ENV, "2")
+    frames = _frames(5)
+    one = VideoStream("tiny-video", device="cpu", model_seed=1, **SETTINGS)
+    expected = np.stack([out for frame in frames for out in one.stream(frame)] + one.flush())
+    staged = VideoStream("tiny-video", devices=["cpu", "cpu"], model_seed=1, **SETTINGS)
+    try:
+        got = [out for frame in frames for out in staged.stream(frame)] + staged.flush()
+    finally:
+        staged.pipeline.model.stages.close()
+    assert np.array_equal(np.stack(got), expected)
+
+
 def test_a_rebalance_after_an_idle_spell_keeps_the_frames_exact(monkeypatch):
     monkeypatch.setenv(TIMEOUT_ENV, TIMEOUT_S)
     frames = input_frames(17)

@@ -47,18 +47,25 @@ class RunningServer:
 
 @asynccontextmanager
 async def running_server(pipeline: Any, **settings: Any) -> AsyncIterator[RunningServer]:
-    """Serve ``pipeline`` (or a list: one per replica) on 127.0.0.1 (a free port) until the block ends."""
+    """Serve ``pipeline`` (or a list: one per replica) on 127.0.0.1 (a free port) until the block ends.
+
+    With ``tls_self_signed=True`` (or a certificate) it serves HTTPS the way ``streamgen serve`` does; the test's
+    HTTP client then skips certificate checks (tests that check the certificate make their own client).
+    """
+    from streamgen.server.app import tls_context
+
     settings.setdefault("port", 0)
     config = ServerConfig(**settings)
     app = create_app(config, list(pipeline) if isinstance(pipeline, (list, tuple)) else [pipeline])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls_context(config))
     await site.start()
     port = runner.addresses[0][1]
-    async with aiohttp.ClientSession() as http:
+    scheme = "https" if config.tls else "http"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False) if config.tls else None) as http:
         try:
-            yield RunningServer(f"http://127.0.0.1:{port}", app, http)
+            yield RunningServer(f"{scheme}://127.0.0.1:{port}", app, http)
         finally:
             await runner.cleanup()
 

@@ -76,6 +76,10 @@ async def test_another_client_cannot_read_change_watch_or_end_a_session(identity
             with pytest.raises(ServerError) as ended:
                 await owner.describe()
             assert ended.value.status == 404 and "has ended" in str(ended.value)
+            status, body, _ = await server.request("DELETE", f"/api/sessions/{owner.session_id}", headers=bearer(owner.secret))
+            assert status == 200 and body["already"] == "ended through the API (DELETE)", "ending it again is no error for its owner"
+            status, _, _ = await server.request("DELETE", f"/api/sessions/{owner.session_id}", headers=bearer(other.secret))
+            assert status == 401, "nor a way for others to learn it existed"
 
             # listing everything is the operator's, and this server has no operator token
             for credential in (None, other.secret):

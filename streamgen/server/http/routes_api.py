@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ...errors import InputError
 
-from .access import authorize_session, require_admin
+from .access import authorize_session, bearer, require_admin
 from ..context import context
 from .http_errors import read_json_object
 from .routes_lifecycle import capacity
@@ -61,6 +61,15 @@ async def get_control_image(request: web.Request) -> web.Response:
 
 
 async def delete_session(request: web.Request) -> web.Response:
+    """End a session. Idempotent for its owner: a session that already ended (its peer closed a moment
+    before, as a page's Stop does both at once) answers 200 with why, not an error; others still get 404/401."""
+    ctx = context(request)
+    session_id = request.match_info["session_id"]
+    given = bearer(request)
+    if session_id not in ctx.manager.sessions and given is not None:
+        reason = ctx.manager.ended_with_secret(session_id, given)
+        if reason is not None:
+            return web.json_response({"id": session_id, "closed": True, "already": reason})
     session = _authorized(request)
     await session.close("ended through the API (DELETE)")
     return web.json_response({"id": session.id, "closed": True})

@@ -61,8 +61,9 @@ def _authorized(request: web.Request) -> tuple[ServerContext, Stream]:
 
 
 def _origin(request: web.Request) -> str:
-    """The scheme and host the client reached (the Host check already accepted it)."""
-    return f"{request.scheme}://{request.host}"
+    """The base URL the client reached this server by (its prefix included; see public_url.py)."""
+    base = context(request).public_base(request)
+    return base.origin + base.prefix
 
 
 async def list_streams(request: web.Request) -> web.Response:
@@ -150,7 +151,7 @@ async def post_stream_whep(request: web.Request) -> web.Response:
     viewer, answer = await ctx.manager.add_viewer(session.id, offer)
     streams(request).add_viewer(stream, viewer.viewer_id, ctx.manager.sessions)
     return web.Response(
-        status=201, text=answer, content_type="application/sdp", headers={"Location": f"/whep/{session.id}/{viewer.viewer_id}"}
+        status=201, text=answer, content_type="application/sdp", headers={"Location": ctx.public_base(request).path(f"/whep/{session.id}/{viewer.viewer_id}")}
     )
 
 
@@ -181,7 +182,7 @@ async def attach_publisher(request: web.Request, key: str, session: Session) -> 
     ctx = context(request)
     registry = streams(request)
     try:
-        stream, created = registry.publish(key, session.id, bearer(request), ctx.config.token, ctx.manager.sessions, request.remote)
+        stream, created = registry.publish(key, session.id, bearer(request), ctx.config.token, ctx.manager.sessions, ctx.client_address(request))
     except BaseException:
         await session.close("refused by its stream key")
         raise

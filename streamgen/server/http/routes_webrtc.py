@@ -56,8 +56,13 @@ async def post_offer(request: web.Request) -> web.Response:
         params = {}
     if not isinstance(params, Mapping):
         raise InputError('"params" must be a JSON object of stream settings and parameters')
-    session, answer = await ctx.manager.open("webrtc", body.get("sdp"), params, send_output=True, slo=body.get("slo"), client=request.remote)
-    return web.json_response({"sdp": answer, "type": "answer", "session_id": session.id, "session_secret": session.secret})
+    session, answer = await ctx.manager.open("webrtc", body.get("sdp"), params, send_output=True, slo=body.get("slo"), client=ctx.client_address(request))
+    base = ctx.public_base(request)
+    return web.json_response({
+        "sdp": answer, "type": "answer", "session_id": session.id, "session_secret": session.secret,
+        # where this session lives (behind a proxy, the path that reaches this server): its later calls go there
+        "urls": {"session": base.path(f"/api/sessions/{session.id}"), "whep": base.path(f"/whep/{session.id}"), "watch": base.path(f"/watch?session={session.id}")},
+    })
 
 
 async def post_whip(request: web.Request) -> web.Response:
@@ -66,9 +71,9 @@ async def post_whip(request: web.Request) -> web.Response:
     key = whip_stream_key(request)
     require_content_type(request, "application/sdp")
     offer = await read_text(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
-    session, answer = await ctx.manager.open("whip", offer, kept_params(request, key), send_output=False, client=request.remote)
+    session, answer = await ctx.manager.open("whip", offer, kept_params(request, key), send_output=False, client=ctx.client_address(request))
     follow = await attach_publisher(request, key, session)
-    return _created(answer, f"/whip/{session.id}", {SESSION_SECRET_HEADER: session.secret, **follow})
+    return _created(answer, ctx.public_base(request).path(f"/whip/{session.id}"), {SESSION_SECRET_HEADER: session.secret, **follow})
 
 
 async def delete_whip(request: web.Request) -> web.Response:
@@ -85,7 +90,7 @@ async def post_whep(request: web.Request) -> web.Response:
     require_content_type(request, "application/sdp")
     offer = await read_text(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
     viewer, answer = await ctx.manager.add_viewer(session.id, offer)
-    return _created(answer, f"/whep/{session.id}/{viewer.viewer_id}")
+    return _created(answer, ctx.public_base(request).path(f"/whep/{session.id}/{viewer.viewer_id}"))
 
 
 async def delete_whep(request: web.Request) -> web.Response:
