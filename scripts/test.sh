@@ -25,10 +25,11 @@ command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
 # the deployment tests run the shipped proxy configs (deploy/) with the real servers
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v turnserver >/dev/null 2>&1 || missing+=(coturn)  # TURN: relay-only clients stream through a real one
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing Debian ${missing[*]} for the browser, screen-capture, preview-window and proxy tests..."
+    echo "installing Debian ${missing[*]} for the browser, screen-capture, preview-window, proxy and TURN tests..."
     apt-get update -qq
-    # packages with services (nginx, haproxy) must not start them here: the tests run their own
+    # packages with services (nginx, haproxy, coturn) must not start them here: the tests run their own
     policy=/usr/sbin/policy-rc.d ours=""
     if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; ours=1; trap 'rm -f "$policy"' EXIT; fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

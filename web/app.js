@@ -9,7 +9,7 @@
 // The "Control" panel (ControlNets, IP-Adapter) lives in control.js and talks through `controlLink`.
 import { createControlPanel } from "./control.js";
 import { FrameRate, fpsOutText, PLACEHOLDER } from "./overlay.js";
-import { authHeaders, errorFrom, localOffer, savedToken, saveToken, watchLink } from "./signaling.js";
+import { authHeaders, errorFrom, iceConfig, localOffer, savedToken, saveToken, watchLink } from "./signaling.js";
 
 const $ = (id) => document.getElementById(id);
 const SLIDERS = ["strength", "guidance_scale", "delta", "noise_scale"];
@@ -206,7 +206,8 @@ async function start() {
     }
 
     setStatus("Connecting…");
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const pc = new RTCPeerConnection(await iceConfig(token)); // TURN, if the server names one, for strict NATs
+    window.streamgen.iceTransportPolicy = pc.getConfiguration().iceTransportPolicy;
     session.pc = pc;
     session.channel = pc.createDataChannel("control");
     session.channel.onmessage = (event) => onControlMessage(event.data);

@@ -4,7 +4,7 @@
 // one plays and a little less often while none does, and watches it through POST /whep/streams/<key>.
 // Credentials come after "#" (never sent to the server); the page moves them to sessionStorage and
 // drops them from the address bar, as /watch does. ?bg=transparent leaves the letterbox transparent.
-import { authHeaders, errorFrom, localOffer } from "./signaling.js";
+import { authHeaders, errorFrom, iceConfig, localOffer } from "./signaling.js";
 
 const STORAGE_KEY = "streamgen.obs";
 const PLAYING_POLL_MS = 1000;
@@ -53,7 +53,7 @@ async function lookAtStream() {
 }
 
 async function watch() {
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  const pc = new RTCPeerConnection(await iceConfig(follow.credential));
   const current = { pc, resource: null, sessionId: null, broken: false };
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.ontrack = (event) => { video.srcObject = new MediaStream([event.track]); };

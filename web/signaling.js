@@ -35,6 +35,15 @@ export function fragmentCredentials(hash) {
   return { secret: fields.get("secret") || "", token: fields.get("token") || "" };
 }
 
+// The STUN/TURN servers to use, with this client's own TURN credentials (GET api/ice; relative: works under a
+// proxy's path prefix). A server that names none answers {iceServers: []}; an error reaches the caller.
+export async function iceConfig(credential) {
+  const response = await fetch("api/ice", { headers: authHeaders(credential), cache: "no-store" });
+  if (!response.ok) throw await errorFrom(response);
+  const config = await response.json();
+  return { iceServers: config.iceServers || [], iceTransportPolicy: config.iceTransportPolicy || "all" };
+}
+
 // The server answers every error as JSON {error: "..."}; turn it into an Error with that text.
 export async function errorFrom(response) {
   let message = `${response.status} ${response.statusText}`;
@@ -68,5 +77,13 @@ export function iceGatheringComplete(pc, timeoutMs = 2000) {
 export async function localOffer(pc) {
   await pc.setLocalDescription(await pc.createOffer());
   await iceGatheringComplete(pc);
-  return pc.localDescription.sdp;
+  const sdp = pc.localDescription.sdp;
+  // Relay only and no relayed candidate: nothing could ever connect. Say why now instead of waiting forever.
+  if (pc.getConfiguration().iceTransportPolicy === "relay" && !/^a=candidate:.* typ relay/m.test(sdp)) {
+    throw new Error(
+      "This server relays media through TURN, but no relay could be opened: the TURN server refused the " +
+      "credentials or cannot be reached from here. Reload to get fresh credentials, or ask the operator.",
+    );
+  }
+  return sdp;
 }

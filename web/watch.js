@@ -5,7 +5,7 @@
 // entry) and keeps the credential in this tab's sessionStorage, so a reload still works.
 // Retries every few seconds while the session is not there yet (an OBS browser source may load
 // before the stream starts).
-import { authHeaders, errorFrom, fragmentCredentials, localOffer, savedToken } from "./signaling.js";
+import { authHeaders, errorFrom, fragmentCredentials, iceConfig, localOffer, savedToken } from "./signaling.js";
 
 const query = new URLSearchParams(location.search);
 const sessionId = query.get("session");
@@ -47,7 +47,7 @@ async function listSessions() {
 }
 
 async function watch() {
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  const pc = new RTCPeerConnection(await iceConfig(credential));
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.ontrack = (event) => {
     document.getElementById("output").srcObject = new MediaStream([event.track]);

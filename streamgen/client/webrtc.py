@@ -32,7 +32,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..server.http.access import SESSION_SECRET_HEADER
@@ -74,6 +74,7 @@ class ClientPeer:
     session_id: str | None = None
     secret: str | None = None
     resource: str | None = None
+    relay_only: bool = False  # ICE with relayed candidates only (iceTransportPolicy relay)
     session_path: str | None = None  # the session's URL path from the /offer answer (behind a proxy: the path to its server)
     headers: dict[str, str] = field(default_factory=dict)  # the Authorization of this peer's own calls
     keep_images: int = 0
@@ -199,12 +200,36 @@ def strip_candidates(sdp: str) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-async def _new_peer(base_url: str, http: aiohttp.ClientSession | None, token: str | None, keep_images: int) -> ClientPeer:
+def rtc_configuration(ice: Mapping[str, Any] | None) -> RTCConfiguration:
+    """aiortc's configuration from a ``GET /api/ice`` answer (None: no ICE servers, host candidates only)."""
+    if not ice:
+        return RTCConfiguration(iceServers=[])
+    servers = [RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in ice.get("iceServers", [])]
+    policy = RTCIceTransportPolicy.RELAY if ice.get("iceTransportPolicy") == "relay" else RTCIceTransportPolicy.ALL
+    return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
+
+
+async def fetch_ice(base_url: str, credential: str | None = None, http: aiohttp.ClientSession | None = None) -> dict[str, Any]:
+    """``GET /api/ice``: the STUN/TURN servers the server hands its clients, with this client's TURN credentials."""
+    owns = http is None
+    http = http or aiohttp.ClientSession()
+    try:
+        async with http.get(f"{base_url}/api/ice", headers=_auth(credential)) as response:
+            return await _read_json(response)
+    finally:
+        if owns:
+            await http.close()
+
+
+async def _new_peer(
+    base_url: str, http: aiohttp.ClientSession | None, token: str | None, keep_images: int, ice: Mapping[str, Any] | None = None
+) -> ClientPeer:
     install_marker_jitter_buffer()
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc = RTCPeerConnection(rtc_configuration(ice))
     owns = http is None
     session = http or aiohttp.ClientSession()
     peer = ClientPeer(pc=pc, http=session, owns_http=owns, base_url=base_url, headers=_auth(token), keep_images=keep_images)
+    peer.relay_only = bool(ice) and ice.get("iceTransportPolicy") == "relay"
 
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
@@ -214,9 +239,18 @@ async def _new_peer(base_url: str, http: aiohttp.ClientSession | None, token: st
     return peer
 
 
-async def _local_offer(pc: RTCPeerConnection) -> str:
+class NoRelayError(ConnectionError):
+    """Relay-only ICE gathered no relayed candidate: the TURN server refused the credentials or cannot be reached."""
+
+
+async def _local_offer(pc: RTCPeerConnection, relay_only: bool = False) -> str:
     await pc.setLocalDescription(await pc.createOffer())
-    return pc.localDescription.sdp
+    sdp = pc.localDescription.sdp
+    if relay_only and " typ relay" not in sdp:
+        raise NoRelayError(
+            "relay-only ICE, but no relay could be allocated: the TURN server refused the credentials or cannot be reached"
+        )
+    return sdp
 
 
 async def connect_offer(
@@ -230,6 +264,7 @@ async def connect_offer(
     keep_images: int = 0,
     http: aiohttp.ClientSession | None = None,
     slo: Mapping[str, Any] | None = None,
+    ice: Mapping[str, Any] | None = None,
 ) -> ClientPeer:
     """Publish ``track`` through ``POST /offer`` and receive the processed video back.
 
@@ -239,16 +274,17 @@ async def connect_offer(
     server's admin token, if it has one (needed to create a session); the
     peer's own calls afterwards use the session's secret. ``track`` None:
     nothing goes up (a recvonly video section), for a stream that generates
-    without input (``params={"mode": "txt2vid"}``).
+    without input (``params={"mode": "txt2vid"}``). ``ice``: a ``GET /api/ice``
+    answer (:func:`fetch_ice`): its STUN/TURN servers and transport policy.
     """
-    peer = await _new_peer(base_url, http, token, keep_images)
+    peer = await _new_peer(base_url, http, token, keep_images, ice)
     try:
         if control:
             peer.attach_channel(peer.pc.createDataChannel("control"))
         transceiver = peer.pc.addTransceiver(track, direction="sendrecv") if track is not None else peer.pc.addTransceiver("video", direction="recvonly")
         if codecs:
             transceiver.setCodecPreferences(video_codec_preferences(codecs))
-        offer = await _local_offer(peer.pc)
+        offer = await _local_offer(peer.pc, peer.relay_only)
         body = {"sdp": offer, "type": "offer", "params": dict(params or {})}
         if slo is not None:
             body["slo"] = dict(slo)
@@ -279,7 +315,7 @@ async def whip_publish(
     try:
         transceiver = peer.pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(video_codec_preferences(codecs))
-        offer = await _local_offer(peer.pc)
+        offer = await _local_offer(peer.pc, peer.relay_only)
         if without_candidates:
             offer = strip_candidates(offer)
         answer, location, headers = await _post_sdp(peer, f"{base_url}/whip", offer)
@@ -304,14 +340,15 @@ async def whep_view(
     without_candidates: bool = True,
     keep_images: int = 0,
     http: aiohttp.ClientSession | None = None,
+    ice: Mapping[str, Any] | None = None,
 ) -> ClientPeer:
-    """Watch ``session_id``'s output with WHEP, with the session's ``secret`` (or the admin ``token``)."""
-    peer = await _new_peer(base_url, http, secret or token, keep_images)
+    """Watch ``session_id``'s output with WHEP, with the session's ``secret`` (or the admin ``token``); ``ice`` as for :func:`connect_offer`."""
+    peer = await _new_peer(base_url, http, secret or token, keep_images, ice)
     try:
         transceiver = peer.pc.addTransceiver("video", direction="recvonly")
         if codecs:
             transceiver.setCodecPreferences(video_codec_preferences(codecs))
-        offer = await _local_offer(peer.pc)
+        offer = await _local_offer(peer.pc, peer.relay_only)
         if without_candidates:
             offer = strip_candidates(offer)
         answer, location, _ = await _post_sdp(peer, f"{base_url}/whep/{session_id}", offer)

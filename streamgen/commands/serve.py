@@ -35,7 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     net.add_argument("--allowed-hosts", default="", metavar="NAMES", help="comma-separated Host names answered besides the bound ones, e.g. studio.lan,example.org:8443 (loopback names are always answered on a loopback bind; on 0.0.0.0 also IP addresses); '*' turns the check off, which is unsafe (DNS rebinding)")
     net.add_argument("--cors-origins", default="", metavar="ORIGINS", help="comma-separated web origins whose pages may call this server, e.g. https://studio.example.org (default none: same-origin only; '*' for any)")
     net.add_argument("--metrics-sessions", action="store_true", help="label /metrics series with session ids (default: server-wide totals only)")
-    net.add_argument("--stun", action="append", default=[], metavar="URL", help="ICE server for the server's candidates, e.g. stun:stun.l.google.com:19302 (repeatable; default none)")
+    net.add_argument("--ice-server", "--stun", dest="ice_server", action="append", default=[], metavar="URL", help="STUN or TURN server, for the server's peers and handed to every client: stun:host[:port], turn:host[:port][?transport=udp|tcp], turns:host[:port] (repeatable; default none)")
+    net.add_argument("--ice-username", default=None, help="static TURN username (with --ice-credential)")
+    net.add_argument("--ice-credential", default=None, help="static TURN password")
+    net.add_argument("--turn-secret", default=None, metavar="SECRET", help="TURN REST: derive short-lived per-client credentials from the secret shared with the TURN server (coturn use-auth-secret/static-auth-secret)")
+    net.add_argument("--turn-ttl", type=int, default=3600, metavar="S", help="how long --turn-secret credentials stay valid (default 3600)")
+    net.add_argument("--ice-transport-policy", choices=("all", "relay"), default="all", help="relay: clients use TURN-relayed candidates only (testing, locked-down networks)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="tiny", help="preset, hub id or local path; 'identity' returns the input unchanged (default tiny)")
     model.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
@@ -115,7 +120,12 @@ def build_config(args: argparse.Namespace):
         max_input_width=width,
         max_input_height=height,
         token=args.token or None,
-        ice_servers=tuple(args.stun),
+        ice_servers=tuple(args.ice_server),
+        ice_username=args.ice_username,
+        ice_credential=args.ice_credential,
+        turn_secret=args.turn_secret,
+        turn_ttl=args.turn_ttl,
+        ice_transport_policy=args.ice_transport_policy,
         stats_interval=args.stats_interval,
         default_params=parse_default_params(args.defaults),
         web_dir=args.web_dir,

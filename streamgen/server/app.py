@@ -53,6 +53,7 @@ from .metrics import ServerMetrics
 from .worker.pipelines import attach_server_controls, load_server_pipeline, load_server_pipelines, model_kind
 from .http.routes_api import add_routes as add_api_routes
 from .http.routes_lifecycle import add_routes as add_lifecycle_routes
+from .http.routes_ice import add_routes as add_ice_routes
 from .http.routes_streams import add_routes as add_stream_routes
 from .http.routes_webrtc import add_routes as add_webrtc_routes
 from .sessions.manager import SessionManager
@@ -95,6 +96,7 @@ def create_app(config: ServerConfig, pipelines: Sequence[Any], *, warm_up: bool 
     add_webrtc_routes(app)
     add_api_routes(app)
     add_lifecycle_routes(app)
+    add_ice_routes(app)
     add_stream_routes(app)
     add_static_routes(app, web_dir)
 

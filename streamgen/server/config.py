@@ -18,6 +18,7 @@ from ..sched import Slo, SloLimits
 from .http.cors import parse_origins
 from .http.host_check import HostRules, parse_allowed_hosts
 from .http.public_url import parse_public_url, parse_trusted_proxies
+from .webrtc.ice_servers import IcePolicy
 
 VideoCodec = Literal["VP8", "H264"]
 CODEC_CHOICES: dict[str, tuple[VideoCodec, ...]] = {
@@ -101,7 +102,12 @@ class ServerConfig:
     max_input_width: int = 3840
     max_input_height: int = 2160
     token: str | None = None
-    ice_servers: tuple[str, ...] = ()
+    ice_servers: tuple[str, ...] = ()  # stun:/turn:/turns: URLs, for the server's peers and handed to every client
+    ice_username: str | None = None  # static TURN credentials ...
+    ice_credential: str | None = None
+    turn_secret: str | None = None  # ... or per-client ones derived from coturn's use-auth-secret secret
+    turn_ttl: int = 3600
+    ice_transport_policy: str = "all"  # relay: clients use TURN-relayed candidates only
     stats_interval: float = 1.0
     default_params: dict[str, Any] = field(default_factory=dict)
     web_dir: str | None = None
@@ -134,6 +140,13 @@ class ServerConfig:
     ip_adapter: str | None = None
     preprocessor_models: tuple[str, ...] = ()
     max_image_bytes: int = 4 * 1024 * 1024
+
+    @property
+    def ice(self) -> IcePolicy:
+        """The ICE servers and the credentials clients get (server/webrtc/ice_servers.py)."""
+        return IcePolicy(
+            self.ice_servers, self.ice_username, self.ice_credential, self.turn_secret, self.turn_ttl, self.ice_transport_policy  # type: ignore[arg-type]
+        )
 
     @property
     def tls(self) -> bool:
@@ -184,6 +197,10 @@ class ServerConfig:
             raise ConfigError("--tls-cert and --tls-key go together: the certificate chain and its private key (PEM files)")
         if self.tls_self_signed and self.tls_cert is not None:
             raise ConfigError("--tls-self-signed makes its own certificate; drop it or --tls-cert/--tls-key")
+        if isinstance(self.ice_servers, str) or not all(isinstance(u, str) for u in self.ice_servers):
+            raise ConfigError(f"ice_servers must be a list of stun:/turn: URLs, got {self.ice_servers!r}")
+        object.__setattr__(self, "ice_servers", tuple(self.ice_servers))
+        self.ice  # noqa: B018 - checks the URLs and credentials together
         drain = self.drain_seconds
         if not isinstance(drain, (int, float)) or isinstance(drain, bool) or not math.isfinite(drain) or not 0 <= drain <= 86400:
             raise ConfigError(f"drain_seconds must be a number of seconds from 0 (stop at once) to 86400, got {drain!r}")

@@ -35,6 +35,7 @@ from aiohttp import web
 from ...errors import ConfigError
 from .access import bearer, require_admin, same_secret
 from ..context import ServerContext, context
+from .sdp_answer import sdp_created
 from .http_errors import ForbiddenError, NotFoundError, loggable, read_json_object, read_text, require_content_type
 from ..worker.pipelines import params_to_json
 from ..sessions.session import Session
@@ -150,9 +151,7 @@ async def post_stream_whep(request: web.Request) -> web.Response:
         raise NotFoundError(f"nothing publishes to stream {stream.key!r} now; try again once it does")
     viewer, answer = await ctx.manager.add_viewer(session.id, offer)
     streams(request).add_viewer(stream, viewer.viewer_id, ctx.manager.sessions)
-    return web.Response(
-        status=201, text=answer, content_type="application/sdp", headers={"Location": ctx.public_base(request).path(f"/whep/{session.id}/{viewer.viewer_id}")}
-    )
+    return sdp_created(request, answer, ctx.public_base(request).path(f"/whep/{session.id}/{viewer.viewer_id}"))
 
 
 # ------------------------------------------------------------------ publishing

@@ -37,6 +37,7 @@ from .access import SESSION_SECRET_HEADER, authorize_session, require_token
 from ..context import context
 from .http_errors import NotFoundError, read_json_object, read_text, require_content_type
 from .routes_streams import attach_publisher, kept_params, whip_stream_key
+from .sdp_answer import sdp_created
 from ..sessions.streams import streams
 
 OFFER_FIELDS = ("sdp", "type", "params", "slo")
@@ -73,7 +74,7 @@ async def post_whip(request: web.Request) -> web.Response:
     offer = await read_text(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
     session, answer = await ctx.manager.open("whip", offer, kept_params(request, key), send_output=False, client=ctx.client_address(request))
     follow = await attach_publisher(request, key, session)
-    return _created(answer, ctx.public_base(request).path(f"/whip/{session.id}"), {SESSION_SECRET_HEADER: session.secret, **follow})
+    return sdp_created(request, answer, ctx.public_base(request).path(f"/whip/{session.id}"), {SESSION_SECRET_HEADER: session.secret, **follow})
 
 
 async def delete_whip(request: web.Request) -> web.Response:
@@ -90,7 +91,7 @@ async def post_whep(request: web.Request) -> web.Response:
     require_content_type(request, "application/sdp")
     offer = await read_text(request, ctx.config.max_body_bytes, ctx.config.body_timeout)
     viewer, answer = await ctx.manager.add_viewer(session.id, offer)
-    return _created(answer, ctx.public_base(request).path(f"/whep/{session.id}/{viewer.viewer_id}"))
+    return sdp_created(request, answer, ctx.public_base(request).path(f"/whep/{session.id}/{viewer.viewer_id}"))
 
 
 async def delete_whep(request: web.Request) -> web.Response:
@@ -100,11 +101,6 @@ async def delete_whep(request: web.Request) -> web.Response:
     if not await session.remove_viewer(request.match_info["viewer_id"]):
         raise NotFoundError(f"session {session.id} has no viewer {request.match_info['viewer_id']!r}")
     return web.Response(status=200)
-
-
-def _created(answer: str, location: str, headers: dict[str, str] | None = None) -> web.Response:
-    """``201 Created`` with the SDP answer (cross-origin pages read ``Location`` through :mod:`streamgen.server.http.cors`)."""
-    return web.Response(status=201, text=answer, content_type="application/sdp", headers={"Location": location, **(headers or {})})
 
 
 def add_routes(app: web.Application) -> None:

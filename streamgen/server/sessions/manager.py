@@ -80,6 +80,7 @@ class SessionManager:
         self._opening_by: dict[str | None, int] = {}  # client address -> sessions it is opening now
         self._sweeper: asyncio.Task | None = None
         self._ended = EndedSessions()
+        self._ice = config.ice  # the ICE servers of the server's own peers (a TURN secret gives each its credential)
         self.drain: Drain | None = None  # set by the app: while it drains, no new session is opened (server/drain.py)
 
     # --------------------------------------------------------------- lookups
@@ -128,7 +129,7 @@ class SessionManager:
         try:
             worker, reservation = await self._reserve_or_displace(stream, session_slo)
             state = await asyncio.wrap_future(worker.submit(worker.pipeline.state_from_settings, merged))
-            pc = new_peer_connection(self.config.ice_servers)
+            pc = new_peer_connection(self._ice.aiortc_servers())
             session = Session(new_id(), kind, pc, worker, state, self.config, self.metrics, self._forget, session_slo, self.caps, secret=new_session_secret())
             session.client = client
             output = OutputTrack() if send_output else None
@@ -294,7 +295,7 @@ class SessionManager:
             raise CapacityError(f"session {session_id} already has {len(session.viewers)} viewers, the most this server allows")
         session.viewers_joining += 1  # the place is taken before the first await: concurrent offers cannot all pass the check
         try:
-            pc = new_peer_connection(self.config.ice_servers)
+            pc = new_peer_connection(self._ice.aiortc_servers())
             track = OutputTrack()
             try:
                 add_transceivers(pc, shape, "sendonly", track, self.config.codecs)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
@@ -101,9 +101,14 @@ def _check_media_ids(description: "aiortc_sdp.SessionDescription") -> None:
             raise InputError(f"malformed SDP offer: the BUNDLE group names media id(s) {', '.join(map(repr, unknown))} that no section has")
 
 
-def new_peer_connection(ice_servers: Sequence[str]) -> RTCPeerConnection:
-    """A peer connection with exactly the configured ICE servers (aiortc would add a public STUN server)."""
-    return RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(url) for url in ice_servers]))
+def new_peer_connection(ice_servers: Sequence[Any]) -> RTCPeerConnection:
+    """A peer connection with exactly the configured ICE servers (aiortc would add a public STUN server).
+
+    ``ice_servers``: ``RTCIceServer`` entries (with TURN credentials:
+    :meth:`~streamgen.server.webrtc.ice_servers.IcePolicy.aiortc_servers`) or plain STUN URLs.
+    """
+    servers = [server if isinstance(server, RTCIceServer) else RTCIceServer(server) for server in ice_servers]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
 
 
 def video_codec_preferences(codecs: Sequence[str]) -> list:
