@@ -4,9 +4,11 @@
     streamgen camera --model tiny --input screen --output window --output whep
     streamgen camera --model tiny --input clip.mp4 --loop --output file:out.mp4 --prompt "an oil painting"
     streamgen camera --model tiny-video --input rtsp://192.168.1.20/stream --output virtualcam
+    streamgen camera --model longlive-1.3b --mode txt2vid --input none --output virtualcam --prompt "a koi pond"
 
 Inputs: camera[:DEVICE], screen[:TARGET], a video file (real time; --loop),
-an RTSP/HTTP/... URL, synthetic[:FRAMES]. Outputs (repeat --output for
+an RTSP/HTTP/... URL, synthetic[:FRAMES], or none (a video model's --mode
+txt2vid generates the stream from the prompt, at --max-fps). Outputs (repeat --output for
 several): virtualcam[:DEVICE] (OBS, Zoom and Meet pick it as a webcam;
 needs streamgen[virtualcam]), file:PATH, window (a preview), whep (WHEP
 viewers on the control port). docs/camera.md has the steps for each OS.
@@ -60,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     io = parser.add_argument_group("input and output")
-    io.add_argument("--input", "-i", default="camera", metavar="SOURCE", help="camera[:DEVICE], screen[:TARGET], a video file, a URL (rtsp://, http://, ...) or synthetic[:FRAMES] (default camera)")
+    io.add_argument("--input", "-i", default="camera", metavar="SOURCE", help="camera[:DEVICE], screen[:TARGET], a video file, a URL (rtsp://, http://, ...), synthetic[:FRAMES] or none (a video model's --mode txt2vid generates from the prompt) (default camera)")
     io.add_argument("--output", "-o", action="append", required=True, metavar="SINK", help="virtualcam[:DEVICE], file:PATH, window or whep; repeat for several")
     io.add_argument("--loop", action="store_true", help="start a video file or synthetic:FRAMES clip again when it ends; open a URL again when its stream ends")
     io.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"frame rate asked of a camera or screen, and of synthetic input (default {DEFAULT_FPS:g})")
@@ -83,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: $OMP_NUM_THREADS, else cores - 1)")
     model.add_argument("--max-fps", type=float, default=30.0, help="input frames per second fed to the model; faster input is dropped (default 30)")
     model.add_argument("--slo-ms", type=float, default=500.0, metavar="MS", help="per-frame latency deadline; later frames are dropped (default 500)")
-    add_stream_shape_options(parser)
+    add_stream_shape_options(parser, video_modes=True)
     add_param_options(parser)
     parser.set_defaults(func=run)
 
@@ -122,7 +124,12 @@ def plan_camera(args: argparse.Namespace) -> CameraPlan:
     source = parse_input(args.input)
     if source.kind == "file" and any(spec.kind == "file" and Path(spec.target).resolve() == Path(source.target).resolve() for spec in outputs):
         raise ConfigError(f"--output file:{source.target} is the input file; choose another name")
-    if args.loop and source.kind in ("camera", "screen"):
+    generates = settings.get("mode") == "txt2vid"
+    if generates and source.kind != "none":
+        raise ConfigError(f"--mode txt2vid generates the stream from the prompt and reads no input: use --input none, not {args.input!r}")
+    if source.kind == "none" and not generates:
+        raise ConfigError("--input none reads nothing: only a video model's --mode txt2vid generates without input (e.g. --model tiny-video --mode txt2vid)")
+    if args.loop and source.kind in ("camera", "screen", "none"):
         raise ConfigError(f"--loop repeats a video file, a URL or a synthetic clip; --input {args.input!r} is a device")
     size = size_flag("--capture-size", args.capture_size, "1280x720") if args.capture_size else None
     capture = CaptureSettings(fps=args.fps, size=size, options=parse_capture_options(args.capture_option))

@@ -38,7 +38,7 @@ from ..server.context import CONTEXT_KEY
 from ..server.sessions.local_session import LocalSession
 from .camera_capture import CaptureCounts, CaptureThread
 from .camera_console import Console, StdinLines, format_status, parse_typed_line
-from .camera_sources import CaptureSource
+from .camera_sources import CaptureSource, NoInput
 
 SINK_CLOSE_SECONDS = 30.0  # a file's encoder gets this long to finish at the end
 INPUT_ENDED = "the input ended"
@@ -126,12 +126,17 @@ class _LiveRun:
         if sinks:
             self.pump = SinkPump(sinks, on_stop=lambda error: self.loop.call_soon_threadsafe(self._end, error))
             self.pump.start()
-        self.track = CaptureTrack(self.loop)
+        generating = isinstance(self.source, NoInput)  # txt2vid: the session's generation clock paces it, nothing is captured
+        self.track = None if generating else CaptureTrack(self.loop)
         manager = app[CONTEXT_KEY].manager
         self.session = await manager.open_local({}, self.track, self.pump, self.console.message)
         self.console.message(banner(self.session, self._base_url(), self.source.description, self.options))
-        self.capture = CaptureThread(self.source, self.track, loop=self.options.loop, max_frames=self.options.max_frames)
-        self.capture.start()
+        if generating:
+            if self.options.max_frames is not None:
+                self._tasks.append(asyncio.ensure_future(self._stop_after_generated(self.session, self.options.max_frames)))
+        else:
+            self.capture = CaptureThread(self.source, self.track, loop=self.options.loop, max_frames=self.options.max_frames)
+            self.capture.start()
         if self.options.stdin_prompts:
             StdinLines(self.loop, self._on_typed_line).start()
         self._tasks.append(asyncio.ensure_future(self._wait_for_session(self.session)))
@@ -145,6 +150,12 @@ class _LiveRun:
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     # ------------------------------------------------------------ while it runs
+    async def _stop_after_generated(self, session: LocalSession, frames: int) -> None:
+        """``--max-frames`` of a stream without input: end once that many frames came out."""
+        while not session.closed and session.stats.frames_output < frames:
+            await asyncio.sleep(0.05)
+        self._end(f"generated {frames} frames (--max-frames)")
+
     async def _wait_for_session(self, session: LocalSession) -> None:
         await session.finished.wait()
         if session.closed:

@@ -11,6 +11,7 @@
     URL                 anything FFmpeg opens with a scheme: rtsp://, rtmp://, srt://, http(s)://, udp://
                         (a live stream is read as it comes; a recording, which has a length, in real time)
     synthetic[:FRAMES]  a generated moving pattern, endless unless FRAMES is given
+    none                no input: a video model's --mode txt2vid generates the stream from the prompt
 
 Every source is opened here, before the model loads, so a camera that
 cannot be opened is reported at once, with the cameras this machine has
@@ -36,8 +37,8 @@ from ..errors import InputError
 from .camera_devices import describe_cameras, ffmpeg_log, last_log_line, pyav_devices
 from .frame_sources import SYNTHETIC_DEFAULT_SIZE, fraction_of, synthetic_frame
 
-InputKind = Literal["camera", "screen", "file", "url", "synthetic"]
-INPUT_FORMS = "camera[:DEVICE], screen[:TARGET], a video file, a stream URL (rtsp://, http://, ...) or synthetic[:FRAMES]"
+InputKind = Literal["camera", "screen", "file", "url", "synthetic", "none"]
+INPUT_FORMS = "camera[:DEVICE], screen[:TARGET], a video file, a stream URL (rtsp://, http://, ...), synthetic[:FRAMES] or none (txt2vid)"
 URL_TIMEOUT_SECONDS = 10.0
 
 
@@ -73,6 +74,8 @@ class DeviceInput:
 
 def parse_input(text: str) -> InputSpec:
     """An ``--input`` value → its spec; a file must exist (InputError otherwise)."""
+    if text == "none":
+        return InputSpec("none")
     kind, sep, rest = text.partition(":")
     if kind in ("camera", "screen"):
         return InputSpec(kind, rest.strip('"'))  # type: ignore[arg-type]
@@ -247,8 +250,25 @@ class SyntheticCapture(CaptureSource):
         """Nothing to reopen: :meth:`frames` starts from the first frame."""
 
 
+class NoInput(CaptureSource):
+    """``--input none``: nothing is captured; the model generates the stream (a video model's txt2vid)."""
+
+    def __init__(self) -> None:
+        self.description = "none: txt2vid, generated from the prompt"
+        self.live = True
+        self.rate = Fraction(30)
+
+    def frames(self) -> Iterator[tuple[VideoFrame, float | None]]:
+        return iter(())
+
+    def restart(self) -> None:
+        pass
+
+
 def open_capture(spec: InputSpec, settings: CaptureSettings) -> CaptureSource:
     """Open the source ``spec`` names (InputError, with what this machine offers, when it cannot be)."""
+    if spec.kind == "none":
+        return NoInput()
     if spec.kind == "synthetic":
         width, height = settings.size or SYNTHETIC_DEFAULT_SIZE
         return SyntheticCapture(spec.frames, width, height, settings.fps)

@@ -97,7 +97,7 @@ def add_stream_shape_options(parser: argparse.ArgumentParser, *, video_modes: bo
     group.add_argument("--height", type=raw_value, default=None, help="output height, a multiple of 8 (default: the model's)")
     group.add_argument("--frame-buffer-size", type=raw_value, default=None, metavar="F", help="frames per model call (default 1)")
     if video_modes:
-        group.add_argument("--mode", choices=IMAGE_MODES + VIDEO_MODES, default=None, help="image models: img2img restyles the input, txt2img ignores its pictures (default img2img); video models: vid2vid restyles the input (default), txt2vid generates --frames frames from the prompt, no input")
+        group.add_argument("--mode", choices=IMAGE_MODES + VIDEO_MODES, default=None, help="image models: img2img restyles the input, txt2img ignores its pictures (default img2img); video models: vid2vid restyles the input (default), txt2vid generates from the prompt with no input (run: --frames N; camera: --input none)")
     else:
         group.add_argument("--mode", choices=IMAGE_MODES, default=None, help="img2img restyles the input; txt2img ignores its pictures (default img2img)")
     group.add_argument("--no-denoising-batch", dest="use_denoising_batch", action="store_const", const=False, default=None, help="run the denoising steps one after another instead of in one stream batch")

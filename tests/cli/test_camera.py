@@ -93,6 +93,20 @@ def test_synthetic_input_with_a_video_model(cli, tmp_path):
     assert "16 read" in stdout
 
 
+def test_a_txt2vid_stream_needs_no_input(cli, tmp_path):
+    """--input none with a video model's --mode txt2vid: the generation clock paces it; --max-frames ends it."""
+    out = tmp_path / "out.mp4"
+    code, stdout, err = cli(
+        "camera", "--model", "tiny-video", "--mode", "txt2vid", "--input", "none", "--max-frames", "20", "--max-fps", "20",
+        "--prompt", "a paper boat", "--output", f"file:{out}", "--quiet", "--control-port", "0",
+    )
+    assert code == 0, err
+    frames, times = decode(out)
+    assert len(frames) >= 20 and frames[0].shape == (128, 128, 3)
+    assert times == sorted(times) and len(set(times)) == len(times), "every generated frame has its own time"
+    assert "input    none: txt2vid" in stdout and "ended    generated 20 frames (--max-frames)" in stdout
+
+
 def test_max_frames_ends_a_looping_input(cli, tmp_path):
     clip, out = tmp_path / "clip.mp4", tmp_path / "out.mp4"
     write_clip(clip, 5, fps=25)
@@ -146,6 +160,8 @@ def no_model_load(monkeypatch):
         (["--output", "whep", "--capture-option", "mjpeg"], "KEY=VALUE"),
         (["--output", "whep", "--strength", "7"], "strength"),
         (["--output", "whep", "--fps", "0"], "--fps must be positive"),
+        (["--output", "whep", "--input", "none"], "only a video model's --mode txt2vid"),
+        (["--output", "whep", "--model", "tiny-video", "--mode", "txt2vid"], "use --input none"),
     ],
 )
 def test_mistakes_are_one_message_before_the_model_loads(cli, tmp_path, no_model_load, args, needle):
@@ -425,6 +441,7 @@ def test_help_needs_no_torch_and_lists_every_input_and_output():
         ("https://example.org/live.m3u8", InputSpec("url", "https://example.org/live.m3u8")),
         ("synthetic", InputSpec("synthetic")),
         ("synthetic:40", InputSpec("synthetic", frames=40)),
+        ("none", InputSpec("none")),
     ],
 )
 def test_input_forms(text, spec):

@@ -7,7 +7,8 @@ import asyncio
 import shutil
 import socket
 import subprocess
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +18,8 @@ from streamgen.client.synthetic import MarkerVideoTrack
 from streamgen.client.webrtc import connect_offer
 from streamgen.pipeline.identity import IdentityPipeline
 
-from .helpers import real_offer_sdp, running_server
+from .helpers import poll, real_offer_sdp, running_server
+from .test_browser import CHROMIUM, CHROMIUM_FLAGS
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -45,35 +47,44 @@ def _proxy_command(kind: str, ports: list[int], proxy_port: int, workdir: Path) 
     return ["haproxy", "-f", str(config), "-db"]
 
 
-@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
-async def test_two_servers_behind_a_standard_proxy(kind, tmp_path):
+@asynccontextmanager
+async def proxied_servers(kind: str, workdir: Path, max_sessions: int = 1) -> AsyncIterator[tuple[str, list]]:
+    """Two identity servers behind the shipped ``kind`` config: yields the proxy's URL and the servers."""
     if shutil.which(kind) is None:
         pytest.skip(f"{kind} is not installed (scripts/test.sh installs it with apt-get when run as root)")
     proxy_port = _free_port()
     proxy = f"http://127.0.0.1:{proxy_port}"
-    stack = AsyncExitStack()
-    process = None
-    peers = []
-    try:
+    async with AsyncExitStack() as stack:
         servers = [
             await stack.enter_async_context(running_server(
-                IdentityPipeline(), max_sessions=1, public_url=f"{proxy}/s{i}", trusted_proxies=("127.0.0.1",)
+                IdentityPipeline(), max_sessions=max_sessions, public_url=f"{proxy}/s{i}", trusted_proxies=("127.0.0.1",)
             ))
             for i in (1, 2)
         ]
         ports = [int(s.base_url.rsplit(":", 1)[1]) for s in servers]
-        process = subprocess.Popen(_proxy_command(kind, ports, proxy_port, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        async with aiohttp.ClientSession() as http:
-            for _ in range(100):
-                try:
-                    async with http.get(f"{proxy}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                assert process.poll() is None, process.stdout.read().decode()
-                await asyncio.sleep(0.1)
+        process = subprocess.Popen(_proxy_command(kind, ports, proxy_port, workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(100):
+                    try:
+                        async with http.get(f"{proxy}/readyz") as response:
+                            if response.status == 200:
+                                break
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    assert process.poll() is None, process.stdout.read().decode()
+                    await asyncio.sleep(0.1)
+            yield proxy, servers
+        finally:
+            process.terminate()
+            process.communicate(timeout=10)
 
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+async def test_two_servers_behind_a_standard_proxy(kind, tmp_path):
+    peers = []
+    async with proxied_servers(kind, tmp_path) as (proxy, servers), aiohttp.ClientSession() as http:
+        try:
             for _ in range(2):  # each server takes one session: the second newcomer is refused by one and retried on the other
                 peer = await connect_offer(proxy, MarkerVideoTrack())
                 peers.append(peer)
@@ -105,13 +116,36 @@ async def test_two_servers_behind_a_standard_proxy(kind, tmp_path):
                     assert response.status == 200
             assert servers[1].context.metrics.sessions_rejected > refused_before, "some newcomers were refused by server 2 and retried"
 
-        survivor = peers[holders.index(1)]
-        await servers[0].app.shutdown()  # server 1 dies (its sessions close); server 2 goes on
-        await survivor.wait_for_frames(5, timeout=30)
-    finally:
-        for peer in peers:
-            await peer.close(delete=False)
-        if process is not None:
-            process.terminate()
-            process.communicate(timeout=10)
-        await stack.aclose()
+            survivor = peers[holders.index(1)]
+            await servers[0].app.shutdown()  # server 1 dies (its sessions close); server 2 goes on
+            await survivor.wait_for_frames(5, timeout=30)
+        finally:
+            for peer in peers:
+                await peer.close(delete=False)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium")
+async def test_the_page_works_through_the_proxy_at_its_root_and_under_a_servers_prefix(tmp_path):
+    """Relative page URLs and the session's own URLs: the page streams and stops through nginx, at / and at /s2/."""
+    playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright Python package is not installed")
+    async with proxied_servers("nginx", tmp_path, max_sessions=2) as (proxy, servers), playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            for path, expected in (("/", None), ("/s2/", 1)):
+                page = await browser.new_page()
+                await page.goto(proxy + path)
+                await page.wait_for_function("document.getElementById('model').textContent.includes('identity')", timeout=20_000)
+                await page.click("#start")
+                await page.wait_for_function("window.streamgen.outputFrames > 3", timeout=60_000)
+                session_id = await page.evaluate("window.streamgen.sessionId")
+                holder = next(i for i, s in enumerate(servers) if session_id in s.context.manager.sessions)
+                assert expected is None or holder == expected, "a page under /s2/ opens its session on server 2"
+                watch = await page.get_attribute("#watch-url", "href")
+                assert watch.startswith(f"{proxy}/s{holder + 1}/watch?session={session_id}#secret="), "the watch link names the session's server"
+                await page.click("#stop")
+                await poll(lambda: session_id not in servers[holder].context.manager.sessions, 20, "Stop to end the session on its server")
+                await page.close()
+        finally:
+            await browser.close()

@@ -160,3 +160,25 @@ async def test_headless_chromium_relay_only_streams_through_turn(identity_pipeli
                 await browser.close()
     relayed = [line for line in log if "ALLOCATE processed, success" in line and "client-" in line]
     assert relayed, "the browser allocated a relay on the TURN server"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium")
+async def test_the_page_says_so_when_no_relay_can_be_opened(identity_pipeline, tmp_path):
+    """Relay-only with credentials the TURN server refuses: the page shows why at once instead of waiting to connect."""
+    playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright Python package is not installed")
+    async with coturn() as (url, _log):
+        async with running_server(identity_pipeline, ice_servers=(url,), turn_secret="not-the-turn-servers-secret", ice_transport_policy="relay") as server, \
+                playwright_api.async_playwright() as playwright:
+            browser = await playwright.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+            )
+            try:
+                page = browser.pages[0] if browser.pages else await browser.new_page()
+                await page.goto(server.base_url + "/")
+                started = time.monotonic()
+                await page.click("#start")
+                await page.wait_for_selector("#error:not([hidden])", timeout=60_000)
+                assert "no relay could be opened" in await page.text_content("#error")
+                assert time.monotonic() - started < 45 and not server.context.manager.sessions
+            finally:
+                await browser.close()

@@ -218,9 +218,12 @@ class SessionManager:
             return self._reserve(stream, slo)
 
     async def open_local(
-        self, settings: Mapping[str, Any], track: CaptureTrack, output: LocalOutput | None, notice: Callable[[str], None], slo: Any = None
+        self, settings: Mapping[str, Any], track: CaptureTrack | None, output: LocalOutput | None, notice: Callable[[str], None], slo: Any = None
     ) -> LocalSession:
-        """A session fed and shown by this process (``streamgen camera``): the checks, admission and state of :meth:`open`, no peer."""
+        """A session fed and shown by this process (``streamgen camera``): the checks, admission and state of :meth:`open`, no peer.
+
+        ``track`` None: a stream that generates without input (txt2vid), paced by its generation clock.
+        """
         worker, merged, session_slo, stream = self._check_settings(settings, slo)
         self._take_place()
         reservation = None
@@ -238,7 +241,10 @@ class SessionManager:
         finally:
             self._opening -= 1
         self._add(session, worker, reservation, stream)
-        session.start_input(track)
+        if stream.generates:
+            session.start_generating(stream.frames_per_unit / session_slo.target_fps)
+        else:
+            session.start_input(track)
         return session
 
     def _check_settings(self, settings: Mapping[str, Any], slo: Any) -> tuple[ModelWorker, dict[str, Any], Slo, StreamShape]:
