@@ -53,6 +53,8 @@ python3 -m bench.engines --device cuda --model sd-turbo --dummy --sizes 512 --fr
 python3 -m bench.video --no-tiny --wan-sizes 512 --steps 1,2 --chunks 12 --out "$out/video-gpu.json"
 # 4. video sessions batched in one step vs one by one, Wan-1.3B
 python3 -m bench.video_sessions --device cuda --models tiny-video --wan --chunks 6 --repeats 2 --out "$out/video_sessions-gpu.json"
+# 5b. prompt switch cost, blend vs KV re-cache, Wan-1.3B (the chunk that applies a switch vs a normal one)
+python3 -m bench.prompt_switch --out "$out/prompt_switch-gpu.json"
 # 5. pipeline stages, Wan-1.3B causal architecture (dummy weights) over 2 and 4 GPUs vs one, where the machine has them
 gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
 if [ "$gpus" -ge 2 ]; then

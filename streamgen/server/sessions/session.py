@@ -176,7 +176,10 @@ class Session:
             if self.state is None:
                 raise InputError("the session has ended")
             pipeline = self.worker.pipeline
-            parsed = parse_update(pipeline, self.state, changes, self._caps)
+            # validation decodes and hashes reference images (base64, megabytes): off the event loop
+            parsed = await asyncio.to_thread(parse_update, pipeline, self.state, changes, self._caps)
+            if self.state is None:
+                raise InputError("the session has ended")
             shape = pipeline.shape_with(self.state, parsed)
             if within_admission:
                 self._check_within_admission(shape)
