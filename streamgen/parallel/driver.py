@@ -228,6 +228,18 @@ class StageDriver:
                 return  # nothing to keep in step any more; the stream fails at its next step
             self._send(Message("cache.reset", {"id": cache.cache_id, "start": cache.start, "stop": cache.stop, "rows": rows}))
 
+    def replace_frames(self, cache: ShardedKVCache, rows: Sequence[int], scratch: ShardedKVCache, frames: Sequence[int]) -> None:
+        """A re-cache on every rank: history ``frames`` of ``rows`` (of ``cache``) from ``scratch`` (see ``RollingKVCache.replace_frames``).
+
+        The caller waited for the scratch forwards' results, so every rank
+        has written ``scratch`` before this message reaches it (the ring is in order).
+        """
+        with self._lock:
+            self.check()
+            meta = {"id": cache.cache_id, "start": cache.start, "stop": cache.stop, "rows": [int(r) for r in rows],
+                    "scratch": scratch.cache_id, "frames": [int(f) for f in frames]}
+            self._send(Message("cache.replace", meta))
+
     # -------------------------------------------------------------- decoders
     def new_decoder(self) -> ShardedDecoder:
         """A stream's decode state on the last rank."""
@@ -427,6 +439,8 @@ class StageDriver:
             if row.ticket.cancelled or self.failure is not None:
                 continue
             try:
+                if row.decode is not None and row.on_prediction is not None:
+                    row.on_prediction(predictions[index : index + 1])
                 row.on_result(result)
             except Exception as error:  # noqa: BLE001  - the stream's continuation broke: its state cannot be trusted
                 logger.exception("pipeline stages: a result could not be handled")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -53,6 +53,25 @@ class ShardedKVCache:
     @property
     def tokens_per_frame(self) -> int:
         return self.local.tokens_per_frame
+
+    # The stream's geometry and frame counters: rank 0's layers say them for every rank (each writes the same frames).
+    @property
+    def geometry(self) -> Any:
+        return self.local.geometry
+
+    @property
+    def rotation(self) -> Any:
+        return self.local.rotation
+
+    @property
+    def frames_written(self) -> torch.Tensor:
+        return self.local.frames_written
+
+    def replace_frames(self, rows: Sequence[int], source: ShardedKVCache, frames: Sequence[int]) -> None:
+        """A re-cache on every rank (:meth:`RollingKVCache.replace_frames`), as a message on the ring."""
+        if not isinstance(source, ShardedKVCache):
+            raise InputError("a pipeline-stage cache takes frames from another stage cache (new_cache of the staged model)")
+        self.driver.replace_frames(self, rows, source, frames)
 
     def row_view(self, start: int, stop: int) -> ShardedKVCache:
         if not 0 <= start < stop <= self.rows:

@@ -48,7 +48,9 @@ class StageRow:
 
     ``on_result`` is called on rank 0's result thread with the flow
     prediction ``(1, C, T', h, w)`` float32, or, for a row with ``decode``,
-    the chunk's decoded frames ``(t, H, W, 3)`` uint8. ``on_error`` gets the
+    the chunk's decoded frames ``(t, H, W, 3)`` uint8 (``on_prediction``,
+    when given, gets such a row's flow prediction just before: the clean
+    latents a re-cache replays are computed from it on rank 0). ``on_error`` gets the
     reason instead when a rank's forward (or the decode) raised on the
     row's micro-batch; without one, such an error fails every stream.
     """
@@ -60,6 +62,7 @@ class StageRow:
     on_result: Callable[[torch.Tensor], None]
     decode: DecodeRequest | None = None
     on_error: Callable[[str], None] | None = None
+    on_prediction: Callable[[torch.Tensor], None] | None = None
     write: bool | None = None  # None: commit the chunk (the pipeline always does)
     ticket: RowTicket = field(default_factory=RowTicket)
     ready: Any = None  # on a GPU: the CUDA event after which ``latents`` exist (set by the driver's submit)

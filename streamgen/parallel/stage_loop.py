@@ -31,7 +31,7 @@ from .stage_shard import RowContexts, SegmentSpec, StageShard, shard_inventory
 
 logger = logging.getLogger(__name__)
 CONTROL_OPS = (
-    "cache.new", "cache.drop", "cache.reset", "context.define", "context.blend", "context.drop",
+    "cache.new", "cache.drop", "cache.reset", "cache.replace", "context.define", "context.blend", "context.drop",
     "decoder.new", "decoder.reset", "decoder.drop",
 )
 
@@ -47,6 +47,9 @@ def apply_control(shard: StageShard, message: Message) -> None:
     elif op == "cache.reset":
         cache = shard.caches[meta["id"]].row_view(meta["start"], meta["stop"])
         cache.reset(meta["rows"])
+    elif op == "cache.replace":
+        cache = shard.caches[meta["id"]].row_view(meta["start"], meta["stop"])
+        cache.replace_frames(meta["rows"], shard.caches[meta["scratch"]], meta["frames"])
     elif op == "context.define":
         shard.define_context(meta["id"], message.tensors[0])
     elif op == "context.blend":

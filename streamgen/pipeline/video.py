@@ -54,7 +54,9 @@ old K/V, and those chunks continue under the new prompt (their context is
 switched at the same moment) over the rebuilt rows. The switch is immediate
 (``transition_chunks`` does not apply). ``state.recaches`` and
 ``state.recache_forwards`` count the switches and the forwards they cost.
-Staged models refuse it (their cache lives on the stages).
+Over pipeline stages the stream's chunks on the ring finish first (so
+every finished frame is rebuilt, as in sequential mode) and the rebuilt
+K/V replace the slots on every rank (:mod:`streamgen.pipeline.video_staged`).
 
 Many streams in one ``step`` call share the work: the call runs in *rounds*;
 in each round every stream that has a chunk ready enters it (the VAE encodes
@@ -327,12 +329,7 @@ class VideoPipeline:
         return params
 
     def _check_prompt_switch(self, params: VideoParams) -> None:
-        """A re-cache runs the DiT over the stream's own cache; on pipeline stages the cache lives on the stages."""
-        if params.prompt_switch == "recache" and self.model.stages is not None:
-            raise ConfigError(
-                "prompt_switch 'recache' is not available on a model that runs as pipeline stages "
-                "(its KV cache lives on the stages); use prompt_switch 'blend'"
-            )
+        """Every model takes both switch methods (pipeline stages re-cache on every rank); kept as the place for a model that cannot."""
 
     def apply_pending(self, state: VideoState) -> None:
         """Apply a queued update now (same thread as ``step``)."""

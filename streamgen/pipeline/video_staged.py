@@ -87,6 +87,7 @@ class _ChunkOnStages:
     cache: Any  # the stream's ShardedKVCache when the chunk entered
     decoder: Any  # the stream's ShardedDecoder
     ticket: RowTicket = field(default_factory=RowTicket)
+    clean: torch.Tensor | None = None  # its clean latents, from its last flow prediction (kept for a re-cache)
 
 
 @dataclass(eq=False)
@@ -158,9 +159,10 @@ class StagedVideoPipeline(VideoPipeline):
         counted it, under the flow lock, which this holds too).
         """
         with self._flow:
-            processed = state.counters.frames_processed
+            processed, kept, done = state.counters.frames_processed, state.kept, state.frames_done
             restore_checkpoint(state, checkpoint)
-            state.counters.frames_processed = processed
+            # finished chunks stay finished: their counts and kept clean latents (what a re-cache replays) too
+            state.counters.frames_processed, state.kept, state.frames_done = processed, kept, done
 
     def reset(self, state: VideoState) -> None:
         """Forget the stream's history; its chunks on the stages are dropped (their rows and results are discarded)."""
@@ -225,6 +227,17 @@ class StagedVideoPipeline(VideoPipeline):
             self._hand_over(state, chunk)
         return [self._take_outputs(state) for state in states]
 
+    def _recache(self, state: VideoState, context: Any) -> None:
+        """A prompt switch by re-cache over the stages: first the stream's chunks on the ring finish (their frames
+        join the window, as in one process's sequential mode), then the window is replayed through every stage
+        into a scratch cache and its K/V replace the frames' slots on every rank (a message on the ring)."""
+        with self._flow:
+            while state.ring.chunks:
+                self._flow.wait(WAIT_SECONDS)
+                self.driver.check()
+        self._check_stream(state)
+        super()._recache(state, context)
+
     def _hand_over(self, state: VideoState, chunk: ChunkInFlight) -> None:
         entry = _ChunkOnStages(state, chunk, state.cache, state.decoder)
         with self._flow:
@@ -246,6 +259,7 @@ class StagedVideoPipeline(VideoPipeline):
             functools.partial(self._on_result, entry),
             decode=DecodeRequest(entry.decoder.decoder_id, sigma) if last else None,
             on_error=functools.partial(self._on_error, entry),
+            on_prediction=functools.partial(self._on_last_prediction, entry) if last else None,
             ticket=entry.ticket,
         )
 
@@ -262,6 +276,11 @@ class StagedVideoPipeline(VideoPipeline):
         for listener in self._listeners:
             listener()
 
+    def _on_last_prediction(self, entry: _ChunkOnStages, prediction: torch.Tensor) -> None:
+        """On the result thread: a chunk's last flow prediction gives its clean latents (the last rank decodes the same)."""
+        chunk = entry.chunk
+        entry.clean = flow_x0(chunk.latents, prediction, chunk.sigmas[chunk.step])
+
     def _on_result(self, entry: _ChunkOnStages, result: torch.Tensor) -> None:
         """On the result thread: a flow prediction moves the chunk to its next step; decoded frames finish it."""
         chunk = entry.chunk
@@ -276,6 +295,9 @@ class StagedVideoPipeline(VideoPipeline):
         with self._flow:
             if entry in state.ring.chunks:
                 state.ring.chunks.remove(entry)
+                if entry.clean is not None:  # the window a re-cache replays, as the one-process pipeline keeps it
+                    chunk.latents = entry.clean
+                    self._keep_frames(state, chunk)
                 state.counters.frames_processed += sum(t is not PADDING for t in chunk.tags)
                 state.ring.outputs.append(StepOutput(result, tags=chunk.tags))
             self._flow.notify_all()
