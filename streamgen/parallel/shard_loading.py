@@ -87,9 +87,10 @@ class StageSource:
     checkpoint: str | None = None
     checkpoint_key: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, float] | None = None  # local LoRA files -> scales, fused into each stage's own layers
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("model", "weights", "seed", "layers", "tiny_dit", "checkpoint", "checkpoint_key", "options")}
+        return {k: getattr(self, k) for k in ("model", "weights", "seed", "layers", "tiny_dit", "checkpoint", "checkpoint_key", "options", "lora")}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> StageSource:
@@ -126,21 +127,58 @@ def prune(model: CausalWanTransformer, role: StageRole) -> CausalWanTransformer:
 
 
 def build_stage_transformer(source: StageSource, role: StageRole, device: torch.device, dtype: torch.dtype) -> CausalWanTransformer:
-    """The stage's part of ``source`` on ``device`` (see module docstring)."""
+    """The stage's part of ``source`` on ``device`` (see module docstring), its LoRAs fused into the layers it holds."""
+    model, reference = _stage_part(source, role, device, dtype)
+    fuse_stage_loras(model, source, role, reference)
+    return model
+
+
+def fuse_stage_loras(model: CausalWanTransformer, source: StageSource, role: StageRole, reference: Any = None) -> None:
+    """Fuse ``source``'s LoRAs into the layers ``role`` holds (``reference()``: the whole architecture, for the checks)."""
+    if not source.lora:
+        return
+    from ..models.loading.video_lora import fuse_video_loras_into_part  # noqa: PLC0415
+
+    if reference is None:
+        reference = _whole_architecture(source, model.transformer.dtype)
+    fuse_video_loras_into_part(model, source.lora, reference(), role.owns)
+
+
+def _whole_architecture(source: StageSource, dtype: torch.dtype) -> Any:
+    """How to make ``source``'s whole DiT for name and shape checks (tiny: on the CPU, it is small; Wan: on the meta device)."""
     if source.model == "tiny-video":
         from ..models.video.tiny_video_dit import tiny_causal_wan  # noqa: PLC0415
 
         overrides = {**(source.tiny_dit or {}), **({} if source.layers is None else {"num_layers": source.layers})}
-        return prune(tiny_causal_wan(seed=source.seed, device=device, dtype=dtype, **overrides), role)
+        return lambda: tiny_causal_wan(seed=source.seed, device="cpu", dtype=dtype, **overrides).transformer
+    from ..models.loading.video_presets import VIDEO_PRESETS, wan_snapshot  # noqa: PLC0415
+
+    preset = VIDEO_PRESETS[source.model]
+    if source.weights == "dummy":
+        from ..models.video.wan_build import wan_transformer_config  # noqa: PLC0415
+
+        return lambda: _meta_architecture(wan_transformer_config(preset.dummy_config))
+    return lambda: _meta_architecture(read_config(wan_snapshot(preset, dtype) / "transformer"))
+
+
+def _stage_part(source: StageSource, role: StageRole, device: torch.device, dtype: torch.dtype) -> tuple[CausalWanTransformer, Any]:
+    """The stage's part, and how to make the whole architecture on the meta device (names and shapes, for LoRA checks)."""
+    if source.model == "tiny-video":
+        from ..models.video.tiny_video_dit import tiny_causal_wan  # noqa: PLC0415
+
+        overrides = {**(source.tiny_dit or {}), **({} if source.layers is None else {"num_layers": source.layers})}
+        part = prune(tiny_causal_wan(seed=source.seed, device=device, dtype=dtype, **overrides), role)
+        return part, lambda: tiny_causal_wan(seed=source.seed, device="cpu", dtype=dtype, **overrides).transformer
     from ..models.loading.video_presets import VIDEO_PRESETS  # noqa: PLC0415
 
     preset = VIDEO_PRESETS[source.model]
     if source.weights == "dummy":
         from ..models.video.wan_build import wan_transformer_config  # noqa: PLC0415
 
-        model = _meta_built(wan_transformer_config(preset.dummy_config), role, device, dtype, source.seed)
+        config = wan_transformer_config(preset.dummy_config)
+        model = _meta_built(config, role, device, dtype, source.seed)
         _seed_owned_blocks(model, role, source.seed)
-        return model
+        return model, lambda: _meta_architecture(config)
     from ..models.loading.video_presets import wan_snapshot  # noqa: PLC0415
 
     folder = wan_snapshot(preset, dtype) / "transformer"
@@ -152,7 +190,15 @@ def build_stage_transformer(source: StageSource, role: StageRole, device: torch.
 
         state = load_causal_checkpoint(source.checkpoint, key=source.checkpoint_key)
         _load_owned(model, role, {k: v for k, v in state.items() if role.owns(k)})
-    return model
+    return model, lambda: _meta_architecture(config)
+
+
+def _meta_architecture(config: dict[str, Any]) -> torch.nn.Module:
+    """The whole DiT of ``config`` on the meta device: no memory, every layer's name and shape."""
+    from diffusers import WanTransformer3DModel  # noqa: PLC0415
+
+    with torch.device("meta"):
+        return WanTransformer3DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
 
 
 def num_blocks(source: StageSource, preset: Any) -> int:

@@ -26,7 +26,7 @@ from ..sched.blocks import BlockBalancer, BlockSplit
 from .driver import StageDriver
 from .handles import ShardedContext, ShardedKVCache
 from .launch import StageGroup, StageLaunch, start_stage_group
-from .shard_loading import StageRole, StageSource, build_stage_transformer, keep_vae_half, num_blocks, prune
+from .shard_loading import StageRole, StageSource, build_stage_transformer, fuse_stage_loras, keep_vae_half, num_blocks, prune
 from .stage_shard import StageShard
 
 logger = logging.getLogger(__name__)
@@ -143,8 +143,14 @@ def load_staged_video_model(
     threads: int | None = None,
     tiny_dit: dict[str, int] | None = None,
     acceleration: str = "none",
+    lora: dict[str, float] | None = None,
+    fuse_lora: bool = True,
 ) -> VideoModel:
-    """``model`` (a video preset) with its DiT blocks split over ``devices`` (see module docstring)."""
+    """``model`` (a video preset) with its DiT blocks split over ``devices`` (see module docstring).
+
+    ``lora`` (``{path_or_hub_file: scale}``): each stage fuses the LoRAs into the layers it holds
+    (files are found here, once; a preset published as a LoRA, LongLive, brings its own).
+    """
     from ..models.loading.device import resolve_dtype  # noqa: PLC0415
     from ..models.loading.video_presets import VIDEO_PRESETS  # noqa: PLC0415
 
@@ -162,15 +168,20 @@ def load_staged_video_model(
         raise ConfigError("layers= and tiny_dit= apply to tiny-video only")
     if weights == "tiny":
         raise ConfigError(f"weights='tiny' runs {model}'s recipe on the tiny DiT in one process; pipeline stages run its real or dummy weights")
-    if preset.lora is not None and weights == "pretrained":
-        raise ConfigError(f"{model} is published as a LoRA over its base; pipeline stages do not load LoRAs yet: run it on one device")
+    if not fuse_lora:
+        raise ConfigError("pipeline stages fuse LoRAs into each stage's blocks; fuse_lora=False (live scales) runs in one process")
+    from ..models.loading.video_lora import check_lora_option, resolve_video_lora_files  # noqa: PLC0415
+    from ..models.loading.video_presets import preset_loras, VideoSpec  # noqa: PLC0415
+
+    loras = preset_loras(VideoSpec(preset, weights=weights, lora=check_lora_option(lora)))
+    lora_files = {str(path): loras[source] for source, path in resolve_video_lora_files(loras).items()}  # found once, here
     if checkpoint is None and preset.checkpoint is not None and weights == "pretrained":
         from ..models.loading.hub import fetch_file  # noqa: PLC0415  (the student's published weights, as in one process)
 
         checkpoint = str(fetch_file(preset.checkpoint.repo, preset.checkpoint.filename, f"video preset {model!r}: the student's weights"))
     device = torch.device(devices[0])
     torch_dtype = resolve_dtype(dtype, device, family="video")
-    source = StageSource(model, weights, seed, layers, tiny_dit, checkpoint, checkpoint_key)
+    source = StageSource(model, weights, seed, layers, tiny_dit, checkpoint, checkpoint_key, lora=lora_files or None)
     block_count = num_blocks(source, preset)
     if len(devices) > block_count:
         raise ConfigError(f"{model} has {block_count} blocks: at most {block_count} stages, got {len(devices)} devices")
@@ -215,6 +226,7 @@ def _driver_side(source: StageSource, preset: Any, role: StageRole, device: torc
     if source.model == "tiny-video":
         video = video_presets.build_tiny_video_model(seed=source.seed, device=device, dtype=dtype, layers=source.layers, dit=source.tiny_dit)
         prune(video.transformer, role)
+        fuse_stage_loras(video.transformer, source, role)
         return video
     transformer = build_stage_transformer(source, role, device, dtype)
     if source.weights == "dummy":

@@ -25,8 +25,8 @@ def load_video_pipeline(model: Any = "tiny-video", **spec: Any):
     ``lora`` (``{path_or_hub_file: scale}``) and ``fuse_lora`` (default True;
     False keeps live adapters whose scales
     :func:`~streamgen.models.loading.video_lora.set_video_lora_scales` changes)
-    put LoRAs on the DiT (:mod:`streamgen.models.loading.video_lora`; not with
-    pipeline stages); ``vae`` is accepted for symmetry with image models.
+    put LoRAs on the DiT (:mod:`streamgen.models.loading.video_lora`; pipeline
+    stages fuse them into each stage's blocks); ``vae`` is accepted for symmetry with image models.
     """
     acceleration = spec.pop("acceleration", None)
     devices = spec.pop("devices", None)
@@ -64,18 +64,13 @@ def _staged_pipeline(model: Any, devices: list[str], acceleration: Any, spec: di
         acceleration = acceleration or model.acceleration
         spec = {"weights": model.weights, "dtype": model.dtype, "seed": model.seed, "lora": model.lora, **spec}
         model = model.source
-    if spec.pop("lora", None):
-        raise ConfigError(
-            "LoRA with pipeline stages: each stage's rank builds its own blocks from the model's source "
-            "(streamgen/parallel/shard_loading.py), so a LoRA loaded here would never reach them; "
-            "run the model in one process (no devices=[...]) to use LoRAs"
-        )
     if not isinstance(model, str):
         raise ConfigError("pipeline stages load the model themselves: pass a video preset name, not a loaded model")
     if spec.pop("device", "auto") not in ("auto", None):
         raise ConfigError("give either device or devices, not both")
-    for ignored in ("vae", "fuse_lora"):
-        spec.pop(ignored, None)
+    spec.pop("vae", None)
+    if not spec.get("lora"):
+        spec.pop("lora", None)
     return video_pipeline_for(load_staged_video_model(model, devices, acceleration=acceleration or "none", **spec))
 
 

@@ -303,16 +303,15 @@ def test_malformed_lora_options_are_config_errors(spec, match):
         load_video_model("tiny-video", device="cpu", **spec)
 
 
-def test_pipeline_stages_refuse_lora_before_starting_any_rank(files, monkeypatch):
+def test_pipeline_stages_refuse_unfused_loras_and_missing_files_before_starting_any_rank(files, monkeypatch):
     from streamgen.parallel import staged_model
 
     def no_ranks(*_, **__):
         raise AssertionError("stage ranks were started")
 
-    monkeypatch.setattr(staged_model, "load_staged_video_model", no_ranks)
+    monkeypatch.setattr(staged_model, "start_stage_group", no_ranks)
     path, _ = files["wan"]
-    with pytest.raises(ConfigError, match="LoRA with pipeline stages"):
-        load_video_pipeline("tiny-video", devices=["cpu", "cpu"], lora={path: 1.0})
-    with pytest.raises(ConfigError, match="LoRA with pipeline stages"):
-        load_video_pipeline(ModelSpec(source="tiny-video", lora={path: 1.0}), devices="cpu,cpu")
-
+    with pytest.raises(ConfigError, match="fuse_lora=False"):
+        load_video_pipeline("tiny-video", devices=["cpu", "cpu"], lora={path: 1.0}, fuse_lora=False)
+    with pytest.raises(ModelLoadError, match="nowhere.safetensors"):
+        load_video_pipeline(ModelSpec(source="tiny-video", lora={"/nowhere.safetensors": 1.0}), devices="cpu,cpu")

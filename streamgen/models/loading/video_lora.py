@@ -52,6 +52,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -180,6 +181,35 @@ def apply_video_loras(
         inner.fuse_lora()  # merges every active adapter at its scale
         inner.unload_lora()  # then each peft layer gives way to its (merged) base layer
     setattr(transformer, _LOADED_ATTRIBUTE, loaded)
+
+
+def fuse_video_loras_into_part(
+    part: CausalWanTransformer, loras: Mapping[str, float], reference: torch.nn.Module, owns: Callable[[str], bool]
+) -> None:
+    """Fuse LoRAs into the layers a pipeline stage holds (``owns(parameter name)``) of a partly built DiT.
+
+    Each file is read and checked against ``reference``, the whole
+    architecture (on the meta device: names and shapes only), exactly as in
+    one process, so a file is refused the same way wherever it runs; then
+    only the pairs of this stage's layers are injected and merged. Every
+    stage does this for its layers, so together they hold the model one
+    process would, and a block moved by a rebalance carries its merged
+    weights along.
+    """
+    loras = check_lora_option(loras)
+    inner = _inner(part)
+    for index, (source, scale) in enumerate(loras.items()):
+        path = video_lora_file(source)
+        tensors, metadata = _read_file(source, path)
+        layers = _map_layers(source, tensors, metadata, reference)
+        owned = {name: pair for name, pair in layers.items() if owns(f"{name}.weight")}
+        if not owned:
+            continue
+        name = f"{ADAPTER_PREFIX}{index}"
+        _inject(inner, name, VideoLora(source, path, owned))
+        _activate(inner, LoadedVideoLoras(fused=True, adapters={source: name}, scales={source: scale}))
+        inner.fuse_lora()
+        inner.unload_lora()
 
 
 def set_video_lora_scales(model: VideoModel | CausalWanTransformer, scales: Mapping[str, float]) -> None:
