@@ -18,11 +18,11 @@ LAYERS = 3
 SWITCH_AT = 14  # input frame index: past the first chunks, with the window full and rolling
 
 
-def _run(model, frames, *, stream_batch: bool):
+def _run(model, frames, *, stream_batch: bool, switch: str = "recache"):
     pipeline = video_pipeline_for(model)
     state = pipeline.create_state(
         {"width": SIZE, "height": SIZE, "use_denoising_batch": stream_batch},
-        {"prompt": "a red fox", "num_inference_steps": 2, "seed": 3, "prompt_switch": "recache"},
+        {"prompt": "a red fox", "num_inference_steps": 2, "seed": 3, "prompt_switch": switch},
     )
     outputs = []
     for index, frame in enumerate(frames):
@@ -48,17 +48,7 @@ def test_a_staged_recache_changes_the_frames_after_the_switch_only():
     frames = input_frames(25)
     with staged_tiny(2, LAYERS) as model:
         recached, _ = _run(model, frames, stream_batch=True)
-        pipeline = video_pipeline_for(model)
-        state = pipeline.create_state(
-            {"width": SIZE, "height": SIZE}, {"prompt": "a red fox", "num_inference_steps": 2, "seed": 3, "prompt_switch": "blend"},
-        )
-        blended = []
-        for index, frame in enumerate(frames):
-            if index == SWITCH_AT:
-                pipeline.update(state, {"prompt": "a blue whale in the deep sea"})
-            blended.append(pipeline.step([state], [frame])[0].frames)
-        blended.append(pipeline.flush(state).frames)
-        blended = torch.cat(blended)
+        blended, _ = _run(model, frames, stream_batch=True, switch="blend")
     before = 1 + 4 * ((SWITCH_AT - 1) // 4)  # frames of the chunks finished before the switch
     assert torch.equal(recached[:before], blended[:before])
     assert not torch.equal(recached[before:], blended[before:])
