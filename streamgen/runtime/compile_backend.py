@@ -121,6 +121,15 @@ class CompileBackend:
         model.unet_forward = _installed(bucketed(unet_call), unet)
         model.vae_encode_forward = _installed(bucketed(encode_call), encode)
         model.vae_decode_forward = _installed(bucketed(decode_call), decode)
+        # Steered steps: the ControlNets (one graph per attached ControlNet: its name is a guard) and the UNet
+        # with their residuals as inputs. No CUDA graphs here: the residuals are a nested, per-step list of
+        # tensors, and inductor's kernels are most of the gain; rows are dynamic as for the plain UNet.
+        steered = _eager_of(model.unet_steered_forward)
+        control = _eager_of(model.controlnet_forward)
+        model.unet_steered_forward = _installed(_Compiled("UNet with control inputs", steered, False, arrange=_plain_latents), steered)
+        model.controlnet_forward = _installed(
+            _Compiled("ControlNet", control, False, rows_at=1, arrange=_plain_latents), control
+        )
 
     # ------------------------------------------------------------------ video
     def accelerate_video(self, model: Any, cache: Any) -> None:
@@ -159,11 +168,13 @@ class _Compiled:
         *,
         mark_rows: bool = True,
         arrange: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None,
+        rows_at: int = 0,
     ) -> None:
         _raise_recompile_limit()
         self.what = what
         self.cuda = cuda
         self.mark_rows = mark_rows
+        self.rows_at = rows_at  # the argument whose first dim is the row count (the ControlNet's comes after its name)
         self.arrange = arrange
         options = {"mode": "reduce-overhead"} if cuda else {}
         self.compiled = torch.compile(call, fullgraph=True, **options)
@@ -172,7 +183,7 @@ class _Compiled:
         if self.arrange is not None:
             args = self.arrange(args)
         if self.mark_rows:
-            for tensor in _row_tensors(args, args[0].shape[0]):
+            for tensor in _row_tensors(args, args[self.rows_at].shape[0]):
                 torch._dynamo.maybe_mark_dynamic(tensor, 0)
         if self.cuda:
             torch.compiler.cudagraph_mark_step_begin()
@@ -192,13 +203,15 @@ def _is_compile_error(error: Exception) -> bool:
     return module.startswith(("torch._dynamo", "torch._inductor", "torch.fx", "torch._subclasses"))
 
 
-def _row_tensors(args: tuple[Any, ...], rows: int) -> list[torch.Tensor]:
-    """Arguments (and dict entries) whose first dim is the row count."""
-    found = []
-    for value in args:
-        values = value.values() if isinstance(value, dict) else (value,)
-        found += [v for v in values if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == rows]
-    return found
+def _row_tensors(args: Any, rows: int) -> list[torch.Tensor]:
+    """Arguments (and dict, list and tuple entries: a ControlNet's residuals) whose first dim is the row count."""
+    if isinstance(args, torch.Tensor):
+        return [args] if args.ndim and args.shape[0] == rows else []
+    if isinstance(args, dict):
+        args = tuple(args.values())
+    if isinstance(args, (list, tuple)):
+        return [t for value in args for t in _row_tensors(value, rows)]
+    return []
 
 
 def _plain_latents(args: tuple[Any, ...]) -> tuple[Any, ...]:

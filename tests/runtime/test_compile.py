@@ -215,3 +215,29 @@ def test_chunk_forward_compiles_without_graph_breaks(video_pipelines, full):
         explanation = torch._dynamo.explain(model.chunk_core)(latents, timesteps, context, planned)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+# ------------------------------------------------------------------- steering
+@pytest.fixture(scope="module")
+def steered_pipelines(image_cache):
+    """(eager, compiled) tiny models with the tiny ControlNet attached before compiling."""
+    pipelines = []
+    for compiled in (False, True):
+        pipeline = streamgen.load_pipeline("tiny")
+        pipeline.attach_controlnet("tiny")
+        if compiled:
+            assert accelerate(pipeline.model, "compile", cache_dir=image_cache) == "compile"
+        pipelines.append(pipeline)
+    return pipelines
+
+
+def test_a_steered_step_runs_compiled_controlnet_and_unet_and_equals_eager(steered_pipelines):
+    eager, compiled = steered_pipelines
+    assert getattr(compiled.model.controlnet_forward, "compiled", None) is not None, "the ControlNet slot holds a compiled graph"
+    assert getattr(compiled.model.unet_steered_forward, "compiled", None) is not None
+    steering = {"controlnets": [{"model": "tiny", "preprocessor": "passthrough", "conditioning_scale": 0.8}]}
+    (expected,) = _image_run(eager, ["none"], calls=4, **steering)
+    (got,) = _image_run(compiled, ["none"], calls=4, **steering)
+    _assert_frames_close(got, expected)
+    plain = _image_run(eager, ["none"], calls=4)[0]
+    assert not torch.equal(plain, expected), "the ControlNet steers the frames"

@@ -86,8 +86,8 @@ class ImageModel:
         self.vae_encode_forward: ImageForward = self._eager_vae_encode
         self.vae_decode_forward: ImageForward = self._eager_vae_decode
         self.text_encode_forward: TextForward = self.eager_text_encode
-        # Steered calls (ControlNet residuals, IP-Adapter image embeds) have their own slots: compiled UNet
-        # engines take no control inputs yet, so these stay eager unless a backend replaces them too.
+        # Steered calls (ControlNet residuals) have their own slots: the compile backend replaces them with
+        # compiled graphs; ONNX Runtime and TensorRT take no control inputs yet, so there they stay eager.
         self.unet_steered_forward: Callable[..., torch.Tensor] = self.eager_unet_steered
         self.controlnet_forward: Callable[..., tuple[list[torch.Tensor], torch.Tensor]] = self.eager_controlnet
         # Set by a backend whose engines have fixed shape ranges (streamgen.runtime.engine_limits.EngineLimits).
@@ -193,10 +193,14 @@ class ImageModel:
         """ε̂ for every row; v-prediction outputs are converted to ε here.
 
         ``residuals`` (ControlNet down-block and mid-block residuals, summed)
-        and ``eager`` (an IP-Adapter call) run the torch UNet itself: compiled
-        engines take no control inputs yet, so a controlled step is eager.
+        go through the steered slot (``compile`` installs a compiled one; ONNX
+        Runtime and TensorRT engines take no control inputs yet, so there it
+        is the torch UNet); ``eager`` (an IP-Adapter call, whose per-row
+        scales live outside any engine) runs the torch UNet itself.
         """
-        if residuals is not None or eager:
+        if eager:
+            out = self.eager_unet_steered(latents, timesteps, hidden, added_cond, residuals)
+        elif residuals is not None:
             out = self.unet_steered_forward(latents, timesteps, hidden, added_cond, residuals)
         else:
             out = self.unet_forward(latents, timesteps, hidden, added_cond)
