@@ -224,7 +224,6 @@ class VideoPipeline:
     def validate_settings(self, settings: Mapping[str, Any]) -> tuple[VideoConfig, VideoParams]:
         """Check creation settings (shape + live fields) without building a state (cheap); returns them resolved."""
         config, params = parse_video_settings(settings, self._defaults())
-        self._check_prompt_switch(params)
         config = config.resolved(self.model.default_size, self.model.recipe.window)
         self._check_size(config)
         return config, params
@@ -240,7 +239,6 @@ class VideoPipeline:
         stream's shape and its live fields (what the server passes).
         """
         config, params = self._resolve_settings(config, params)
-        self._check_prompt_switch(params)
         config = config.resolved(self.model.default_size, self.model.recipe.window)
         self._check_size(config)
         latent_size = self.model.latent_size(config.width, config.height)
@@ -324,12 +322,7 @@ class VideoPipeline:
     def parse_update(self, state: VideoState, changes: Mapping[str, Any]) -> VideoParams:
         """The parameters ``changes`` would put in force, validated but not queued."""
         check_mode_params(state.config.mode, changes)
-        params = parse_video_params(changes, state.latest_params)
-        self._check_prompt_switch(params)
-        return params
-
-    def _check_prompt_switch(self, params: VideoParams) -> None:
-        """Every model takes both switch methods (pipeline stages re-cache on every rank); kept as the place for a model that cannot."""
+        return parse_video_params(changes, state.latest_params)
 
     def apply_pending(self, state: VideoState) -> None:
         """Apply a queued update now (same thread as ``step``)."""

@@ -200,7 +200,7 @@ class ServerConfig:
         if isinstance(self.ice_servers, str) or not all(isinstance(u, str) for u in self.ice_servers):
             raise ConfigError(f"ice_servers must be a list of stun:/turn: URLs, got {self.ice_servers!r}")
         object.__setattr__(self, "ice_servers", tuple(self.ice_servers))
-        self.ice  # noqa: B018 - checks the URLs and credentials together
+        IcePolicy(self.ice_servers, self.ice_username, self.ice_credential, self.turn_secret, self.turn_ttl, self.ice_transport_policy)  # type: ignore[arg-type]  # checks them together
         drain = self.drain_seconds
         if not isinstance(drain, (int, float)) or isinstance(drain, bool) or not math.isfinite(drain) or not 0 <= drain <= 86400:
             raise ConfigError(f"drain_seconds must be a number of seconds from 0 (stop at once) to 86400, got {drain!r}")

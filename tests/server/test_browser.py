@@ -146,13 +146,10 @@ async def test_the_page_explains_a_missing_token_and_a_server_that_went_away(ide
             await browser.close()
 
 
-async def test_the_page_generates_a_video_with_no_input_source(tmp_path):
+async def test_the_page_generates_a_video_with_no_input_source(tiny_video_pipeline, tmp_path):
     """A video model offers "No input": the page sends nothing up, asks for txt2vid, and presents the generated frames."""
     playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright Python package is not installed")
-    from streamgen.pipeline.video_loading import load_video_pipeline  # noqa: PLC0415
-
-    pipeline = load_video_pipeline("tiny-video", device="cpu")
-    async with running_server(pipeline) as server, playwright_api.async_playwright() as playwright:
+    async with running_server(tiny_video_pipeline) as server, playwright_api.async_playwright() as playwright:
         browser = await playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
         )

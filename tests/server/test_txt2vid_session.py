@@ -9,16 +9,11 @@ import pytest
 
 from streamgen.client.webrtc import ServerError, connect_offer, whep_view, whip_publish
 from streamgen.client.synthetic import MarkerVideoTrack
-from streamgen.pipeline.video_loading import load_video_pipeline
 
 from .helpers import bearer, poll, running_server
 
 FPS = 8.0
 
-
-@pytest.fixture(scope="module")
-def tiny_video_pipeline():
-    return load_video_pipeline("tiny-video", device="cpu")
 
 
 async def test_a_txt2vid_session_streams_without_input_to_its_peer_and_to_a_whep_viewer(tiny_video_pipeline):

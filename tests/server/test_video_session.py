@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
 
-from streamgen.pipeline.video_loading import load_video_pipeline
 from streamgen.pipeline.video_params import VIDEO_PARAM_NAMES
 from streamgen.client.webrtc import connect_offer
 from streamgen.client.synthetic import MarkerVideoTrack
 
 from .helpers import bearer, running_server
 
-
-@pytest.fixture(scope="module")
-def tiny_video_pipeline():
-    return load_video_pipeline("tiny-video", device="cpu")
 
 
 async def test_video_session_streams_chunks_and_takes_video_parameters(tiny_video_pipeline):
