@@ -9,6 +9,11 @@ model and timed:
   for video the DiT chunk forward (``VideoModel.timing_probe``);
 - end to end: frames per second of a one-session img2img stream (stream
   batch, ``--steps`` steps) through the real pipeline;
+- steering (``--no-steering`` leaves it out): a ControlNet and an IP-Adapter
+  (the ``tiny`` ones, shaped by the model's UNet) are attached after the
+  backend is installed, as a server does, and timed per call: the
+  ControlNet, the UNet with residual inputs, the UNet with reference inputs
+  (engines or graphs of their own under each backend);
 
 and printed as milliseconds and as a ratio to eager measured in the same
 run (>1: faster than eager). Backends that cannot run here are listed with
@@ -58,6 +63,7 @@ class EngineBenchSettings:
     out: Path = OUT_DIR / "engines.json"
     ttff: bool = True
     ttff_only: bool = False
+    steering: bool = True
 
 
 def image_rows(settings: EngineBenchSettings, size: int) -> list[dict[str, Any]]:
@@ -89,26 +95,64 @@ def image_rows(settings: EngineBenchSettings, size: int) -> list[dict[str, Any]]
         step = lambda: pipeline.step([state], [frame])  # noqa: E731
         samples = measure(step, iterations=settings.frames, warmup=3, device=model.device)
         result["fps"] = round(1 / median(samples), 2)
+        if settings.steering:
+            started = time.perf_counter()
+            pipeline.attach_controlnet("tiny")  # builds its engines under onnxruntime / tensorrt
+            pipeline.attach_ip_adapter("tiny")
+            steering = _steering_probes(model, size, settings.rows)
+            for call in steering.values():
+                call()
+            result["steering_build_s"] = round(time.perf_counter() - started, 1)
+            for name, call in steering.items():
+                result[f"{name}_ms"] = ms(median(measure(call, iterations=10, warmup=2, device=model.device)), 2)
         if backend == "none":
             eager = result
         if eager is not None:
-            for key in ("unet_ms", "vae_encode_ms", "vae_decode_ms"):
+            for key in ("unet_ms", "vae_encode_ms", "vae_decode_ms", *(f"{n}_ms" for n in STEERING_PROBES)):
                 result[key.replace("_ms", "_x")] = _ratio(eager.get(key), result.get(key))
             result["fps_x"] = round(result["fps"] / eager["fps"], 2)
         rows.append(result)
     return rows
 
 
-def _image_probes(model: Any, size: int, rows: int) -> dict[str, Any]:
+def _unet_inputs(model: Any, size: int, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
     h, w = model.latent_size(size, size)
     latents = torch.randn(rows, model.latent_channels, h, w, device=model.device, dtype=model.dtype)
     timesteps = torch.full((rows,), 500, device=model.device)
-    hidden = model.encode_prompt("a benchmark").hidden.expand(rows, -1, -1)
+    prompt = model.encode_prompt("a benchmark")
+    added = None
+    if model.is_sdxl:
+        added = {"text_embeds": prompt.pooled.expand(rows, -1), "time_ids": model.sdxl_time_ids(size, size).expand(rows, -1)}
+    return latents, timesteps, prompt.hidden.expand(rows, -1, -1), added
+
+
+STEERING_PROBES = ("controlnet", "unet_control", "unet_ip")
+
+
+def _steering_probes(model: Any, size: int, rows: int) -> dict[str, Any]:
+    """The steered calls: a ControlNet over every row, the UNet with its residuals, the UNet with a reference per row."""
+    latents, timesteps, hidden, added = _unet_inputs(model, size, rows)
+    control = torch.rand(rows, 3, size, size, device=model.device, dtype=model.dtype)
+    with torch.inference_mode():
+        residuals = model.eager_controlnet("tiny", latents, timesteps, hidden, added, control)
+    adapter = model.ip_adapter
+    embeds = adapter.embed(torch.randint(0, 256, (size, size, 3), dtype=torch.uint8)).expand(rows, *adapter.embedding_shape)
+    reference = (embeds, torch.full((rows,), 0.8))
+    return {
+        "controlnet": lambda: model.run_controlnet("tiny", latents, timesteps, hidden, added, control),
+        "unet_control": lambda: model.predict_noise(latents, timesteps, hidden, added, residuals),
+        "unet_ip": lambda: model.predict_noise(latents, timesteps, hidden, added, None, reference),
+    }
+
+
+def _image_probes(model: Any, size: int, rows: int) -> dict[str, Any]:
+    latents, timesteps, hidden, added = _unet_inputs(model, size, rows)
+    h, w = model.latent_size(size, size)
     images = torch.rand(1, 3, size, size, device=model.device, dtype=model.dtype) * 2 - 1
     images = images.contiguous(memory_format=torch.channels_last)
     one = torch.randn(1, model.latent_channels, h, w, device=model.device, dtype=model.dtype)
     return {
-        "unet": lambda: model.predict_noise(latents, timesteps, hidden),
+        "unet": lambda: model.predict_noise(latents, timesteps, hidden, added),
         "vae_encode": lambda: model.encode_images(images),
         "vae_decode": lambda: model.decode_latents(one),
     }
@@ -187,6 +231,8 @@ COLUMNS = [
     ("what", "what"), ("backend", "backend"), ("build_s", "build s"), ("unet_ms", "UNet ms"), ("unet_x", "x eager"),
     ("vae_encode_ms", "VAE enc ms"), ("vae_encode_x", "x eager"), ("vae_decode_ms", "VAE dec ms"), ("vae_decode_x", "x eager"),
     ("dit_chunk_ms", "DiT chunk ms"), ("dit_chunk_x", "x eager"), ("fps", "fps"), ("fps_x", "x eager"),
+    ("steering_build_s", "steering build s"), ("controlnet_ms", "ControlNet ms"), ("controlnet_x", "x eager"),
+    ("unet_control_ms", "UNet+control ms"), ("unet_control_x", "x eager"), ("unet_ip_ms", "UNet+IP ms"), ("unet_ip_x", "x eager"),
     ("cold_s", "1st frame cold s"), ("warm_s", "1st frame warm s"), ("warm_disk_s", "warm, disk cache only s"), ("note", "note"),
 ]
 
@@ -206,6 +252,7 @@ def parse_args(argv: list[str] | None) -> EngineBenchSettings:
     parser.add_argument("--out", type=Path, default=OUT_DIR / "engines.json")
     parser.add_argument("--no-ttff", action="store_true", help="skip the cold/warm time-to-first-frame runs (two new processes per backend)")
     parser.add_argument("--ttff-only", action="store_true", help="only the time-to-first-frame runs")
+    parser.add_argument("--no-steering", action="store_true", help="skip the ControlNet / IP-Adapter call timings")
     args = parser.parse_args(argv)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     if backends[0] != "none":
@@ -213,7 +260,7 @@ def parse_args(argv: list[str] | None) -> EngineBenchSettings:
     sizes = tuple(int(s) for s in args.sizes.split(","))
     return EngineBenchSettings(
         args.model, args.dummy, sizes, args.rows, args.steps, args.frames, not args.no_video, backends, args.device, args.engine_dir, args.out,
-        not args.no_ttff, args.ttff_only,
+        not args.no_ttff, args.ttff_only, not args.no_steering,
     )
 
 

@@ -2,6 +2,7 @@
 
     streamgen build-engines --model sd-turbo --acceleration tensorrt --resolution 256-768 --batch 1-4
     streamgen build-engines --model tiny --acceleration onnxruntime --engine-dir /srv/engines
+    streamgen build-engines --model sd-turbo --acceleration tensorrt --controlnet canny-sd21 --ip-adapter FILE
 
 It loads the model, applies the acceleration exactly as ``serve`` and ``run``
 do and reports every engine it built or found already built (a second run
@@ -9,7 +10,10 @@ builds nothing). Serving reuses them when it runs with the same model,
 weights, dtype, device and ranges: ``--batch`` and ``--resolution`` default
 to the ranges ``serve`` uses (rows 1-8; half the model's native size up to twice
 it). ONNX exports have dynamic shapes and serve every range; TensorRT
-engines are built for the ranges given. Bad options or a backend that cannot
+engines are built for the ranges given. ``--controlnet`` and ``--ip-adapter`` (as ``serve`` takes
+them) attach those after accelerating, as ``serve`` does, which builds their
+engines too: each ControlNet's, the UNet's with ControlNet residual inputs
+and the UNet's with IP-Adapter inputs. Bad options or a backend that cannot
 run here are reported in one line (exit status 2) before any weights load.
 """
 
@@ -37,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default)")
     parser.add_argument("--dtype", default="auto", help="float16, bfloat16, float32 or auto (default)")
     parser.add_argument("--weights", choices=("pretrained", "dummy"), default="pretrained", help="dummy: the real architecture with random weights, no download")
+    parser.add_argument("--controlnet", action="append", default=[], metavar="NAME", help="also build the engines of this ControlNet, as serve --controlnet loads it (repeatable)")
+    parser.add_argument("--ip-adapter", default=None, metavar="SOURCE", help="also build the UNet engine with this IP-Adapter's inputs, as serve --ip-adapter loads it")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -83,12 +89,24 @@ def run(args: argparse.Namespace) -> int:
     load_seconds = time.perf_counter() - started
     ranges = {"batch_range": batch_range or DEFAULT_BATCH_RANGE, "resolution_range": resolution_range}
     chosen, events, seconds = _observed(lambda: accelerate(pipeline.model, acceleration, cache_dir=engine_dir, **ranges), quiet=args.quiet)
+    if args.controlnet or args.ip_adapter:
+        _, more, steer_seconds = _observed(lambda: _attach_steering(pipeline, args.controlnet, args.ip_adapter), quiet=args.quiet)
+        events += more
+        seconds += steer_seconds
     if chosen == "compile":  # torch.compile compiles on first use: warm up now and keep its artefacts for serve
         warmed, more, warm_seconds = _observed(lambda: _warm_up_compiled(pipeline), quiet=args.quiet)
         events += more
         seconds += warm_seconds
     print(format_report(args.model, chosen, engine_dir, events, load_seconds, seconds))
     return 0
+
+
+def _attach_steering(pipeline: Any, controlnets: list[str], ip_adapter: str | None) -> str:
+    """Attach what ``serve --controlnet/--ip-adapter`` would: under an engine backend that builds their engines."""
+    from ..server.worker.pipelines import attach_server_controls  # noqa: PLC0415
+
+    attach_server_controls(pipeline, tuple(controlnets), ip_adapter, ())
+    return "steering"
 
 
 def _warm_up_compiled(pipeline: Any) -> str:

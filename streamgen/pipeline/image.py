@@ -640,10 +640,8 @@ class ImagePipeline(ImageSteering):
             offsets = [sum(sizes[:k]) for k in range(len(sizes))]
             control_parts = [(offset + 0, part) for offset, s in zip(offsets, segments) for part in s.controls]
             residuals = control_residuals(self.model.run_controlnet, control_parts, latents, timesteps, hidden, added)
-            eager = residuals is not None
-            with self._reference_call(segments, sizes, added) as added_with_images:
-                eager = eager or added_with_images is not added
-                eps = self.model.predict_noise(latents, timesteps, hidden, added_with_images, residuals, eager=eager)
+            reference = self._reference_inputs(segments, sizes)
+            eps = self.model.predict_noise(latents, timesteps, hidden, added, residuals, reference)
             for (i, j, _), part in zip(members, eps.split(sizes)):
                 out[i][j] = part
         return out  # type: ignore[return-value]

@@ -11,7 +11,6 @@ UNet call its IP-Adapter inputs. The per-row algorithm is in
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -127,15 +126,12 @@ class ImageSteering:
         positive, negative = self.reference_embeddings(params.ip_adapter_image)
         return ReferenceRows(positive, params.ip_adapter_scale), ReferenceRows(negative, params.ip_adapter_scale)
 
-    @contextlib.contextmanager
-    def _reference_call(self, segments: list[RowSegment], sizes: list[int], added: dict[str, torch.Tensor] | None):
-        """The UNet's extra inputs for one call when an IP-Adapter is loaded: every row's embedding and scale (0 without one)."""
+    def _reference_inputs(self, segments: list[RowSegment], sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One call's IP-Adapter inputs: every row's embedding and scale (zeros without a reference); None when no row has one."""
         adapter = self.model.ip_adapter
-        if adapter is None:
-            yield added
-            return
+        if adapter is None or all(s.reference is None for s in segments):
+            return None
         zero = adapter.zero_embedding()
         embeds = torch.cat([(s.reference.embedding if s.reference is not None else zero).expand(n, *zero.shape) for s, n in zip(segments, sizes)])
         scales = torch.cat([torch.full((n,), s.reference.scale if s.reference is not None else 0.0) for s, n in zip(segments, sizes)])
-        with adapter.row_scales(scales):
-            yield {**(added or {}), **adapter.unet_kwargs(embeds, scales)}
+        return embeds, scales

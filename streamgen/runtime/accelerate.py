@@ -180,7 +180,11 @@ def _measure_backends(model: Any, cache: Any) -> tuple[str, dict[str, float]]:
 def _slots(model: Any) -> tuple[str, ...]:
     if _is_video(model):
         return tuple(n for n in ("forward_chunks", "forward_chunk") if hasattr(model, n))
-    return tuple(n for n in ("unet_forward", "vae_encode_forward", "vae_decode_forward", "text_encode_forward") if hasattr(model, n))
+    image_slots = (
+        "unet_forward", "vae_encode_forward", "vae_decode_forward", "text_encode_forward",
+        "unet_steered_forward", "controlnet_forward", "unet_reference_forward", "steering_engines", "engine_limits",
+    )
+    return tuple(n for n in image_slots if hasattr(model, n))
 
 
 def _timing_probe(model: Any) -> Callable[[], Any]:

@@ -40,8 +40,10 @@ def bucketed(call: Callable[..., torch.Tensor], buckets: Sequence[int] = DEFAULT
     """Wrap a row-batched call: every tensor argument whose first dim is the row count is padded to its bucket.
 
     Arguments whose first dim differs from the first argument's (shared
-    tensors) and non-tensor arguments pass through; dict arguments (SDXL's
-    added conditioning) are padded entry by entry. The output is cut back.
+    tensors) and non-tensor arguments pass through; dict, list and tuple
+    arguments (SDXL's added conditioning, ControlNet residuals) are padded
+    entry by entry. The output is cut back (each tensor of a list or tuple
+    output: a ControlNet's residuals).
     """
 
     def run(*args):
@@ -50,7 +52,7 @@ def bucketed(call: Callable[..., torch.Tensor], buckets: Sequence[int] = DEFAULT
         if size == rows:
             return call(*args)
         padded = [_pad_arg(a, rows, size) for a in args]
-        return call(*padded)[:rows]
+        return _cut(call(*padded), rows)
 
     run.__wrapped__ = call  # type: ignore[attr-defined]
     return run
@@ -61,4 +63,12 @@ def _pad_arg(value, rows: int, size: int):
         return pad_rows(value, size)
     if isinstance(value, dict):
         return {k: _pad_arg(v, rows, size) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_pad_arg(v, rows, size) for v in value)
     return value
+
+
+def _cut(value, rows: int):
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cut(v, rows) for v in value)
+    return value[:rows]

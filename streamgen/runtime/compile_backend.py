@@ -122,11 +122,17 @@ class CompileBackend:
         model.vae_encode_forward = _installed(bucketed(encode_call), encode)
         model.vae_decode_forward = _installed(bucketed(decode_call), decode)
         # Steered steps: the ControlNets (one graph per attached ControlNet: its name is a guard) and the UNet
-        # with their residuals as inputs. No CUDA graphs here: the residuals are a nested, per-step list of
-        # tensors, and inductor's kernels are most of the gain; rows are dynamic as for the plain UNet.
+        # with their residuals as inputs (and, below, IP-Adapter references). No CUDA graphs here: the
+        # residuals are a nested, per-step list of tensors, and inductor's kernels are most of the gain; rows
+        # are dynamic as for the plain UNet.
         steered = _eager_of(model.unet_steered_forward)
         control = _eager_of(model.controlnet_forward)
-        model.unet_steered_forward = _installed(_Compiled("UNet with control inputs", steered, False, arrange=_plain_latents), steered)
+        reference = _eager_of(model.unet_reference_forward)
+        steered_call = _Compiled("UNet with control inputs", steered, False, arrange=_plain_latents)
+        model.unet_steered_forward = _installed(steered_call, steered)
+        # IP-Adapter calls: the same compiled UNet inside the adapter's per-row scales (dynamo guards on the
+        # processors' scale and the row-scale tensor, so reference calls get their own graph variant).
+        model.unet_reference_forward = _installed(functools.partial(model.reference_call, steered_call), reference)
         model.controlnet_forward = _installed(
             _Compiled("ControlNet", control, False, rows_at=1, arrange=_plain_latents), control
         )

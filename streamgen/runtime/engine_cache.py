@@ -80,7 +80,7 @@ class EngineKey:
 
     model_id: str
     weights: str  # weights_fingerprint() of the component's module
-    component: str  # "unet", "vae_encoder", "vae_decoder", "text_encoder", "text_encoder_2"
+    component: str  # "unet", "vae_encoder", "vae_decoder", "text_encoder", "text_encoder_2", "unet_control", "controlnet"
     dtype: str  # "float16", "float32", ...
     batch_range: tuple[int, int]  # rows
     resolution_range: tuple[int, int]  # pixels per side
@@ -89,10 +89,17 @@ class EngineKey:
     backend_version: str
     torch_version: str
     gpu_arch: str  # "sm_90", ... or "cpu"
+    # Graph inputs and outputs beyond the component's plain ones (a steered UNet's ControlNet residuals, a
+    # ControlNet's); "" for plain components, and then left out of the digest, so keys made before this field
+    # existed still name their entries.
+    inputs: str = ""
 
     def fields(self) -> dict[str, Any]:
-        """The key as JSON-ready data (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The key as JSON-ready data (tuples become lists; an empty ``inputs`` is left out)."""
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if not data["inputs"]:
+            del data["inputs"]
+        return data
 
     def digest(self) -> str:
         """A stable hex digest of every field (sha256 of their canonical JSON)."""

@@ -85,6 +85,7 @@ class ComponentExport:
     dynamic_axes: dict[str, dict[int, str]]
     shapes: dict[str, ShapeOf]  # per input, for shape ranges
     pixel_factor: int = 1  # pixels per spatial element of the image-like input
+    signature: str = ""  # graph inputs/outputs beyond the plain component's (ControlNet residuals): part of the cache key
 
     @property
     def dtype(self) -> torch.dtype:

@@ -3,7 +3,10 @@
 Every component (UNet, VAE encoder, VAE decoder, text encoder(s)) is
 exported once into the engine cache (:mod:`streamgen.runtime.onnx_export`,
 :mod:`streamgen.runtime.engine_cache`) and run by an ORT session; the
-callables installed into the model's slots take and return torch tensors:
+callables installed into the model's slots take and return torch tensors.
+Steered calls get engines too: each ControlNet and the UNet with ControlNet
+residuals as inputs, exported as ControlNets are attached
+(:mod:`streamgen.runtime.steering_engines`). The callables:
 
 - CPU (:class:`CpuRunner`): tensors cross as numpy arrays that share memory
   with them where layout and dtype allow;
@@ -44,6 +47,7 @@ from .backend import package_missing
 from .buckets import bucketed
 from .engine_cache import EngineKey, gpu_arch, lora_fingerprint, weights_fingerprint
 from .onnx_export import EXPORTER_VERSION, ComponentExport, InputRange, export_onnx, image_components, text_encoder_name
+from .steering_engines import SteeringEngines
 
 EXPORT_BACKEND = "onnx"  # the cache's name for the exported graphs (shared with TensorRT, which builds from them)
 # The exported graphs have dynamic rows, height and width: they serve every range, so their keys carry this
@@ -88,6 +92,7 @@ class OnnxRuntimeBackend:
         model.vae_decode_forward = image_slot(runners["vae_decoder"], model.dtype)
         text_runners = [runners[text_encoder_name(i)] for i in range(len(model.text_encoders))]
         model.text_encode_forward = text_slot(text_runners)
+        SteeringEngines(model, export_runner(model, cache), self.name).install()
 
     def accelerate_video(self, model: Any, cache: Any) -> None:
         raise EngineError(
@@ -141,10 +146,10 @@ def export_image_components(model: Any, cache: Any) -> ImageExports:
     return ImageExports(components, paths, keys, cache.batch_range, cache.resolution_range, tuple(model.default_size))
 
 
-def export_key(model: Any, component: ComponentExport) -> EngineKey:
+def export_key(model: Any, component: ComponentExport, model_id: str | None = None) -> EngineKey:
     """The cache key of one component's ONNX export (shape ranges: :data:`ANY_RANGE`, the graph is dynamic)."""
     return EngineKey(
-        model_id=str(model.name),
+        model_id=str(model.name) if model_id is None else model_id,
         weights=weights_fingerprint(component.module),
         component=component.name,
         dtype=str(component.dtype).removeprefix("torch."),
@@ -155,7 +160,18 @@ def export_key(model: Any, component: ComponentExport) -> EngineKey:
         backend_version=EXPORTER_VERSION,
         torch_version=torch.__version__,
         gpu_arch=gpu_arch(model.device),
+        inputs=component.signature,
     )
+
+
+def export_runner(model: Any, cache: Any) -> Callable[[ComponentExport, str], "Runner"]:
+    """Export a component into ``cache`` (or reuse it) and run it with ONNX Runtime: how steering engines are built here."""
+
+    def build(component: ComponentExport, model_id: str) -> Runner:
+        path = cache.get_or_build(export_key(model, component, model_id), lambda out: export_onnx(component, out))
+        return make_runner(path, model.device)
+
+    return build
 
 
 # ----------------------------------------------------------------------- slots

@@ -11,6 +11,12 @@ ONNX file the ONNX Runtime backend exports, with:
   (TensorRT version and GPU architecture included: a stale engine is never
   loaded).
 
+Steered calls get engines the same way, as ControlNets are attached
+(:mod:`streamgen.runtime.steering_engines`): one per ControlNet (control
+image in, every residual out: the runner returns all outputs) and one
+steered UNet whose residual inputs each get a profile range matching the
+latents' (:class:`~streamgen.runtime.control_export.ResidualLayout`).
+
 At run time :class:`~streamgen.runtime.tensorrt_runner.EngineRunner` gives
 every input shape (row bucket, :mod:`streamgen.runtime.buckets`) its own
 execution context, buffers in the engine's dtypes and a CUDA graph, all
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,8 @@ import torch
 from ..errors import EngineError
 from .backend import package_missing
 from .engine_limits import EngineLimits
-from .onnx_export import InputRange
+from .onnx_export import ComponentExport, InputRange, export_onnx
+from .steering_engines import SteeringEngines
 from .tensorrt_runner import CudaOps, EngineRunner
 
 logger = logging.getLogger(__name__)
@@ -76,12 +84,33 @@ class TensorRTBackend:
         model.engine_limits = EngineLimits(
             self.name, max_rows=runners["unet"].row_limit, side_range=tuple(int(v) for v in exports.resolution_range)
         )
+        SteeringEngines(model, steering_engine_builder(model, cache), self.name).install()
 
     def accelerate_video(self, model: Any, cache: Any) -> None:
         raise EngineError(
             "TensorRT engines are built from the ONNX export, and the causal DiT chunk forward updates its KV cache in "
             "place, which a static engine cannot; use --acceleration compile for video models"
         )
+
+
+def steering_engine_builder(model: Any, cache: Any) -> Callable[[ComponentExport, str], Callable[..., list[torch.Tensor]]]:
+    """Export a steered component (a ControlNet, the UNet with residual inputs), build its engine, capture its buckets."""
+    from . import ort_backend  # noqa: PLC0415
+
+    def build(component: ComponentExport, model_id: str) -> Callable[..., list[torch.Tensor]]:
+        export_key = ort_backend.export_key(model, component, model_id)
+        onnx_path = cache.get_or_build(export_key, lambda out: export_onnx(component, out))
+        ranges = component.shape_ranges(cache.batch_range, cache.resolution_range, tuple(model.default_size))
+        key = replace(
+            export_key, backend="tensorrt", backend_version=_trt_version(),
+            batch_range=tuple(cache.batch_range), resolution_range=tuple(cache.resolution_range),
+        )
+        engine_path = cache.get_or_build(key, lambda out: build_engine(onnx_path, ranges, out, model.device))
+        runner = load_engine_runner(engine_path, component.input_names, model.device, model.dtype, component.name)
+        runner.prepare(runner.bucket_shapes({name: r.optimum for name, r in ranges.items()}))
+        return runner.run
+
+    return build
 
 
 def _trt_version() -> str:
@@ -134,11 +163,8 @@ class TensorRTEngineMeta:
     def input_names(self) -> list[str]:
         return [n for n in self._names if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT]
 
-    def output_name(self) -> str:
-        outputs = [n for n in self._names if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.OUTPUT]
-        if len(outputs) != 1:
-            raise EngineError(f"streamgen runs engines with one output; this one has {outputs}")
-        return outputs[0]
+    def output_names(self) -> list[str]:
+        return [n for n in self._names if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.OUTPUT]
 
     def dtype(self, name: str) -> torch.dtype:
         return torch_dtype(self.engine.get_tensor_dtype(name), self.trt)

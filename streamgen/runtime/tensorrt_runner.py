@@ -57,11 +57,11 @@ class EngineContext(Protocol):
 
 
 class EngineMeta(Protocol):
-    """What the runner needs of an engine: its inputs and output, their dtypes and profile, and new contexts."""
+    """What the runner needs of an engine: its inputs and outputs, their dtypes and profile, and new contexts."""
 
     def input_names(self) -> list[str]: ...
 
-    def output_name(self) -> str: ...
+    def output_names(self) -> list[str]: ...
 
     def dtype(self, name: str) -> torch.dtype: ...
 
@@ -150,12 +150,16 @@ class Profile:
 class _Bucket:
     context: EngineContext
     inputs: dict[str, torch.Tensor]
-    output: torch.Tensor
+    outputs: dict[str, torch.Tensor]
     replay: Callable[[], None]
 
 
 class EngineRunner:
-    """Runs one engine (see module docstring). ``output_dtype``: the dtype callers get back (the model's)."""
+    """Runs one engine (see module docstring). ``output_dtype``: the dtype callers get back (the model's).
+
+    Calling it returns the engine's one output (UNet, VAE); :meth:`run`
+    returns every output in the engine's order (a ControlNet's residuals).
+    """
 
     def __init__(
         self,
@@ -175,8 +179,10 @@ class EngineRunner:
         if sorted(engine_inputs) != sorted(input_names):
             raise EngineError(f"the {name} engine takes inputs {engine_inputs}, the model gives {list(input_names)}: rebuild the engine")
         self.input_names = tuple(input_names)
-        self.output_name = meta.output_name()
-        self.dtypes = {n: meta.dtype(n) for n in (*self.input_names, self.output_name)}
+        self.output_names = tuple(meta.output_names())
+        if not self.output_names:
+            raise EngineError(f"the {name} engine has no outputs: rebuild the engine")
+        self.dtypes = {n: meta.dtype(n) for n in (*self.input_names, *self.output_names)}
         self.profiles = {n: Profile(*(tuple(int(d) for d in s) for s in meta.profile(n))) for n in self.input_names}
         self.row_limit = min(p.maximum[0] for p in self.profiles.values())
         self.row_minimum = max(p.minimum[0] for p in self.profiles.values())
@@ -188,6 +194,12 @@ class EngineRunner:
 
     # ------------------------------------------------------------------ calls
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        if len(self.output_names) != 1:
+            raise EngineError(f"the {self.name} engine has {len(self.output_names)} outputs; run() returns them all")
+        return self.run(*args)[0]
+
+    def run(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        """Every output of one call, cut to the call's rows, in ``output_dtype``."""
         rows = args[0].shape[0]
         if rows > self.row_limit:
             raise EngineError(f"the {self.name} engine takes at most {self.row_limit} rows per call, got {rows} (the scheduler plans within this)")
@@ -204,7 +216,7 @@ class EngineRunner:
         self.ops.order(self.stream, current)
         # Copied out on the caller's stream: the result's memory belongs to that stream's pool, and the next
         # call's replay waits for this copy (it orders the runner's stream after the caller's first).
-        return bucket.output[:rows].to(self.output_dtype, copy=True)
+        return [bucket.outputs[name][:rows].to(self.output_dtype, copy=True) for name in self.output_names]
 
     def prepare(self, shapes: Iterable[dict[str, tuple[int, ...]]]) -> int:
         """Capture the graphs of ``shapes`` now (at install, never while streams run); returns how many were new."""
@@ -249,8 +261,10 @@ class EngineRunner:
                     raise EngineError(f"TensorRT refused shape {_dims(shapes[name])} for the {self.name} engine's input {name} ({self.profiles[name].describe()})")
                 inputs[name] = self.ops.empty(shapes[name], self.dtypes[name])
                 context.set_tensor_address(name, inputs[name].data_ptr())
-            output = self.ops.empty(tuple(int(d) for d in context.get_tensor_shape(self.output_name)), self.dtypes[self.output_name])
-            context.set_tensor_address(self.output_name, output.data_ptr())
+            outputs = {}
+            for name in self.output_names:
+                outputs[name] = self.ops.empty(tuple(int(d) for d in context.get_tensor_shape(name)), self.dtypes[name])
+                context.set_tensor_address(name, outputs[name].data_ptr())
             handle = self.ops.handle(self.stream)
             with self.ops.on_stream(self.stream):
                 for buffer in inputs.values():
@@ -259,7 +273,7 @@ class EngineRunner:
                     raise EngineError(f"TensorRT failed to run the {self.name} engine at {', '.join(_dims(s) for s in shapes.values())}")
             self.ops.synchronize(self.stream)
             replay = self.ops.capture(lambda: context.execute_async_v3(handle), self.stream)
-        bucket = _Bucket(context, inputs, output, replay)
+        bucket = _Bucket(context, inputs, outputs, replay)
         self._buckets[tuple(shapes.items())] = bucket
         return bucket
 

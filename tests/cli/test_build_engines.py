@@ -36,6 +36,20 @@ def test_second_run_builds_nothing_and_doctor_lists_the_engines(cli, tmp_path, m
         assert f"tiny {component}, onnx" in out
 
 
+@needs_onnxruntime
+def test_controlnets_and_the_ip_adapter_get_their_engines_ahead_of_serving(cli, tmp_path):
+    engine_dir = str(tmp_path / "engines")
+    args = ("build-engines", "--model", "tiny", "--acceleration", "onnxruntime", "--engine-dir", engine_dir, "--quiet")
+    code, out, _ = cli(*args, "--controlnet", "tiny", "--ip-adapter", "tiny")
+    assert code == 0, out
+    for component in (*COMPONENTS, "controlnet", "unet_control", "unet_reference"):
+        assert f"built   {component} (onnx)" in out, out
+    assert "built 7, reused 0" in out
+
+    code, out, _ = cli(*args, "--controlnet", "tiny")
+    assert code == 0 and "built 0, reused 6" in out, out
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

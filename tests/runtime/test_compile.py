@@ -220,24 +220,43 @@ def test_chunk_forward_compiles_without_graph_breaks(video_pipelines, full):
 # ------------------------------------------------------------------- steering
 @pytest.fixture(scope="module")
 def steered_pipelines(image_cache):
-    """(eager, compiled) tiny models with the tiny ControlNet attached before compiling."""
+    """(eager, compiled) tiny models with the tiny ControlNet attached before compiling and the IP-Adapter after."""
     pipelines = []
     for compiled in (False, True):
         pipeline = streamgen.load_pipeline("tiny")
         pipeline.attach_controlnet("tiny")
         if compiled:
             assert accelerate(pipeline.model, "compile", cache_dir=image_cache) == "compile"
+        pipeline.attach_ip_adapter("tiny")
         pipelines.append(pipeline)
     return pipelines
 
 
-def test_a_steered_step_runs_compiled_controlnet_and_unet_and_equals_eager(steered_pipelines):
+STYLE = {"ip_adapter_scale": 0.8}
+CONTROL = {"controlnets": [{"model": "tiny", "preprocessor": "passthrough", "conditioning_scale": 0.8}]}
+
+
+def _style_image():
+    from streamgen.control_params import ReferenceImage
+
+    return ReferenceImage.from_pixels(torch.randint(0, 256, (40, 56, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(5)).numpy())
+
+
+@pytest.mark.parametrize(("steering", "slot"), [(CONTROL, "unet_steered_forward"), ({**CONTROL, **STYLE}, "unet_reference_forward")], ids=["control", "control+reference"])
+def test_a_steered_step_runs_compiled_graphs_and_equals_eager(steered_pipelines, monkeypatch, steering, slot):
+    """The ControlNet, the UNet with residual inputs and (with a reference image) the UNet inside the adapter's per-row scales are compiled."""
     eager, compiled = steered_pipelines
-    assert getattr(compiled.model.controlnet_forward, "compiled", None) is not None, "the ControlNet slot holds a compiled graph"
-    assert getattr(compiled.model.unet_steered_forward, "compiled", None) is not None
-    steering = {"controlnets": [{"model": "tiny", "preprocessor": "passthrough", "conditioning_scale": 0.8}]}
+    model = compiled.model
+    assert getattr(model.controlnet_forward, "compiled", None) is not None, "the ControlNet slot holds a compiled graph"
+    assert getattr(model.unet_steered_forward, "compiled", None) is not None
+    assert getattr(model.unet_reference_forward.args[0], "compiled", None) is not None, "references run the compiled steered UNet"
+    steering = {**steering, **({"ip_adapter_image": _style_image()} if "ip_adapter_scale" in steering else {})}
+    used = []
+    installed = getattr(model, slot)
+    monkeypatch.setattr(model, slot, lambda *args: (used.append(slot), installed(*args))[1])
     (expected,) = _image_run(eager, ["none"], calls=4, **steering)
     (got,) = _image_run(compiled, ["none"], calls=4, **steering)
+    assert used, f"the pipeline's steered calls go through {slot}"
     _assert_frames_close(got, expected)
     plain = _image_run(eager, ["none"], calls=4)[0]
-    assert not torch.equal(plain, expected), "the ControlNet steers the frames"
+    assert not torch.equal(plain, expected), "the steering changes the frames"

@@ -44,6 +44,7 @@ CHANGED = {
     "backend_version": "10.4.0",
     "torch_version": "2.14.0",
     "gpu_arch": "sm_89",
+    "inputs": "residuals:32@0,32@1",
 }
 
 
@@ -54,6 +55,16 @@ def test_every_key_field_changes_the_digest():
     for name, value in CHANGED.items():
         digests.add(dataclasses.replace(KEY, **{name: value}).digest())
     assert len(digests) == 1 + len(CHANGED)
+
+
+def test_a_key_without_extra_inputs_hashes_as_keys_did_before_the_field():
+    """Plain components keep the digests (and so the cache entries) they had before ``inputs`` existed."""
+    import hashlib
+    import json
+
+    before = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(KEY).items() if k != "inputs"}
+    assert KEY.digest() == hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert EngineKey.from_fields(before) == KEY
 
 
 def test_digest_is_stable_and_depends_on_the_fields_only():

@@ -22,7 +22,7 @@ from streamgen.errors import ConfigError, EngineError
 from streamgen.runtime.engine_limits import EngineLimits
 from streamgen.runtime.tensorrt_runner import EngineRunner
 
-ENGINE_DTYPES = {"x": torch.float32, "scale": torch.float16, "out": torch.float32}  # an fp32 engine input, an fp16 one
+ENGINE_DTYPES = {"x": torch.float32, "scale": torch.float16, "out": torch.float32, "twice": torch.float16}  # fp32 and fp16 inputs and outputs
 PROFILE = {"x": ((1, 4), (2, 4), (8, 4)), "scale": ((1, 1), (2, 1), (8, 1))}
 
 
@@ -103,6 +103,8 @@ class StandInContext:
             if tensor.dtype != ENGINE_DTYPES[name]:
                 raise AssertionError(f"{name} bound as {tensor.dtype}; the engine reads {ENGINE_DTYPES[name]}")
         bound["out"].copy_(bound["x"] * bound["scale"].float())
+        if "twice" in bound:
+            bound["twice"].copy_(bound["x"] * 2)
         self.engine.runs += 1
         return True
 
@@ -110,8 +112,9 @@ class StandInContext:
 class StandInEngine:
     """A stand-in for ``ICudaEngine``'s metadata calls (not TensorRT)."""
 
-    def __init__(self, ops: StandInOps, *, memory: int = 4096) -> None:
+    def __init__(self, ops: StandInOps, *, memory: int = 4096, outputs: tuple[str, ...] = ("out",)) -> None:
         self.ops = ops
+        self.outputs = list(outputs)
         self.contexts: list[StandInContext] = []
         self.runs = 0
         self._memory = memory
@@ -119,8 +122,8 @@ class StandInEngine:
     def input_names(self):
         return ["x", "scale"]
 
-    def output_name(self):
-        return "out"
+    def output_names(self):
+        return self.outputs
 
     def dtype(self, name):
         return ENGINE_DTYPES[name]
@@ -210,6 +213,19 @@ def test_contexts_buffers_and_captures_are_made_under_the_models_device_guard():
     runner.prepare(runner.bucket_shapes({"x": (2, 4), "scale": (2, 1)}))
     runner(*_inputs(3))
     assert ops.outside_guard == []
+
+
+def test_an_engine_with_several_outputs_returns_each_in_the_models_dtype():
+    """A ControlNet engine gives one residual per skip connection: every output has its buffer, cut to the call's rows."""
+    ops = StandInOps()
+    engine = StandInEngine(ops, outputs=("out", "twice"))
+    runner = EngineRunner(engine, ("x", "scale"), ops, output_dtype=torch.float32, name="controlnet")
+    x, scale = _inputs(3)  # padded to the 4-row bucket inside
+    out, twice = runner.run(x, scale)
+    assert out.dtype == twice.dtype == torch.float32 and out.shape == twice.shape == (3, 4)
+    assert torch.equal(out, x.float() * 0.5) and torch.equal(twice, x.float() * 2)
+    with pytest.raises(EngineError, match="has 2 outputs; run"):
+        runner(x, scale)
 
 
 def test_an_engine_whose_inputs_differ_from_the_models_is_refused():

@@ -87,9 +87,16 @@ class ImageModel:
         self.vae_decode_forward: ImageForward = self._eager_vae_decode
         self.text_encode_forward: TextForward = self.eager_text_encode
         # Steered calls (ControlNet residuals) have their own slots: the compile backend replaces them with
-        # compiled graphs; ONNX Runtime and TensorRT take no control inputs yet, so there they stay eager.
+        # compiled graphs, ONNX Runtime and TensorRT with engines that take the residuals as inputs.
         self.unet_steered_forward: Callable[..., torch.Tensor] = self.eager_unet_steered
         self.controlnet_forward: Callable[..., tuple[list[torch.Tensor], torch.Tensor]] = self.eager_controlnet
+        # Calls with IP-Adapter references (some row's scale non-zero): (latents, timesteps, hidden, added,
+        # residuals or None, embeddings (B, *embedding_shape), scales (B,)); backends install graphs that take
+        # the embeddings and per-row scales as inputs.
+        self.unet_reference_forward: Callable[..., torch.Tensor] = self.eager_unet_reference
+        # Set by a backend whose engines hold weights (ONNX Runtime, TensorRT): told of every ControlNet as it is
+        # attached, before streams can use it, so that its engine is built then (streamgen.runtime.steering_engines).
+        self.steering_engines: Any = None
         # Set by a backend whose engines have fixed shape ranges (streamgen.runtime.engine_limits.EngineLimits).
         self.engine_limits: Any = None
         # Attachments shared by every stream (streamgen.models.image.controlnet / ip_adapter): ControlNets by
@@ -188,18 +195,19 @@ class ImageModel:
         hidden: torch.Tensor,
         added_cond: dict[str, torch.Tensor] | None = None,
         residuals: tuple[list[torch.Tensor], torch.Tensor] | None = None,
-        eager: bool = False,
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """ε̂ for every row; v-prediction outputs are converted to ε here.
 
         ``residuals`` (ControlNet down-block and mid-block residuals, summed)
-        go through the steered slot (``compile`` installs a compiled one; ONNX
-        Runtime and TensorRT engines take no control inputs yet, so there it
-        is the torch UNet); ``eager`` (an IP-Adapter call, whose per-row
-        scales live outside any engine) runs the torch UNet itself.
+        go through the steered slot; ``reference`` (IP-Adapter embeddings,
+        one per row, and per-row scales, some non-zero) through the
+        reference slot, with the residuals if any. A backend installs graphs
+        or engines in every slot; a call never silently takes the torch UNet.
         """
-        if eager:
-            out = self.eager_unet_steered(latents, timesteps, hidden, added_cond, residuals)
+        if reference is not None:
+            embeds, scales = reference
+            out = self.unet_reference_forward(latents, timesteps, hidden, added_cond, residuals, embeds, scales)
         elif residuals is not None:
             out = self.unet_steered_forward(latents, timesteps, hidden, added_cond, residuals)
         else:
@@ -210,7 +218,22 @@ class ImageModel:
         return out
 
     def eager_unet(self, latents, timesteps, hidden, added_cond):
+        added_cond = self.without_reference(added_cond, latents.shape[0])
         return self.unet(latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added_cond, return_dict=False)[0]
+
+    def without_reference(self, added_cond: dict[str, Any] | None, rows: int) -> dict[str, Any] | None:
+        """``added_cond`` for a call without IP-Adapter references.
+
+        Once an IP-Adapter is loaded, diffusers' UNet wants ``image_embeds``
+        in every call; a call without references gets zeros, and since the
+        adapter's processors are at scale 0 outside a reference call it is
+        exactly the plain UNet's.
+        """
+        adapter = self.ip_adapter
+        if adapter is None or (added_cond is not None and "image_embeds" in added_cond):
+            return added_cond
+        zero = adapter.zero_embedding()
+        return {**(added_cond or {}), "image_embeds": [zero.expand(rows, 1, *zero.shape)]}
 
     # ---- ControlNets -------------------------------------------------------
     def attach_controlnet(self, name: str, loader: Callable[[str, "ImageModel"], torch.nn.Module]) -> torch.nn.Module:
@@ -219,11 +242,14 @@ class ImageModel:
             controlnet = self.controlnets.get(name)
             if controlnet is None:
                 controlnet = loader(name, self)
+                if self.steering_engines is not None:  # its engine first: a failed build leaves it unattached
+                    self.steering_engines.controlnet_attached(name, controlnet)
                 self.controlnets[name] = controlnet
             return controlnet
 
     def eager_unet_steered(self, latents, timesteps, hidden, added_cond, residuals):
         down, mid = residuals if residuals is not None else (None, None)
+        added_cond = self.without_reference(added_cond, latents.shape[0])
         return self.unet(
             latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added_cond,
             down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
@@ -236,8 +262,25 @@ class ImageModel:
                 if self.ip_adapter.source != source:
                     raise ConfigError(f"this model already has the IP-Adapter {self.ip_adapter.source!r}; one IP-Adapter per model (load another model for {source!r})")
                 return self.ip_adapter
-            self.ip_adapter = loader(self)
+            self.ip_adapter = loader(self)  # the shared UNet has the adapter now, so it is registered even if an engine fails
+            if self.steering_engines is not None:
+                self.steering_engines.ip_adapter_attached(self.ip_adapter)
             return self.ip_adapter
+
+    def eager_unet_reference(self, latents, timesteps, hidden, added_cond, residuals, embeds, scales):
+        return self.reference_call(self.eager_unet_steered, latents, timesteps, hidden, added_cond, residuals, embeds, scales)
+
+    def reference_call(self, unet_call: Callable[..., torch.Tensor], latents, timesteps, hidden, added_cond, residuals, embeds, scales) -> torch.Tensor:
+        """``unet_call`` (a steered UNet call) with the IP-Adapter's embeddings and per-row scales in force.
+
+        What the reference slot runs eagerly, what the compile backend wraps
+        around its compiled UNet, and what the engine exports trace (the
+        scales become an input of the graph there).
+        """
+        adapter = self.ip_adapter
+        with adapter.row_scales(scales):
+            added = {**(added_cond or {}), **adapter.unet_kwargs(embeds, scales)}
+            return unet_call(latents, timesteps, hidden, added, residuals)
 
     @torch.inference_mode()
     def run_controlnet(self, name: str, latents, timesteps, hidden, added_cond, images) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -245,7 +288,10 @@ class ImageModel:
         return self.controlnet_forward(name, latents, timesteps, hidden, added_cond, images)
 
     def eager_controlnet(self, name: str, latents, timesteps, hidden, added_cond, images) -> tuple[list[torch.Tensor], torch.Tensor]:
-        controlnet = self.controlnets[name]
+        return self.controlnet_call(self.controlnets[name], latents, timesteps, hidden, added_cond, images)
+
+    def controlnet_call(self, controlnet: torch.nn.Module, latents, timesteps, hidden, added_cond, images) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One ControlNet module at scale 1 (what the ControlNet slot runs, and what its engine export traces)."""
         down, mid = controlnet(
             latents, timesteps, encoder_hidden_states=hidden, controlnet_cond=images.to(self.dtype),
             conditioning_scale=1.0, added_cond_kwargs=added_cond, return_dict=False,

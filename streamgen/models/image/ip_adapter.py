@@ -34,9 +34,12 @@ again to drop it.
 **Threads.** :meth:`embed` is thread-safe. :meth:`row_scales` is not: the
 per-row scales live on the shared UNet for the duration of a call, so one
 UNet call at a time (the pipeline's single model thread); a second
-:meth:`row_scales` while one is active raises RuntimeError. The per-row
-mechanism works on the eager UNet (``ImageModel.eager_unet``), not inside
-exported engines.
+:meth:`row_scales` while one is active raises RuntimeError.
+
+**Engines.** ``ImageModel.reference_call`` runs a UNet call inside
+:meth:`row_scales`; the compile backend wraps it around its compiled UNet,
+and the ONNX export traces through it, so there the per-row scales are an
+input of the graph (:mod:`streamgen.runtime.control_export`).
 """
 
 from __future__ import annotations
