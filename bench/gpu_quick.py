@@ -7,6 +7,9 @@ or one crash costs its row and nothing else):
   1 step, stream batch: fps of one session and of four sessions batched;
 - ``image-compile``: the same with ``--acceleration compile`` (CUDA graphs
   on CUDA): time to the first frame (compiling) and both fps;
+- ``image-steered``: the same eager model with a ControlNet (canny) and an
+  IP-Adapter reference (the ``tiny`` ones, shaped by the model's UNet):
+  fps of one steered session and its cost over plain img2img (``x plain``);
 - ``video``: the Wan-1.3B causal student architecture (dummy bf16), 480x832,
   1 step: fps, time to the first frame, peak GPU memory;
 - ``kv-no-sync``: one chunk forward through the rolling KV cache with
@@ -51,6 +54,7 @@ class Row:
 ROWS = (
     Row("image-eager", "sd-turbo 512 1-step eager: fps 1 / 4 sessions", 50),
     Row("image-compile", "sd-turbo 512 1-step compiled (CUDA graphs): first frame, fps 1 / 4", 110, rehearse=False),
+    Row("image-steered", "sd-turbo 512 1-step eager + ControlNet (canny) + IP-Adapter: fps 1, x plain", 40),
     Row("video", "Wan-1.3B causal 480x832 1-step bf16: fps, first frame, peak memory", 50),
     Row("kv-no-sync", "KV-cache chunk forward with CUDA sync debug = error", 20, cuda_only=True),
     Row("stages", "stages over 2 ranks (NCCL) equal one process", 40, gpus=2),
@@ -77,14 +81,14 @@ GPU = Scale("sd-turbo", {"weights": "dummy", "dtype": "float16"}, 512, "wan-caus
 TINY = Scale("tiny", {"dtype": "float32"}, 64, "tiny-video", {"dtype": "float32"}, (64, 64), "cpu", 6)
 
 
-def _image_fps(pipeline: Any, scale: Scale, sessions: int) -> float:
+def _image_fps(pipeline: Any, scale: Scale, sessions: int, params: dict[str, Any] | None = None) -> float:
     import torch  # noqa: PLC0415
 
     from bench.common import measure, median  # noqa: PLC0415
     from streamgen.config import StreamConfig  # noqa: PLC0415
 
     size = scale.image_size
-    states = [pipeline.create_state(StreamConfig(width=size, height=size), {"prompt": f"stream {i}", "seed": i, "num_inference_steps": 1})
+    states = [pipeline.create_state(StreamConfig(width=size, height=size), {"prompt": f"stream {i}", "seed": i, "num_inference_steps": 1, **(params or {})})
               for i in range(sessions)]
     frames = [torch.randint(0, 256, (1, size, size, 3), dtype=torch.uint8) for _ in range(sessions)]
     step = lambda: [o.frames.cpu() for o in pipeline.step(states, frames)]  # noqa: E731
@@ -97,6 +101,25 @@ def row_image_eager(scale: Scale) -> dict[str, Any]:
 
     pipeline = load_pipeline(scale.image_model, device=scale.device, **scale.image_spec)
     return {"fps_1": _image_fps(pipeline, scale, 1), "fps_4": _image_fps(pipeline, scale, 4)}
+
+
+def row_image_steered(scale: Scale) -> dict[str, Any]:
+    import numpy as np  # noqa: PLC0415
+
+    from streamgen import load_pipeline  # noqa: PLC0415
+    from streamgen.control_params import ReferenceImage  # noqa: PLC0415
+
+    pipeline = load_pipeline(scale.image_model, device=scale.device, **scale.image_spec)
+    plain = _image_fps(pipeline, scale, 1)
+    pipeline.attach_controlnet("tiny")
+    pipeline.attach_ip_adapter("tiny")
+    style = ReferenceImage.from_pixels(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    steering = {
+        "controlnets": [{"model": "tiny", "preprocessor": "canny", "conditioning_scale": 0.8}],
+        "ip_adapter_image": style, "ip_adapter_scale": 0.6,
+    }
+    steered = _image_fps(pipeline, scale, 1, steering)
+    return {"fps_1": steered, "fps_plain": plain, "x_plain": round(plain / steered, 2)}
 
 
 def row_image_compile(scale: Scale) -> dict[str, Any]:
@@ -182,6 +205,7 @@ def row_stages(scale: Scale) -> dict[str, Any]:
 ROW_FUNCTIONS: dict[str, Callable[[Scale], dict[str, Any]]] = {
     "image-eager": row_image_eager,
     "image-compile": row_image_compile,
+    "image-steered": row_image_steered,
     "video": row_video,
     "kv-no-sync": row_kv_no_sync,
     "stages": row_stages,
@@ -258,7 +282,8 @@ def _run_rows(planned: list[tuple[Row, str | None]], prefix: list[str], env: dic
 
 
 COLUMNS = [
-    ("row", "row"), ("status", "status"), ("fps_1", "fps 1"), ("fps_4", "fps 4"), ("fps", "fps"), ("first_frame_s", "1st frame s"),
+    ("row", "row"), ("status", "status"), ("fps_1", "fps 1"), ("fps_4", "fps 4"), ("fps_plain", "fps plain"), ("x_plain", "x plain"),
+    ("fps", "fps"), ("first_frame_s", "1st frame s"),
     ("first_frame_ms", "1st frame ms"), ("peak_gib", "peak GiB"), ("max_diff", "max diff"), ("row_s", "row s"), ("note", "note"),
 ]
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .onnx_export import EXAMPLE_ROWS, ComponentExport, ShapeOf, _Traced, unet_export
+from .onnx_export import EXAMPLE_ROWS, ComponentExport, ShapeOf, TracedCall, unet_export
 
 STEERED_UNET = "unet_control"
 REFERENCE_UNET = "unet_reference"
@@ -123,7 +123,7 @@ def steered_unet_export(model: Any) -> ComponentExport:
         axes[name] = {0: "rows", 2: f"{name}_height", 3: f"{name}_width"}
     shapes = {**plain.shapes, **layout.shapes(factor)}
     return ComponentExport(
-        STEERED_UNET, model.unet, _Traced(call, [model.unet]), (*plain.example, *residuals),
+        STEERED_UNET, model.unet, TracedCall(call, [model.unet]), (*plain.example, *residuals),
         (*base_names, *layout.names), plain.output_names, axes, shapes, factor, layout.signature(),
     )
 
@@ -150,7 +150,7 @@ def controlnet_export(model: Any, controlnet: torch.nn.Module) -> ComponentExpor
     shapes = dict(plain.shapes)
     shapes["control"] = lambda r, hp, wp: (r, 3, hp // factor * factor, wp // factor * factor)
     return ComponentExport(
-        CONTROLNET, controlnet, _Traced(call, [controlnet]), (*plain.example, image),
+        CONTROLNET, controlnet, TracedCall(call, [controlnet]), (*plain.example, image),
         (*base_names, "control"), layout.names, axes, shapes, factor, "control-image->" + layout.signature(),
     )
 
@@ -179,6 +179,6 @@ def reference_unet_export(model: Any) -> ComponentExport:
     example = (*steered.example[: len(plain_names)], embeds, scales, *steered.example[len(plain_names) :])
     signature = f"ip-adapter:{adapter.variant}:{'x'.join(map(str, shape))};{steered.signature}"
     return ComponentExport(
-        REFERENCE_UNET, model.unet, _Traced(call, [model.unet]), example, names, steered.output_names, axes, shapes,
+        REFERENCE_UNET, model.unet, TracedCall(call, [model.unet]), example, names, steered.output_names, axes, shapes,
         steered.pixel_factor, signature,
     )

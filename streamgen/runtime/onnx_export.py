@@ -60,7 +60,7 @@ class InputRange:
     maximum: tuple[int, ...]
 
 
-class _Traced(torch.nn.Module):
+class TracedCall(torch.nn.Module):
     """The module that is traced: calls ``call`` (the model's eager function) and owns ``modules``' weights."""
 
     def __init__(self, call: Callable[..., Any], modules: list[torch.nn.Module]) -> None:
@@ -146,7 +146,7 @@ def unet_export(model: Any) -> ComponentExport:
     axes = {name: {0: "rows"} for name in names}
     axes["latents"] = {0: "rows", 2: "height", 3: "width"}
     axes["eps"] = {0: "rows", 2: "height", 3: "width"}
-    return ComponentExport("unet", unet, _Traced(call, [unet]), tuple(example), tuple(names), ("eps",), axes, shapes, factor)
+    return ComponentExport("unet", unet, TracedCall(call, [unet]), tuple(example), tuple(names), ("eps",), axes, shapes, factor)
 
 
 def vae_encoder_export(model: Any) -> ComponentExport:
@@ -155,7 +155,7 @@ def vae_encoder_export(model: Any) -> ComponentExport:
     images = torch.rand(EXAMPLE_ROWS, 3, 5 * factor, 7 * factor, device=model.device, dtype=dtype) * 2 - 1
     axes = {"images": {0: "rows", 2: "height", 3: "width"}, "latents": {0: "rows", 2: "latent_height", 3: "latent_width"}}
     shapes: dict[str, ShapeOf] = {"images": lambda r, hp, wp: (r, 3, hp, wp)}
-    return ComponentExport("vae_encoder", vae, _Traced(model._eager_vae_encode, [vae]), (images,), ("images",), ("latents",), axes, shapes)
+    return ComponentExport("vae_encoder", vae, TracedCall(model._eager_vae_encode, [vae]), (images,), ("images",), ("latents",), axes, shapes)
 
 
 def vae_decoder_export(model: Any) -> ComponentExport:
@@ -165,7 +165,7 @@ def vae_decoder_export(model: Any) -> ComponentExport:
     latents = torch.randn(EXAMPLE_ROWS, channels, 5, 7, device=model.device, dtype=dtype)
     axes = {"latents": {0: "rows", 2: "height", 3: "width"}, "images": {0: "rows", 2: "image_height", 3: "image_width"}}
     shapes: dict[str, ShapeOf] = {"latents": lambda r, hp, wp: (r, channels, hp // factor, wp // factor)}
-    return ComponentExport("vae_decoder", vae, _Traced(model._eager_vae_decode, [vae]), (latents,), ("latents",), ("images",), axes, shapes, factor)
+    return ComponentExport("vae_decoder", vae, TracedCall(model._eager_vae_decode, [vae]), (latents,), ("latents",), ("images",), axes, shapes, factor)
 
 
 def text_encoder_name(index: int) -> str:
@@ -188,7 +188,7 @@ def text_encoder_exports(model: Any) -> list[ComponentExport]:
 
         axes = {"input_ids": {0: "rows"}, **{name: {0: "rows"} for name in outputs}}
         shapes: dict[str, ShapeOf] = {"input_ids": lambda r, hp, wp, n=tokens: (1, n)}
-        exports.append(ComponentExport(text_encoder_name(index), encoder, _Traced(call, [encoder]), (ids,), ("input_ids",), outputs, axes, shapes))
+        exports.append(ComponentExport(text_encoder_name(index), encoder, TracedCall(call, [encoder]), (ids,), ("input_ids",), outputs, axes, shapes))
     return exports
 
 

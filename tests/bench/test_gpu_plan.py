@@ -52,5 +52,5 @@ def test_dry_run_prints_the_plan_and_rehearses_the_quick_rows(tmp_path):
     assert "image-compile" in done.stdout and "kv-no-sync" in done.stdout  # the whole plan is shown, skipped rows with why
     report = json.loads((tmp_path / "gpu-quick-rehearsal.json").read_text())
     status = {r["row"]: r["status"] for r in report["results"]}
-    assert status == {"image-eager": "ok", "image-compile": "skipped", "video": "ok", "kv-no-sync": "skipped", "stages": "ok"}
+    assert status == {"image-eager": "ok", "image-compile": "skipped", "image-steered": "ok", "video": "ok", "kv-no-sync": "skipped", "stages": "ok"}
     assert all(r.get("note") for r in report["results"] if r["status"] == "skipped")
