@@ -95,11 +95,14 @@ async def test_whep_viewers_that_never_connect_are_reaped(identity_pipeline):
     """Ghost viewers (offer sent, ICE never finished) would hold every viewer slot; they are dropped after the connect timeout."""
     from aiortc import RTCPeerConnection
 
-    async with running_server(identity_pipeline, connect_timeout=1.0, max_viewers_per_session=2) as server:
+    # The timeout is the publisher's too: 4 s leaves its own ICE time to finish on a loaded machine (at 1 s a
+    # busy CI box reaped the publisher before the ghosts could post).
+    async with running_server(identity_pipeline, connect_timeout=4.0, max_viewers_per_session=2) as server:
         publisher = await whip_publish(server.base_url, MarkerVideoTrack(), codecs=["H264"])
         ghosts = []
         try:
             session = server.context.manager.get(publisher.session_id)
+            await poll(lambda: session.connected, 4, "the publisher to connect")
             for _ in range(2):
                 pc = RTCPeerConnection()  # posts an offer, never applies the answer: ICE never completes
                 ghosts.append(pc)
@@ -111,7 +114,7 @@ async def test_whep_viewers_that_never_connect_are_reaped(identity_pipeline):
                 )
                 assert status == 201
             assert len(session.viewers) == 2
-            await poll(lambda: not session.viewers, 10, "the ghost viewers to be dropped")
+            await poll(lambda: not session.viewers, 20, "the ghost viewers to be dropped")
             viewer = await whep_view(server.base_url, publisher.session_id, secret=publisher.secret)
             await viewer.wait_for_frames(3)
             await viewer.close()

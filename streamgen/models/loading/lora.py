@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,6 +85,14 @@ def _load_one(source: str, name: str, unet: torch.nn.Module, text_encoders: Sequ
 
     loader = StableDiffusionXLLoraLoaderMixin if is_sdxl else StableDiffusionLoraLoaderMixin
     path = lora_state_dict_path(source)
+    with warnings.catch_warnings():
+        # peft warns on every adapter after the first that the model "already has a peft_config": several named
+        # adapters in one model is what lora={a: .., b: ..} asks for, so the warning only alarms users
+        warnings.filterwarnings("ignore", message=".*Already found a `peft_config` attribute in the model.*")
+        _load_state(source, path, name, unet, text_encoders, loader)
+
+
+def _load_state(source: str, path: Path, name: str, unet: torch.nn.Module, text_encoders: Sequence[torch.nn.Module], loader: Any) -> None:
     try:
         state_dict, alphas, metadata = loader.lora_state_dict(
             str(path.parent), weight_name=path.name, local_files_only=True, unet_config=unet.config, return_lora_metadata=True
