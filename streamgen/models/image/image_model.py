@@ -94,8 +94,9 @@ class ImageModel:
         # residuals or None, embeddings (B, *embedding_shape), scales (B,)); backends install graphs that take
         # the embeddings and per-row scales as inputs.
         self.unet_reference_forward: Callable[..., torch.Tensor] = self.eager_unet_reference
-        # Set by a backend whose engines hold weights (ONNX Runtime, TensorRT): told of every ControlNet as it is
-        # attached, before streams can use it, so that its engine is built then (streamgen.runtime.steering_engines).
+        # Set by a backend whose engines hold weights (ONNX Runtime, TensorRT): told of every ControlNet and of the
+        # IP-Adapter as they are attached, before streams can use them, so that their engines are built then
+        # (streamgen.runtime.steering_engines).
         self.steering_engines: Any = None
         # Set by a backend whose engines have fixed shape ranges (streamgen.runtime.engine_limits.EngineLimits).
         self.engine_limits: Any = None
