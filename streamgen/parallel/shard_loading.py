@@ -128,57 +128,55 @@ def prune(model: CausalWanTransformer, role: StageRole) -> CausalWanTransformer:
 
 def build_stage_transformer(source: StageSource, role: StageRole, device: torch.device, dtype: torch.dtype) -> CausalWanTransformer:
     """The stage's part of ``source`` on ``device`` (see module docstring), its LoRAs fused into the layers it holds."""
-    model, reference = _stage_part(source, role, device, dtype)
-    fuse_stage_loras(model, source, role, reference)
+    model = _stage_part(source, role, device, dtype)
+    fuse_stage_loras(model, source, role)
     return model
 
 
-def fuse_stage_loras(model: CausalWanTransformer, source: StageSource, role: StageRole, reference: Any = None) -> None:
-    """Fuse ``source``'s LoRAs into the layers ``role`` holds (``reference()``: the whole architecture, for the checks)."""
+def fuse_stage_loras(model: CausalWanTransformer, source: StageSource, role: StageRole) -> None:
+    """Fuse ``source``'s LoRAs into the layers ``role`` holds, each file checked against the whole architecture."""
     if not source.lora:
         return
     from ..models.loading.video_lora import fuse_video_loras_into_part  # noqa: PLC0415
 
-    if reference is None:
-        reference = _whole_architecture(source, model.transformer.dtype)
-    fuse_video_loras_into_part(model, source.lora, reference(), role.owns)
+    fuse_video_loras_into_part(model, source.lora, _whole_architecture(source, model.transformer.dtype), role.owns)
 
 
-def _whole_architecture(source: StageSource, dtype: torch.dtype) -> Any:
-    """How to make ``source``'s whole DiT for name and shape checks (tiny: on the CPU, it is small; Wan: on the meta device)."""
+def _whole_architecture(source: StageSource, dtype: torch.dtype) -> torch.nn.Module:
+    """``source``'s whole DiT for name and shape checks (tiny: built on the CPU, it is small; Wan: on the meta device)."""
     if source.model == "tiny-video":
         from ..models.video.tiny_video_dit import tiny_causal_wan  # noqa: PLC0415
 
-        overrides = {**(source.tiny_dit or {}), **({} if source.layers is None else {"num_layers": source.layers})}
-        return lambda: tiny_causal_wan(seed=source.seed, device="cpu", dtype=dtype, **overrides).transformer
+        return tiny_causal_wan(seed=source.seed, device="cpu", dtype=dtype, **_tiny_overrides(source)).transformer
     from ..models.loading.video_presets import VIDEO_PRESETS, wan_snapshot  # noqa: PLC0415
 
     preset = VIDEO_PRESETS[source.model]
     if source.weights == "dummy":
         from ..models.video.wan_build import wan_transformer_config  # noqa: PLC0415
 
-        return lambda: _meta_architecture(wan_transformer_config(preset.dummy_config))
-    return lambda: _meta_architecture(read_config(wan_snapshot(preset, dtype) / "transformer"))
+        return _meta_architecture(wan_transformer_config(preset.dummy_config))
+    return _meta_architecture(read_config(wan_snapshot(preset, dtype) / "transformer"))
 
 
-def _stage_part(source: StageSource, role: StageRole, device: torch.device, dtype: torch.dtype) -> tuple[CausalWanTransformer, Any]:
-    """The stage's part, and how to make the whole architecture on the meta device (names and shapes, for LoRA checks)."""
+def _tiny_overrides(source: StageSource) -> dict[str, Any]:
+    return {**(source.tiny_dit or {}), **({} if source.layers is None else {"num_layers": source.layers})}
+
+
+def _stage_part(source: StageSource, role: StageRole, device: torch.device, dtype: torch.dtype) -> CausalWanTransformer:
+    """The stage's part of ``source``'s DiT, loaded with the weights of the layers it holds."""
     if source.model == "tiny-video":
         from ..models.video.tiny_video_dit import tiny_causal_wan  # noqa: PLC0415
 
-        overrides = {**(source.tiny_dit or {}), **({} if source.layers is None else {"num_layers": source.layers})}
-        part = prune(tiny_causal_wan(seed=source.seed, device=device, dtype=dtype, **overrides), role)
-        return part, lambda: tiny_causal_wan(seed=source.seed, device="cpu", dtype=dtype, **overrides).transformer
+        return prune(tiny_causal_wan(seed=source.seed, device=device, dtype=dtype, **_tiny_overrides(source)), role)
     from ..models.loading.video_presets import VIDEO_PRESETS  # noqa: PLC0415
 
     preset = VIDEO_PRESETS[source.model]
     if source.weights == "dummy":
         from ..models.video.wan_build import wan_transformer_config  # noqa: PLC0415
 
-        config = wan_transformer_config(preset.dummy_config)
-        model = _meta_built(config, role, device, dtype, source.seed)
+        model = _meta_built(wan_transformer_config(preset.dummy_config), role, device, dtype, source.seed)
         _seed_owned_blocks(model, role, source.seed)
-        return model, lambda: _meta_architecture(config)
+        return model
     from ..models.loading.video_presets import wan_snapshot  # noqa: PLC0415
 
     folder = wan_snapshot(preset, dtype) / "transformer"
@@ -190,7 +188,7 @@ def _stage_part(source: StageSource, role: StageRole, device: torch.device, dtyp
 
         state = load_causal_checkpoint(source.checkpoint, key=source.checkpoint_key)
         _load_owned(model, role, {k: v for k, v in state.items() if role.owns(k)})
-    return model, lambda: _meta_architecture(config)
+    return model
 
 
 def _meta_architecture(config: dict[str, Any]) -> torch.nn.Module:

@@ -168,12 +168,12 @@ def load_staged_video_model(
         raise ConfigError("layers= and tiny_dit= apply to tiny-video only")
     if weights == "tiny":
         raise ConfigError(f"weights='tiny' runs {model}'s recipe on the tiny DiT in one process; pipeline stages run its real or dummy weights")
-    if not fuse_lora:
-        raise ConfigError("pipeline stages fuse LoRAs into each stage's blocks; fuse_lora=False (live scales) runs in one process")
     from ..models.loading.video_lora import check_lora_option, resolve_video_lora_files  # noqa: PLC0415
-    from ..models.loading.video_presets import preset_loras, VideoSpec  # noqa: PLC0415
+    from ..models.loading.video_presets import VideoSpec, preset_loras  # noqa: PLC0415
 
     loras = preset_loras(VideoSpec(preset, weights=weights, lora=check_lora_option(lora)))
+    if loras and not fuse_lora:
+        raise ConfigError("pipeline stages fuse LoRAs into each stage's blocks; fuse_lora=False (live scales) runs in one process")
     lora_files = {str(path): loras[source] for source, path in resolve_video_lora_files(loras).items()}  # found once, here
     if checkpoint is None and preset.checkpoint is not None and weights == "pretrained":
         from ..models.loading.hub import fetch_file  # noqa: PLC0415  (the student's published weights, as in one process)

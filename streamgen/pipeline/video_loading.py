@@ -69,8 +69,6 @@ def _staged_pipeline(model: Any, devices: list[str], acceleration: Any, spec: di
     if spec.pop("device", "auto") not in ("auto", None):
         raise ConfigError("give either device or devices, not both")
     spec.pop("vae", None)
-    if not spec.get("lora"):
-        spec.pop("lora", None)
     return video_pipeline_for(load_staged_video_model(model, devices, acceleration=acceleration or "none", **spec))
 
 

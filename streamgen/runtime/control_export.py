@@ -159,8 +159,9 @@ def reference_unet_export(model: Any) -> ComponentExport:
     """The steered UNet with the IP-Adapter's inputs: ``image_embeds`` (rows, *embedding_shape) and ``ip_scales`` (rows,)."""
     adapter = model.ip_adapter
     steered = steered_unet_export(model)
-    plain_names = unet_export(model).input_names
-    count = len(residual_layout(model.unet).down)
+    layout = residual_layout(model.unet)
+    plain_names = steered.input_names[: -len(layout.names)]
+    count = len(layout.down)
     latents = steered.example[0]
     embeds = torch.randn(EXAMPLE_ROWS, *adapter.embedding_shape, device=latents.device, dtype=latents.dtype)
     scales = torch.tensor([0.5, 1.0][:EXAMPLE_ROWS], device=latents.device, dtype=latents.dtype)  # non-zero: the adapter's path
@@ -171,8 +172,7 @@ def reference_unet_export(model: Any) -> ComponentExport:
         added = {"text_embeds": base[3], "time_ids": base[4]} if model.is_sdxl else None
         return model.reference_call(model.eager_unet_steered, base[0], base[1], base[2], added, (down, mid), embeds_, scales_)
 
-    residual_names = steered.input_names[len(plain_names) :]
-    names = (*plain_names, "image_embeds", "ip_scales", *residual_names)
+    names = (*plain_names, "image_embeds", "ip_scales", *layout.names)
     axes = {**steered.dynamic_axes, "image_embeds": {0: "rows"}, "ip_scales": {0: "rows"}}
     shape = tuple(adapter.embedding_shape)
     shapes = {**steered.shapes, "image_embeds": lambda r, hp, wp: (r, *shape), "ip_scales": lambda r, hp, wp: (r,)}

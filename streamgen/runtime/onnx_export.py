@@ -149,6 +149,19 @@ def unet_export(model: Any) -> ComponentExport:
     return ComponentExport("unet", unet, TracedCall(call, [unet]), tuple(example), tuple(names), ("eps",), axes, shapes, factor)
 
 
+def unet_inputs(latents: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor, added: dict[str, torch.Tensor] | None, is_sdxl: bool) -> list[torch.Tensor]:
+    """A UNet slot's arguments as :func:`unet_export`'s graph inputs, in order; shared conditioning (one row) broadcast to the rows."""
+    rows = latents.shape[0]
+    args = [latents, _rows(timesteps.reshape(-1), rows), _rows(hidden, rows)]
+    if is_sdxl:
+        args += [_rows(added["text_embeds"], rows), _rows(added["time_ids"], rows)]
+    return args
+
+
+def _rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    return tensor if tensor.shape[0] == rows else tensor.expand(rows, *tensor.shape[1:])
+
+
 def vae_encoder_export(model: Any) -> ComponentExport:
     vae, factor = model.vae, model.vae_scale_factor
     dtype = next(vae.parameters()).dtype

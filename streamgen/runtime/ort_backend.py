@@ -46,7 +46,7 @@ from ..errors import EngineError
 from .backend import package_missing
 from .buckets import bucketed
 from .engine_cache import EngineKey, gpu_arch, lora_fingerprint, weights_fingerprint
-from .onnx_export import EXPORTER_VERSION, ComponentExport, InputRange, export_onnx, image_components, text_encoder_name
+from .onnx_export import EXPORTER_VERSION, ComponentExport, InputRange, export_onnx, image_components, text_encoder_name, unet_inputs
 from .steering_engines import SteeringEngines
 
 EXPORT_BACKEND = "onnx"  # the cache's name for the exported graphs (shared with TensorRT, which builds from them)
@@ -182,17 +182,9 @@ def unet_slot(runner: Runner, is_sdxl: bool) -> Callable[..., torch.Tensor]:
     """The UNet slot's signature over a runner; shared conditioning (one row) is broadcast to the rows."""
 
     def unet(latents, timesteps, hidden, added=None):
-        rows = latents.shape[0]
-        args = [latents, _rows(timesteps.reshape(-1), rows), _rows(hidden, rows)]
-        if is_sdxl:
-            args += [_rows(added["text_embeds"], rows), _rows(added["time_ids"], rows)]
-        return runner(*args)[0].to(latents.dtype)
+        return runner(*unet_inputs(latents, timesteps, hidden, added, is_sdxl))[0].to(latents.dtype)
 
     return unet
-
-
-def _rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    return tensor if tensor.shape[0] == rows else tensor.expand(rows, *tensor.shape[1:])
 
 
 def image_slot(runner: Runner, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -34,7 +34,7 @@ import torch
 from ..errors import EngineError
 from .buckets import bucketed
 from .control_export import ResidualLayout, controlnet_export, reference_unet_export, residual_layout, steered_unet_export
-from .onnx_export import ComponentExport
+from .onnx_export import ComponentExport, unet_inputs
 
 Runner = Callable[..., list[torch.Tensor]]  # the export's inputs in order → its outputs in order
 BuildRunner = Callable[[ComponentExport, str], Runner]  # (export, model id for its cache key) → runner
@@ -81,21 +81,12 @@ class SteeringEngines:
         return slot(latents, timesteps, hidden, added, images)
 
 
-def base_args(latents: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor, added: dict[str, torch.Tensor] | None, is_sdxl: bool) -> list[torch.Tensor]:
-    """The plain UNet inputs in the exports' order, shared conditioning (one row) broadcast to the rows."""
-    rows = latents.shape[0]
-    args = [latents, _rows(timesteps.reshape(-1), rows), _rows(hidden, rows)]
-    if is_sdxl:
-        args += [_rows(added["text_embeds"], rows), _rows(added["time_ids"], rows)]
-    return args
-
-
 def steered_unet_slot(runner: Runner, is_sdxl: bool) -> Callable[..., torch.Tensor]:
     """``unet_steered_forward``'s signature over a runner of :func:`~.control_export.steered_unet_export`."""
 
     def unet(latents, timesteps, hidden, added, residuals):
         down, mid = residuals
-        return runner(*base_args(latents, timesteps, hidden, added, is_sdxl), *down, mid)[0].to(latents.dtype)
+        return runner(*unet_inputs(latents, timesteps, hidden, added, is_sdxl), *down, mid)[0].to(latents.dtype)
 
     return unet
 
@@ -105,9 +96,8 @@ def reference_unet_slot(runner: Runner, is_sdxl: bool, layout: ResidualLayout) -
 
     def unet(latents, timesteps, hidden, added, residuals, embeds, scales):
         down, mid = residuals if residuals is not None else layout.zeros(latents)
-        rows = latents.shape[0]
-        ip = [_rows(embeds, rows), scales.to(latents.device, latents.dtype)]
-        return runner(*base_args(latents, timesteps, hidden, added, is_sdxl), *ip, *down, mid)[0].to(latents.dtype)
+        ip = [embeds.expand(latents.shape[0], *embeds.shape[1:]), scales.to(latents.device, latents.dtype)]
+        return runner(*unet_inputs(latents, timesteps, hidden, added, is_sdxl), *ip, *down, mid)[0].to(latents.dtype)
 
     return unet
 
@@ -116,11 +106,8 @@ def controlnet_slot(runner: Runner, is_sdxl: bool) -> Callable[..., tuple[list[t
     """One ControlNet's call over a runner of :func:`~.control_export.controlnet_export`: (down residuals, mid residual)."""
 
     def controlnet(latents, timesteps, hidden, added, images):
-        outputs = [o.to(latents.dtype) for o in runner(*base_args(latents, timesteps, hidden, added, is_sdxl), images.to(latents.dtype))]
+        outputs = [o.to(latents.dtype) for o in runner(*unet_inputs(latents, timesteps, hidden, added, is_sdxl), images.to(latents.dtype))]
         return outputs[:-1], outputs[-1]
 
     return controlnet
 
-
-def _rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    return tensor if tensor.shape[0] == rows else tensor.expand(rows, *tensor.shape[1:])

@@ -43,7 +43,7 @@ import torch
 from ..errors import EngineError
 from .backend import package_missing
 from .engine_limits import EngineLimits
-from .onnx_export import ComponentExport, InputRange, export_onnx
+from .onnx_export import ComponentExport, InputRange, export_onnx, unet_inputs
 from .steering_engines import SteeringEngines
 from .tensorrt_runner import CudaOps, EngineRunner
 
@@ -214,17 +214,9 @@ def engine_slot(runner: EngineRunner, component: str) -> Callable[..., torch.Ten
         return lambda images: runner(images.contiguous())
 
     def unet(latents, timesteps, hidden, added=None):
-        rows = latents.shape[0]
-        args = [latents, timesteps.reshape(-1).expand(rows), _rows(hidden, rows)]
-        if added is not None:
-            args += [_rows(added["text_embeds"], rows), _rows(added["time_ids"], rows)]
-        return runner(*(a.contiguous() for a in args))
+        return runner(*(a.contiguous() for a in unet_inputs(latents, timesteps, hidden, added, added is not None)))
 
     return unet
-
-
-def _rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    return tensor if tensor.shape[0] == rows else tensor.expand(rows, *tensor.shape[1:])
 
 
 def torch_dtype(trt_dtype: Any, trt: Any) -> torch.dtype:
